@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Bootstrap a machine and run a recipe end to end.
+#   bash sft.sh                      # GPU: recipes/address-qwen3-0.6b.yaml; no GPU: recipes/demo-cpu.yaml
+#   bash sft.sh RECIPE [KEY=VALUE ...] [--run-id ID]
+#   bash sft.sh --dry-run            # print the plan, change nothing
+# Idempotent: a second run reuses the venv and resumes the run given by --run-id.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+dry_run=0; args=()
+for a in "$@"; do
+  case "$a" in
+    --dry-run) dry_run=1 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+if command -v nvidia-smi >/dev/null 2>&1 && gpus=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null) && [ -n "$gpus" ]; then
+  mode=--gpu; default_recipe=recipes/address-qwen3-0.6b.yaml
+  echo "sft.sh: GPU(s) found:"; echo "$gpus" | sed 's/^/  /'
+else
+  mode=--cpu; default_recipe=recipes/demo-cpu.yaml
+  echo "sft.sh: no GPU found (nvidia-smi missing or failing): CPU mode"
+fi
+if [ ${#args[@]} -eq 0 ] || [[ "${args[0]}" != *.yaml && "${args[0]}" != *.yml ]]; then
+  args=("$default_recipe" ${args[@]+"${args[@]}"})
+fi
+
+if [ "$dry_run" = 1 ]; then
+  echo "plan:"
+  echo "  1. bash scripts/install.sh $mode   (.venv; skipped when up to date)"
+  echo "  2. .venv/bin/swiftpipe run ${args[*]}"
+  if [ -x .venv/bin/swiftpipe ]; then
+    echo "commands of step 2:"
+    .venv/bin/swiftpipe run "${args[@]}" --dry-run
+  fi
+  exit 0
+fi
+
+bash scripts/install.sh "$mode"
+.venv/bin/swiftpipe run "${args[@]}"

@@ -1,0 +1,118 @@
+"""Build a tiny random-init Qwen3 with a locally trained byte-level BPE tokenizer.
+
+For tests and the CPU demo: no download, deterministic (same bytes for the same arguments),
+~1.5 MB, accepted by ms-swift (`--model_type qwen3 --template qwen3`) and by vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+# Qwen3's special tokens, in Qwen3's order, so chat templates and stop tokens behave the same.
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+    "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+
+# Text the tokenizer is trained on: the vocabulary of the address / complaint / NER tasks.
+_CORPUS_WORDS = (
+    "省 市 区 县 镇 乡 街道 路 号 楼 单元 室 小区 花园 大厦 村 组 栋 层 巷 弄 大道 中路 东路 西路 南路 北路 "
+    "北京市 天津市 上海市 重庆市 河北省 山西省 辽宁省 吉林省 黑龙江省 江苏省 浙江省 安徽省 福建省 江西省 "
+    "山东省 河南省 湖北省 湖南省 广东省 海南省 四川省 贵州省 云南省 陕西省 甘肃省 青海省 台湾省 "
+    "内蒙古自治区 广西壮族自治区 西藏自治区 宁夏回族自治区 新疆维吾尔自治区 "
+    "石家庄市 太原市 沈阳市 长春市 哈尔滨市 南京市 杭州市 合肥市 福州市 南昌市 济南市 郑州市 武汉市 长沙市 "
+    "广州市 深圳市 海口市 成都市 贵阳市 昆明市 西安市 兰州市 西宁市 拉萨市 银川市 乌鲁木齐市 南宁市 呼和浩特市 "
+    "朝阳区 海淀区 和平区 河西区 浦东新区 徐汇区 渝中区 江北区 武侯区 天河区 西湖区 鼓楼区 历下区 "
+    "收件人 收件者 接收人 联系人 电话 联系电话 手机号 手机 地址 姓名 邮箱 问题 投诉 "
+    "王 李 张 刘 陈 杨 赵 黄 周 吴 徐 孙 胡 朱 高 林 何 郭 马 罗 欧阳 慕容 司马 诸葛 上官 索南扎西 "
+    "伟 芳 娜 敏 静 丽 强 磊 军 洋 勇 艳 杰 娟 涛 明 超 秀英 霞 平 刚 桂英 "
+    "你是一个专业的信息抽取助手，专门负责从中文文本中提取收件人的JSON信息，包含的Key有"
+    "province（省份）、city（城市名称）、district（区县名称）、"
+    "specific_location（街道、门牌号、小区、楼栋等详细信息）、name（收件人姓名）、phone（联系电话） "
+    "地名 人名 机构 公司 组织 政府 书名 电影 游戏 职位 景点 address book company game government movie "
+    "name organization position scene email question "
+)
+
+
+def _corpus(seed: int, lines: int = 3000) -> list[str]:
+    rng = random.Random(seed)
+    words = _CORPUS_WORDS.split()
+    keys = ["province", "city", "district", "specific_location", "name", "phone"]
+    out = []
+    for _ in range(lines):
+        picked = rng.sample(words, 6)
+        digits = "".join(rng.choice("0123456789") for _ in range(11))
+        payload = {k: v for k, v in zip(keys, picked[:5] + [digits])}
+        sep = rng.choice(["|", ",", ";", ":", "，", "；", "：", " ", "\t"])
+        out.append(sep.join(picked) + sep + digits)
+        out.append(json.dumps(payload, ensure_ascii=False))
+        out.append(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+    return out
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    *,
+    vocab_size: int = 2048,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Write config, weights, tokenizer and chat template to `out_dir` and return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM, GenerationConfig
+    from trl.chat_template_utils import qwen3_chat_template
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(seed), trainer=trainer)
+    bpe.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=32768,
+    )
+    tokenizer.chat_template = qwen3_chat_template
+    tokenizer.save_pretrained(out)
+
+    vocab = len(tokenizer)
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden_size // 4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    GenerationConfig(
+        eos_token_id=[config.eos_token_id, config.pad_token_id],
+        pad_token_id=config.pad_token_id,
+        do_sample=False,
+    ).save_pretrained(out)
+    return out
