@@ -1,0 +1,56 @@
+import io
+import json
+
+import pytest
+
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.pipeline import SftProgress, last_checkpoint_from_log
+from swiftpipe.rundir import RunDir
+
+
+def test_progress_reads_only_complete_new_lines(tmp_path):
+    log = tmp_path / "logging.jsonl"
+    out = io.StringIO()
+    progress = SftProgress(log, out=out)
+    progress()  # no file yet: nothing
+    entry = {"loss": 2.5, "global_step/max_steps": "10/40", "elapsed_time": "3s", "remaining_time": "9s"}
+    log.write_text(json.dumps(entry) + "\n" + '{"loss": 1.0, "global_step/max', encoding="utf-8")
+    progress()
+    assert out.getvalue() == "  sft 10/40 (25%)  loss 2.5000  elapsed 3s  eta 9s\n"
+    with open(log, "a", encoding="utf-8") as f:
+        f.write('_steps": "20/40"}\n{"train_runtime": 1}\n')
+    progress()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("  sft 20/40 (50%)  loss 1.0000")
+
+
+def test_last_checkpoint_from_summary_line(tmp_path):
+    (tmp_path / "logging.jsonl").write_text(
+        '{"loss": 1}\n{"last_model_checkpoint": "/r/train/checkpoint-8", "best_model_checkpoint": null}\n')
+    assert last_checkpoint_from_log(tmp_path) == "/r/train/checkpoint-8"
+
+
+def test_last_checkpoint_missing_summary_is_clear(tmp_path):
+    (tmp_path / "logging.jsonl").write_text('{"loss": 1}\n')
+    with pytest.raises(SwiftpipeError, match="no summary line"):
+        last_checkpoint_from_log(tmp_path)
+
+
+def test_latest_complete_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    for step, complete in ((5, True), (20, True), (30, False), (100, False)):
+        ckpt = run.train_dir / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    (run.train_dir / "checkpoint-x").mkdir()
+    assert run.latest_checkpoint() == run.train_dir / "checkpoint-20"
+
+
+def test_markers(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.is_done("sft")
+    run.mark_done("sft", checkpoint="/c")
+    assert run.is_done("sft") and run.stage_outputs("sft")["checkpoint"] == "/c"
+    run.clear("sft")
+    assert not run.is_done("sft") and run.stage_outputs("sft") == {}
