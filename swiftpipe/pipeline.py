@@ -1,6 +1,8 @@
 """`swiftpipe run`: the stages of a recipe, in order, each skipped when its marker says done.
 
     model (build the tiny test model, when model.tiny) → sft → export (LoRA merge)
+      → eval (serve the fine-tuned model with vLLM, evaluate data.test, stop the server)
+      → eval-base (the same for the base model, with eval.compare_base) → report
 
 Forcing a stage redoes it and every later stage (they consume its output).
 """
@@ -22,7 +24,7 @@ from swiftpipe.errors import RecipeError, SwiftpipeError
 from swiftpipe.recipe.load import LoadedRecipe, resolved_yaml
 from swiftpipe.rundir import RunDir, new_run_id, read_json, write_atomic, write_json
 
-STAGES = ["model", "sft", "export"]
+STAGES = ["model", "sft", "export", "eval", "eval-base", "report"]
 
 
 def echo(message: str = "") -> None:
@@ -235,12 +237,73 @@ def stage_export(p: RunPlan) -> dict:
 
 
 def active_stages(p: RunPlan) -> list[str]:
-    stages = ["sft"]
-    if p.loaded.recipe.model.tiny:
-        stages.insert(0, "model")
-    if p.loaded.recipe.merges:
-        stages.append("export")
-    return stages
+    recipe = p.loaded.recipe
+    wanted = {
+        "model": recipe.model.tiny,
+        "sft": True,
+        "export": recipe.merges,
+        "eval": evaluates(recipe),
+        "eval-base": evaluates(recipe) and recipe.eval.compare_base,
+        "report": evaluates(recipe),
+    }
+    return [stage for stage in STAGES if wanted[stage]]
+
+
+def evaluates(recipe) -> bool:
+    return bool(recipe.data.test) and recipe.eval.enabled
+
+
+def served_name(p: RunPlan, which: str) -> str:
+    name = p.loaded.recipe.serve.served_model_name or p.loaded.name
+    return name if which == "finetuned" else f"{name}-base"
+
+
+def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
+    """Serve one model (fine-tuned or base), evaluate the test set against it, stop the server."""
+    from swiftpipe import evaluate
+    from swiftpipe.serve import ServeOptions, VllmServer
+
+    recipe = p.loaded.recipe
+    out = p.run.path / "eval" / which
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if which == "finetuned":
+        model = summarize(p)["final_model"]
+    else:
+        model = render.model_ref(recipe, p.base)
+    rows = evaluate.read_test_rows(Path(render.absolute(recipe.data.test, p.base)), recipe.data.system_prompt)
+    schema = recipe.data.json_schema() or evaluate.schema_from_gold(rows)
+    name = served_name(p, which)
+    opts = ServeOptions.from_recipe(recipe, model, served_name=name, cpu=render.device_is_cpu(recipe, p.gpu_count))
+    opts.hub = None if recipe.model.is_local or which == "finetuned" else recipe.model.hub
+    log = p.run.log("eval" if which == "finetuned" else "eval-base")
+    echo(f"  starting vLLM for {model} (log: {log})")
+    with VllmServer(opts, log) as server:
+        echo(f"  serving '{name}' at {server.base_url}; evaluating {len(rows)} rows")
+        cfg = evaluate.EvalConfig(
+            base_url=server.base_url, model=name, api_key=server.api_key, schema=schema,
+            concurrency=recipe.eval.concurrency, max_tokens=recipe.eval.max_tokens, timeout=recipe.eval.timeout,
+        )
+        metrics = evaluate.evaluate(cfg, rows, out, progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})")
+    echo(f"  {which}: exact match {metrics['exact_match']:.1%} ({metrics['correct']}/{metrics['n']}), "
+         f"invalid JSON {metrics['invalid_json']}, API errors {metrics['api_errors']}")
+    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": model}
+
+
+def stage_report(p: RunPlan) -> dict:
+    from swiftpipe import evaluate
+
+    tuned_dir, base_dir = p.run.path / "eval" / "finetuned", p.run.path / "eval" / "base"
+    tuned = read_json(tuned_dir / "metrics.json")
+    base = read_json(base_dir / "metrics.json") if p.loaded.recipe.eval.compare_base else None
+    if base:
+        text = evaluate.comparison_markdown(
+            base, tuned, evaluate.read_records(base_dir), evaluate.read_records(tuned_dir))
+    else:
+        text = (tuned_dir / "report.md").read_text(encoding="utf-8")
+    write_atomic(p.run.path / "report.md", text)
+    echo(text.split("\n## ", 1)[0].rstrip())  # the summary table; examples stay in the file
+    return {"report": str(p.run.path / "report.md")}
 
 
 def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
@@ -256,6 +319,9 @@ def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
         "model": lambda: stage_model(p),
         "sft": lambda: stage_sft(p, fresh="sft" in redo),
         "export": lambda: stage_export(p),
+        "eval": lambda: stage_eval(p, "finetuned", fresh="eval" in redo),
+        "eval-base": lambda: stage_eval(p, "base", fresh="eval-base" in redo),
+        "report": lambda: stage_report(p),
     }
     for stage in stages:
         if p.run.is_done(stage) and stage not in redo:
@@ -281,12 +347,18 @@ def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
 def summarize(p: RunPlan) -> dict:
     sft = p.run.stage_outputs("sft")
     export = p.run.stage_outputs("export")
-    return {
+    summary = {
         "checkpoint": sft.get("checkpoint"),
         "merged_model": export.get("merged_model"),
-        # What a server would load: the merged model for LoRA, the last checkpoint otherwise.
+        # What a server loads: the merged model for LoRA, the last checkpoint otherwise.
         "final_model": export.get("merged_model") or sft.get("checkpoint"),
     }
+    for stage, key in (("eval", "exact_match"), ("eval-base", "base_exact_match")):
+        if p.run.is_done(stage):
+            summary[key] = p.run.stage_outputs(stage).get("exact_match")
+    if p.run.is_done("report"):
+        summary["report"] = p.run.stage_outputs("report").get("report")
+    return summary
 
 
 def dry_run_text(p: RunPlan) -> str:

@@ -46,7 +46,7 @@ def main() -> None:
             row = {"messages": [
                 {"role": "system", "content": SYSTEM},
                 {"role": "user", "content": text},
-                {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)},
+                {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))},
             ]}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"wrote {len(ROWS)} rows to {out}")

@@ -13,7 +13,7 @@ from tests.conftest import REPO, child_env, swiftpipe_cmd
 pytestmark = pytest.mark.integration
 
 # Fewer steps than the shipped demo: this checks the mechanics, not memorisation.
-QUICK = ["train.max_steps=20", "train.save_steps=10", "train.logging_steps=5"]
+QUICK = ["train.max_steps=20", "train.save_steps=10", "train.logging_steps=5", "eval.enabled=false"]
 
 
 def run_demo(tmp_path, tiny_model_dir, run_id, *extra, timeout=900):
@@ -78,7 +78,8 @@ def _group_gone(pgid: int) -> bool:
 def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_model_dir):
     run = tmp_path / "demo-cpu" / "resume"
     args = ["run", "recipes/demo-cpu.yaml", f"output.root={tmp_path}", f"model.id={tiny_model_dir}",
-            "train.max_steps=40", "train.save_steps=10", "train.save_total_limit=null", "--run-id", "resume"]
+            "train.max_steps=40", "train.save_steps=10", "train.save_total_limit=null", "eval.enabled=false",
+            "--run-id", "resume"]
     proc = subprocess.Popen([*swiftpipe_cmd(), *args], cwd=REPO, env=child_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,0 +1,105 @@
+"""The bodies of `swiftpipe serve` and `swiftpipe eval` (the CLI only parses and calls)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from swiftpipe.errors import SwiftpipeError
+
+
+def _run_recipe(run_dir: Path):
+    from swiftpipe.recipe.load import validate
+
+    import yaml
+
+    resolved = run_dir / "resolved.yaml"
+    return validate(yaml.safe_load(resolved.read_text(encoding="utf-8")), file=str(resolved))
+
+
+def serve_forever(target: str, *, recipe: Optional[str], host: Optional[str], port: Optional[int],
+                  name: Optional[str], base: bool, log_file: Optional[str] = None) -> None:
+    from swiftpipe import envinfo, render
+    from swiftpipe.recipe.load import load_recipe
+    from swiftpipe.rundir import read_json
+    from swiftpipe.serve import ServeOptions, VllmServer, new_api_key
+
+    path = Path(target).resolve()
+    info = read_json(path / "run.json")
+    loaded_recipe = load_recipe(recipe).recipe if recipe else (_run_recipe(path) if info else None)
+    hub = None
+    if info:
+        if base:
+            model = render.model_ref(loaded_recipe, Path(info.get("cwd", ".")))
+            hub = None if loaded_recipe.model.is_local else loaded_recipe.model.hub
+        else:
+            model = info.get("final_model")
+            if not model:
+                raise SwiftpipeError(f"{path}: the run has no final model yet (status: {info.get('status')}); "
+                                     f"finish it with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
+        default_name = (loaded_recipe.serve.served_model_name or info.get("name")) + ("-base" if base else "")
+        log = path / "logs" / "serve.log"
+    else:
+        model, default_name, log = str(path), path.name, Path.cwd() / "serve.log"
+    cpu = not envinfo.gpus() or (loaded_recipe is not None and loaded_recipe.hardware.device == "cpu")
+    if loaded_recipe:
+        opts = ServeOptions.from_recipe(loaded_recipe, model, served_name=name or default_name, cpu=cpu)
+    else:
+        opts = ServeOptions(model_dir=model, served_name=name or default_name, cpu=cpu)
+    opts.hub = hub
+    log = Path(log_file).resolve() if log_file else log
+    opts.host, opts.port = host or opts.host, port or opts.port
+    key = os.environ.get("SWIFTPIPE_API_KEY") or os.environ.get("VLLM_API_KEY")
+    generated = key is None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = VllmServer(opts, log, api_key=key or new_api_key())
+    print(f"starting vLLM for {model} (log: {log}) ...", flush=True)
+    with server:
+        print(f"serving '{opts.served_name}' at {server.base_url}", flush=True)
+        if generated:
+            print(f"API key (generated, shown once; set SWIFTPIPE_API_KEY to choose one): {server.api_key}", flush=True)
+        print("Ctrl-C stops the server.", flush=True)
+        from swiftpipe.procs import sigterm_as_interrupt
+
+        with sigterm_as_interrupt():
+            while server.proc and server.proc.poll() is None:
+                time.sleep(1)
+        if server.proc is not None and server.proc.poll() is not None:
+            raise SwiftpipeError(f"vLLM exited with code {server.proc.returncode}; see {log}")
+
+
+def run_eval(test_file: str, *, base_url: str, model: str, out_dir: str, concurrency: int,
+             schema_file: Optional[str], recipe: Optional[str], max_tokens: Optional[int],
+             timeout: Optional[float], no_schema: bool) -> None:
+    from swiftpipe import evaluate
+    from swiftpipe.recipe.load import load_recipe
+
+    loaded = load_recipe(recipe).recipe if recipe else None
+    rows = evaluate.read_test_rows(Path(test_file), loaded.data.system_prompt if loaded else None)
+    if no_schema:
+        schema = None
+    elif schema_file:
+        try:
+            schema = json.loads(Path(schema_file).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise SwiftpipeError(f"{schema_file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    else:
+        schema = (loaded.data.json_schema() if loaded else None) or evaluate.schema_from_gold(rows)
+    cfg = evaluate.EvalConfig(
+        base_url=base_url.rstrip("/"),
+        model=model,
+        api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+        schema=schema,
+        concurrency=concurrency,
+        max_tokens=max_tokens or (loaded.eval.max_tokens if loaded else 512),
+        timeout=timeout or (loaded.eval.timeout if loaded else 120),
+    )
+    metrics = evaluate.evaluate(cfg, rows, Path(out_dir), progress=sys.stderr.isatty())
+    print(f"exact match {metrics['exact_match']:.1%} ({metrics['correct']}/{metrics['n']}), "
+          f"invalid JSON {metrics['invalid_json']}, API errors {metrics['api_errors']}, "
+          f"{(metrics['requests_per_s'] or 0):.1f} requests/s")
+    print(f"written: {Path(out_dir) / 'predictions.jsonl'}, metrics.json, report.md")
