@@ -269,6 +269,26 @@ async def _ask(client, cfg: EvalConfig, row: TestRow) -> dict:
     }
 
 
+def _http_client():
+    """The OpenAI SDK's own httpx client, with TCP_NODELAY on its sockets.
+
+    Without it the request body's small second write waits for the delayed ACK of the headers
+    (Nagle): ~25 ms per request, during which the send blocks the whole event loop, so requests
+    leave in waves and the server idles between them (measured: 8 vs 30+ requests/s at
+    concurrency 16 on CPU vLLM; vLLM's own aiohttp benchmark client sets TCP_NODELAY too).
+    """
+    import socket
+
+    import httpx2
+    import openai
+
+    transport = httpx2.AsyncHTTPTransport(
+        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000),
+    )
+    return openai.DefaultAsyncHttpxClient(transport=transport)
+
+
 def load_done(path: Path, rows: list[TestRow]) -> dict[int, dict]:
     """Finished rows from an earlier, interrupted evaluation of the same test set.
 
@@ -303,7 +323,8 @@ async def _evaluate(cfg: EvalConfig, rows: list[TestRow], out: Path, progress: b
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows), initial=len(done), desc="eval", unit="req", dynamic_ncols=True)
-    client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=cfg.timeout)
+    client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=cfg.timeout,
+                                http_client=_http_client())
     queue: asyncio.Queue = asyncio.Queue()
     for row in todo:
         queue.put_nowait(row)

@@ -1,0 +1,51 @@
+import socket
+
+import pytest
+
+from swiftpipe.serve import ServeOptions, ServerError, VllmServer, free_port, port_in_use, render_serve
+
+
+def test_cpu_command_and_env():
+    cmd = render_serve(ServeOptions(model_dir="/m", served_name="demo", max_model_len=768, cpu=True), 8123)
+    argv = cmd.argv
+    assert argv[:3] == ["vllm", "serve", "/m"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8123"
+    assert argv[argv.index("--served-model-name") + 1] == "demo"
+    assert argv[argv.index("--generation-config") + 1] == "vllm"
+    assert argv[argv.index("--max-model-len") + 1] == "768"
+    assert '"disable_any_whitespace": true' in argv[argv.index("--structured-outputs-config") + 1]
+    assert "--enforce-eager" in argv and "--gpu-memory-utilization" not in argv
+    assert cmd.env["CUDA_VISIBLE_DEVICES"] == "" and cmd.env["HF_HUB_OFFLINE"] == "1"
+    assert not any("key" in a.lower() for a in argv)  # the key travels in the environment only
+
+
+def test_gpu_command_takes_recipe_settings():
+    opts = ServeOptions(model_dir="Qwen/Qwen3-0.6B", served_name="q", gpu_memory_utilization=0.5,
+                        tensor_parallel_size=2, gpus=[2, 3], hub="modelscope",
+                        extra_args={"enable-prefix-caching": True, "max-num-seqs": 64})
+    cmd = render_serve(opts, 9000)
+    argv = cmd.argv
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert "--enable-prefix-caching" in argv and argv[argv.index("--max-num-seqs") + 1] == "64"
+    assert "--enforce-eager" not in argv
+    assert cmd.env["CUDA_VISIBLE_DEVICES"] == "2,3" and cmd.env["VLLM_USE_MODELSCOPE"] == "True"
+
+
+def test_missing_model_dir_fails_before_starting(tmp_path):
+    server = VllmServer(ServeOptions(model_dir=str(tmp_path / "nope"), served_name="x"), tmp_path / "s.log")
+    with pytest.raises(ServerError, match="does not exist"):
+        server.start()
+    assert server.proc is None
+
+
+def test_taken_port_is_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        assert port_in_use("127.0.0.1", port)
+        server = VllmServer(ServeOptions(model_dir=str(tmp_path), served_name="x", port=port), tmp_path / "s.log")
+        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
+            server.start()
+    assert not port_in_use("127.0.0.1", free_port())
