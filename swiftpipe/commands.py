@@ -31,26 +31,24 @@ def serve_forever(target: str, *, recipe: Optional[str], host: Optional[str], po
     path = Path(target).resolve()
     info = read_json(path / "run.json")
     loaded_recipe = load_recipe(recipe).recipe if recipe else (_run_recipe(path) if info else None)
-    hub = None
+    gpu_count = len(envinfo.gpus())
+    cpu = render.device_is_cpu(loaded_recipe, gpu_count) if loaded_recipe else not gpu_count
     if info:
-        if base:
-            model = render.model_ref(loaded_recipe, Path(info.get("cwd", ".")))
-            hub = None if loaded_recipe.model.is_local else loaded_recipe.model.hub
-        else:
-            model = info.get("final_model")
-            if not model:
-                raise SwiftpipeError(f"{path}: the run has no final model yet (status: {info.get('status')}); "
-                                     f"finish it with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
-        default_name = (loaded_recipe.serve.served_model_name or info.get("name")) + ("-base" if base else "")
+        if not base and not info.get("final_model"):
+            raise SwiftpipeError(f"{path}: the run has no final model yet (status: {info.get('status')}); "
+                                 f"finish it with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
+        opts = ServeOptions.for_run(loaded_recipe, which="base" if base else "finetuned",
+                                    final_model=info.get("final_model"), base=Path(info.get("cwd", ".")),
+                                    run_name=info.get("name"), cpu=cpu)
         log = path / "logs" / "serve.log"
+    elif loaded_recipe:
+        opts = ServeOptions.from_recipe(loaded_recipe, str(path), served_name=path.name, cpu=cpu)
+        log = Path.cwd() / "serve.log"
     else:
-        model, default_name, log = str(path), path.name, Path.cwd() / "serve.log"
-    cpu = not envinfo.gpus() or (loaded_recipe is not None and loaded_recipe.hardware.device == "cpu")
-    if loaded_recipe:
-        opts = ServeOptions.from_recipe(loaded_recipe, model, served_name=name or default_name, cpu=cpu)
-    else:
-        opts = ServeOptions(model_dir=model, served_name=name or default_name, cpu=cpu)
-    opts.hub = hub
+        opts = ServeOptions(model_dir=str(path), served_name=path.name, cpu=cpu)
+        log = Path.cwd() / "serve.log"
+    model = opts.model_dir
+    opts.served_name = name or opts.served_name
     log = Path(log_file).resolve() if log_file else log
     opts.host, opts.port = host or opts.host, port or opts.port
     key = os.environ.get("SWIFTPIPE_API_KEY") or os.environ.get("VLLM_API_KEY")

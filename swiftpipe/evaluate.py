@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 import json
 import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -253,11 +253,6 @@ def evaluates(recipe) -> bool:
     return bool(recipe.data.test) and recipe.eval.enabled
 
 
-def served_name(p: RunPlan, which: str) -> str:
-    name = p.loaded.recipe.serve.served_model_name or p.loaded.name
-    return name if which == "finetuned" else f"{name}-base"
-
-
 def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
     """Serve one model (fine-tuned or base), evaluate the test set against it, stop the server."""
     from swiftpipe import evaluate
@@ -267,15 +262,11 @@ def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
     out = p.run.path / "eval" / which
     if fresh and out.exists():
         shutil.rmtree(out)
-    if which == "finetuned":
-        model = summarize(p)["final_model"]
-    else:
-        model = render.model_ref(recipe, p.base)
     rows = evaluate.read_test_rows(Path(render.absolute(recipe.data.test, p.base)), recipe.data.system_prompt)
     schema = recipe.data.json_schema() or evaluate.schema_from_gold(rows)
-    name = served_name(p, which)
-    opts = ServeOptions.from_recipe(recipe, model, served_name=name, cpu=render.device_is_cpu(recipe, p.gpu_count))
-    opts.hub = None if recipe.model.is_local or which == "finetuned" else recipe.model.hub
+    opts = ServeOptions.for_run(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
+                                run_name=p.loaded.name, cpu=render.device_is_cpu(recipe, p.gpu_count))
+    model, name = opts.model_dir, opts.served_name
     log = p.run.log("eval" if which == "finetuned" else "eval-base")
     echo(f"  starting vLLM for {model} (log: {log})")
     with VllmServer(opts, log) as server:

@@ -73,7 +73,7 @@ def _flag_value(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _flags(pairs: dict[str, Any]) -> list[str]:
+def cli_flags(pairs: dict[str, Any]) -> list[str]:
     argv: list[str] = []
     for name, value in pairs.items():
         if value is None:
@@ -196,7 +196,7 @@ def render_sft(
     args |= t.extra_args
     return Command(
         stage="sft",
-        argv=["swift", "sft", *_flags(args)],
+        argv=["swift", "sft", *cli_flags(args)],
         env=stage_env(recipe, cpu=cpu, distributed=True),
     )
 
@@ -231,7 +231,7 @@ def render_export(
     cpu = device_is_cpu(recipe, gpu_count)
     return Command(
         stage="export",
-        argv=["swift", "export", *_flags(args)],
+        argv=["swift", "export", *cli_flags(args)],
         env=stage_env(recipe, cpu=cpu, distributed=False),
         prelude=prelude,
     )

@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from swiftpipe import procs
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.render import Command, _flags
+from swiftpipe import render
+from swiftpipe.render import Command, cli_flags
 
 
 class ServerError(SwiftpipeError):
@@ -45,11 +46,13 @@ class ServeOptions:
     extra_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_recipe(cls, recipe, model_dir: str, *, served_name: str, cpu: bool) -> "ServeOptions":
+    def from_recipe(cls, recipe, model_dir: str, *, served_name: str, cpu: bool,
+                    hub: Optional[str] = None) -> "ServeOptions":
         s = recipe.serve
         return cls(
             model_dir=model_dir,
             served_name=served_name,
+            hub=hub,
             host=s.host,
             port=s.port,
             max_model_len=s.max_model_len or recipe.train.max_length + recipe.eval.max_tokens,
@@ -61,6 +64,17 @@ class ServeOptions:
             gpus=recipe.hardware.gpus,
             extra_args=dict(s.extra_args),
         )
+
+    @classmethod
+    def for_run(cls, recipe, *, which: str, final_model: Optional[str], base: Path, run_name: str,
+                cpu: bool) -> "ServeOptions":
+        """What a run serves: its final model (which="finetuned") or the recipe's base model
+        (which="base", named "<name>-base", from the hub when the recipe names a hub id)."""
+        name = recipe.serve.served_model_name or run_name
+        if which == "finetuned":
+            return cls.from_recipe(recipe, final_model, served_name=name, cpu=cpu)
+        hub = None if recipe.model.is_local else recipe.model.hub
+        return cls.from_recipe(recipe, render.model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,7 +118,7 @@ def render_serve(opts: ServeOptions, port: int) -> Command:
         if value is True:
             argv.append(f"--{name}")
         elif value is not False:
-            argv += _flags({name: value})
+            argv += cli_flags({name: value})
     env = {}
     if "VLLM_PLUGINS" not in os.environ:
         # ms-swift registers a vLLM plugin (embedding models) whose import needs torchvision,
