@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -28,6 +29,7 @@ def cli() -> None:
     swiftpipe run      recipes/demo-cpu.yaml [--run-id ID] [--force STAGE] [--dry-run]
     swiftpipe serve    runs/demo-cpu/<run-id>
     swiftpipe eval     test.jsonl --base-url http://127.0.0.1:8000/v1 --model NAME --out DIR
+    swiftpipe data     synth-address | convert | label | stats | split
     """
 
 
@@ -115,7 +117,10 @@ def serve(target: str, recipe: str | None, host: str | None, port: int | None, n
 @click.option("--max-tokens", type=int, default=None, help="Max new tokens (default: eval.max_tokens, 512).")
 @click.option("--timeout", type=float, default=None, help="Seconds per request (default: eval.timeout, 120).")
 @click.option("--no-schema", is_flag=True, help="Send no response_format (unconstrained output).")
-def eval_cmd(test_file, base_url, model, out_dir, concurrency, schema_file, recipe, max_tokens, timeout, no_schema) -> None:
+@click.option("--metric", type=click.Choice(["exact_match", "ner_f1"]), default=None,
+              help="Scoring (default: eval.metric, exact_match); ner_f1 adds entity-level P/R/F1.")
+def eval_cmd(test_file, base_url, model, out_dir, concurrency, schema_file, recipe, max_tokens, timeout, no_schema,
+             metric) -> None:
     """Evaluate a served model on TEST_FILE (ms-swift messages JSONL); resumable.
 
     The API key comes from OPENAI_API_KEY, as OpenAI clients expect.
@@ -123,7 +128,102 @@ def eval_cmd(test_file, base_url, model, out_dir, concurrency, schema_file, reci
     from swiftpipe.commands import run_eval
 
     run_eval(test_file, base_url=base_url, model=model, out_dir=out_dir, concurrency=concurrency,
-             schema_file=schema_file, recipe=recipe, max_tokens=max_tokens, timeout=timeout, no_schema=no_schema)
+             schema_file=schema_file, recipe=recipe, max_tokens=max_tokens, timeout=timeout, no_schema=no_schema,
+             metric=metric)
+
+
+@cli.group()
+def data() -> None:
+    """Make, convert, label and inspect training data (ms-swift messages JSONL).
+
+    \b
+    swiftpipe data synth-address --n 2000 --seed 1 --out datasets/address/train.jsonl
+    swiftpipe data convert --from cluener cluener/train.json --out datasets/cluener/train.jsonl
+    swiftpipe data label raw.txt --out labelled.jsonl --base-url URL --model NAME --recipe R
+    swiftpipe data stats datasets/address/train.jsonl --model Qwen/Qwen3-0.6B
+    swiftpipe data split all.jsonl --out-dir datasets/mine --val 0.05 --test 0.1
+    """
+
+
+@data.command("synth-address")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of rows.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same rows (and bytes).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take the system prompt from this recipe (default: the address recipe's prompt).")
+def data_synth_address(n: int, seed: int, out: str, recipe: Optional[str]) -> None:
+    """Synthesize waybill texts with gold address JSON (province, city, district, specific_location, name, phone)."""
+    from swiftpipe.data.commands import synth_address
+
+    synth_address(n, seed, out, recipe)
+
+
+@data.command("convert")
+@click.option("--from", "fmt", required=True, type=click.Choice(["cluener", "raner", "paddle-waybill", "alpaca"]),
+              help="Input format.")
+@click.argument("input_path", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output JSONL (ms-swift messages).")
+@click.option("--system-prompt", default=None, help="System prompt for every row (default: the format's own).")
+@click.option("--types", default=None, help="raner: entity types in answer order, comma-separated "
+              "(default: every category in the file).")
+def data_convert(fmt: str, input_path: str, out: str, system_prompt: Optional[str], types: Optional[str]) -> None:
+    """Convert a public data format to ms-swift messages JSONL (compact JSON answers); bad rows are reported."""
+    from swiftpipe.data.commands import convert
+
+    convert(fmt, input_path, out, system_prompt, types)
+
+
+@data.command("label")
+@click.argument("input_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Labelled JSONL; OUT.cache.jsonl, OUT.rejects.jsonl, OUT.summary.json are written beside it.")
+@click.option("--base-url", default=None, help="Teacher endpoint (OpenAI-compatible); key from OPENAI_API_KEY.")
+@click.option("--model", default=None, help="Teacher model name, e.g. qwen3-235b-a22b.")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take the system prompt and JSON schema from this recipe.")
+@click.option("--system-prompt", default=None, help="System prompt (wins over the recipe's).")
+@click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON schema file (wins over the recipe's).")
+@click.option("--concurrency", default=8, show_default=True, help="Requests in flight.")
+@click.option("--max-tokens", default=512, show_default=True, help="Max new tokens per answer.")
+@click.option("--verbatim", default=None, help="Fields that must occur verbatim in the text, e.g. name,phone; "
+              "answers that break this are rejected.")
+@click.option("--check", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Send nothing: report rows of this labelled file whose verbatim fields (default name,phone) "
+              "are not in the text.")
+def data_label(input_path, out, base_url, model, recipe, system_prompt, schema_file, concurrency, max_tokens,
+               verbatim, check) -> None:
+    """Label raw texts (.txt lines, or JSONL with "text" / messages) with a teacher model; cached and resumable."""
+    from swiftpipe.data.commands import label
+
+    label(input_path, out, base_url, model, recipe, system_prompt, schema_file, concurrency, max_tokens, verbatim,
+          check)
+
+
+@data.command("stats")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--model", default=None, help="Tokenizer: a local model dir or a hub id (token lengths need it).")
+@click.option("--png", default=None, type=click.Path(dir_okay=False),
+              help="Histogram path (default: PATH with .lengths.png).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def data_stats(path: str, model: Optional[str], png: Optional[str], as_json: bool) -> None:
+    """Row count, format check, token-length distribution, histogram and a suggested max_length."""
+    from swiftpipe.data.commands import stats
+
+    stats(path, model, png, as_json)
+
+
+@data.command("split")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--val", default=0.05, show_default=True, help="Validation fraction.")
+@click.option("--test", default=0.0, show_default=True, help="Test fraction.")
+@click.option("--seed", default=0, show_default=True)
+def data_split(path: str, out_dir: str, val: float, test: float, seed: int) -> None:
+    """Shuffle with a seed and write train/val/test.jsonl."""
+    from swiftpipe.data.commands import split
+
+    split(path, out_dir, val, test, seed)
 
 
 @cli.command("tiny-model")

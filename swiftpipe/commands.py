@@ -72,7 +72,7 @@ def serve_forever(target: str, *, recipe: Optional[str], host: Optional[str], po
 
 def run_eval(test_file: str, *, base_url: str, model: str, out_dir: str, concurrency: int,
              schema_file: Optional[str], recipe: Optional[str], max_tokens: Optional[int],
-             timeout: Optional[float], no_schema: bool) -> None:
+             timeout: Optional[float], no_schema: bool, metric: Optional[str] = None) -> None:
     from swiftpipe import evaluate
     from swiftpipe.recipe.load import load_recipe
 
@@ -95,9 +95,8 @@ def run_eval(test_file: str, *, base_url: str, model: str, out_dir: str, concurr
         concurrency=concurrency,
         max_tokens=max_tokens or (loaded.eval.max_tokens if loaded else 512),
         timeout=timeout or (loaded.eval.timeout if loaded else 120),
+        metric=metric or (loaded.eval.metric if loaded else "exact_match"),
     )
     metrics = evaluate.evaluate(cfg, rows, Path(out_dir), progress=sys.stderr.isatty())
-    print(f"exact match {metrics['exact_match']:.1%} ({metrics['correct']}/{metrics['n']}), "
-          f"invalid JSON {metrics['invalid_json']}, API errors {metrics['api_errors']}, "
-          f"{(metrics['requests_per_s'] or 0):.1f} requests/s")
+    print(f"{evaluate.headline(metrics)}, {(metrics['requests_per_s'] or 0):.1f} requests/s")
     print(f"written: {Path(out_dir) / 'predictions.jsonl'}, metrics.json, report.md")

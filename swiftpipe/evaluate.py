@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from swiftpipe import ner
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.rundir import write_atomic, write_json
 
@@ -161,7 +162,8 @@ def percentile(values: list[float], q: float) -> Optional[float]:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None, sent: int = 0) -> dict:
+def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None, sent: int = 0,
+                    metric: str = "exact_match") -> dict:
     n = len(records)
     correct = sum(r["correct"] for r in records)
     field_hits: dict[str, list[bool]] = {}
@@ -181,6 +183,8 @@ def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None
         "latency_p95_s": percentile(latencies, 0.95),
         "requests_per_s": (sent / wall_seconds) if wall_seconds and sent else None,
         "requests_sent_this_session": sent,
+        "metric": metric,
+        **({"ner": ner.scores((r["gold"], r["prediction"]) for r in records)} if metric == "ner_f1" else {}),
     }
 
 
@@ -198,6 +202,7 @@ class EvalConfig:
     timeout: float = 120
     retries: int = 4
     enable_thinking: bool = False
+    metric: str = "exact_match"  # or ner_f1: entity-level P/R/F1 of {type: [entity, ...]} answers
     extra_body: dict = field(default_factory=dict)
 
 
@@ -220,37 +225,58 @@ def request_kwargs(cfg: EvalConfig, row: TestRow) -> dict:
     return kwargs
 
 
-async def _ask(client, cfg: EvalConfig, row: TestRow) -> dict:
+@dataclass
+class Completion:
+    text: Optional[str] = None
+    error: Optional[str] = None  # after the retries: connection / timeout / 5xx / 4xx message
+    latency_s: Optional[float] = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Optional[str] = None
+
+
+async def chat(client, kwargs: dict, *, retries: int, base_url: str, model: str) -> Completion:
+    """One chat completion through the OpenAI client: retries with backoff on connection errors,
+    timeouts, 429 and 5xx; a 4xx for this request is returned as its error; a rejected key or an
+    unknown model stops the whole run (every other request would fail the same way)."""
     import openai
 
-    kwargs = request_kwargs(cfg, row)
-    error, text, latency = None, None, None
-    for attempt in range(cfg.retries + 1):
+    result = Completion()
+    for attempt in range(retries + 1):
         started = time.perf_counter()
         try:
             response = await client.chat.completions.create(**kwargs)
-            latency = time.perf_counter() - started
-            text = response.choices[0].message.content
-            error = None
-            break
         except openai.AuthenticationError as exc:
             raise AuthError(
-                f"the server at {cfg.base_url} rejected the API key (HTTP {exc.status_code}); "
+                f"the server at {base_url} rejected the API key (HTTP {exc.status_code}); "
                 f"set OPENAI_API_KEY to the key the server was started with"
             ) from None
         except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
                 openai.RateLimitError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            if attempt < cfg.retries:
+            result.error = f"{type(exc).__name__}: {exc}"
+            if attempt < retries:
                 await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+            continue
         except openai.NotFoundError as exc:
             raise EvalError(
-                f"the server at {cfg.base_url} does not serve model '{cfg.model}' ({exc.message}); "
+                f"the server at {base_url} does not serve model '{model}' ({exc.message}); "
                 f"pass the served name with --model"
             ) from None
         except openai.APIStatusError as exc:  # 4xx for this row (prompt too long, ...): not retried
-            error = f"HTTP {exc.status_code}: {exc.message}"
-            break
+            result.error = f"HTTP {exc.status_code}: {exc.message}"
+            return result
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(text=choice.message.content, latency_s=time.perf_counter() - started,
+                          prompt_tokens=usage.prompt_tokens if usage else 0,
+                          completion_tokens=usage.completion_tokens if usage else 0,
+                          finish_reason=choice.finish_reason)
+    return result
+
+
+async def _ask(client, cfg: EvalConfig, row: TestRow) -> dict:
+    done = await chat(client, request_kwargs(cfg, row), retries=cfg.retries, base_url=cfg.base_url, model=cfg.model)
+    text, error, latency = done.text, done.error, done.latency_s
     prediction, think = parse_answer(text)
     correct, fields = score(row.gold, prediction)
     return {
@@ -363,7 +389,7 @@ def evaluate(cfg: EvalConfig, rows: list[TestRow], out: Path, *, progress: bool 
     records, wall, sent = asyncio.run(_evaluate(cfg, rows, out, progress))
     # Final form: one line per row, in test-file order.
     write_atomic(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    metrics = compute_metrics(records, wall_seconds=wall, sent=sent)
+    metrics = compute_metrics(records, wall_seconds=wall, sent=sent, metric=cfg.metric)
     metrics.update(model=cfg.model, base_url=cfg.base_url, schema_constrained=cfg.schema is not None)
     write_json(out / "metrics.json", metrics)
     write_atomic(out / "report.md", report_markdown(metrics, records, title=title or cfg.model))
@@ -373,8 +399,28 @@ def evaluate(cfg: EvalConfig, rows: list[TestRow], out: Path, *, progress: bool 
 # ---------------------------------------------------------------- reports
 
 
+def headline(metrics: dict) -> str:
+    """One line for the console: exact match (and NER micro F1 when scored), invalid JSON, API errors."""
+    line = f"exact match {metrics['exact_match']:.1%} ({metrics['correct']}/{metrics['n']})"
+    if metrics.get("ner"):
+        line += f", NER micro F1 {metrics['ner']['micro']['f1']:.1%}"
+    return line + f", invalid JSON {metrics['invalid_json']}, API errors {metrics['api_errors']}"
+
+
 def _pct(x: Optional[float]) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def ner_table(scores: dict) -> str:
+    rows = ["| entity type | precision | recall | F1 | gold | predicted |", "|---|---|---|---|---|---|"]
+    for kind, s in scores["per_type"].items():
+        rows.append(f"| {kind} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['gold']} | "
+                    f"{s['predicted']} |")
+    micro, macro = scores["micro"], scores["macro"]
+    rows.append(f"| **micro** | {_pct(micro['precision'])} | {_pct(micro['recall'])} | **{_pct(micro['f1'])}** | "
+                f"{micro['gold']} | {micro['predicted']} |")
+    rows.append(f"| macro | {_pct(macro['precision'])} | {_pct(macro['recall'])} | {_pct(macro['f1'])} | | |")
+    return "\n".join(rows)
 
 
 def report_markdown(metrics: dict, records: list[dict], *, title: str, examples: int = 10) -> str:
@@ -383,6 +429,7 @@ def report_markdown(metrics: dict, records: list[dict], *, title: str, examples:
         "",
         f"- rows: {metrics['n']}",
         f"- exact match: **{_pct(metrics['exact_match'])}** ({metrics['correct']}/{metrics['n']})",
+        *([f"- NER micro F1: **{_pct(metrics['ner']['micro']['f1'])}**"] if metrics.get("ner") else []),
         f"- invalid JSON: {metrics['invalid_json']}; API errors: {metrics['api_errors']}; "
         f"think blocks stripped: {metrics['think_blocks_stripped']}",
     ]
@@ -390,6 +437,8 @@ def report_markdown(metrics: dict, records: list[dict], *, title: str, examples:
         lines.append(f"- latency p50 / p95: {metrics['latency_p50_s']:.3f} s / {metrics['latency_p95_s']:.3f} s")
     if metrics.get("requests_per_s"):
         lines.append(f"- throughput: {metrics['requests_per_s']:.1f} requests/s")
+    if metrics.get("ner"):
+        lines += ["", ner_table(metrics["ner"])]
     if metrics["per_field"]:
         lines += ["", "| field | accuracy |", "|---|---|"]
         lines += [f"| {name} | {_pct(acc)} |" for name, acc in metrics["per_field"].items()]
@@ -421,6 +470,8 @@ def comparison_markdown(base: dict, tuned: dict, base_records: list[dict], tuned
         f"| invalid JSON | {base['invalid_json']} | {tuned['invalid_json']} |",
         f"| API errors | {base['api_errors']} | {tuned['api_errors']} |",
     ]
+    if tuned.get("ner") and base.get("ner"):
+        lines.append(f"| NER micro F1 | {_pct(base['ner']['micro']['f1'])} | {_pct(tuned['ner']['micro']['f1'])} |")
     for name in tuned["per_field"]:
         lines.append(f"| field: {name} | {_pct(base['per_field'].get(name))} | {_pct(tuned['per_field'][name])} |")
     by_key = {r["key"]: r for r in base_records}

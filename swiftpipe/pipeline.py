@@ -274,10 +274,10 @@ def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
         cfg = evaluate.EvalConfig(
             base_url=server.base_url, model=name, api_key=server.api_key, schema=schema,
             concurrency=recipe.eval.concurrency, max_tokens=recipe.eval.max_tokens, timeout=recipe.eval.timeout,
+            metric=recipe.eval.metric,
         )
         metrics = evaluate.evaluate(cfg, rows, out, progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})")
-    echo(f"  {which}: exact match {metrics['exact_match']:.1%} ({metrics['correct']}/{metrics['n']}), "
-         f"invalid JSON {metrics['invalid_json']}, API errors {metrics['api_errors']}")
+    echo(f"  {which}: {evaluate.headline(metrics)}")
     return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": model}
 
 

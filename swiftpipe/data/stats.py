@@ -1,0 +1,159 @@
+"""Inspect and split ms-swift messages JSONL: format check, token lengths, suggested max_length."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Optional
+
+from swiftpipe.errors import SwiftpipeError
+
+ROLES = {"system", "user", "assistant", "tool"}
+
+
+class DataError(SwiftpipeError):
+    pass
+
+
+def check_row(record) -> Optional[str]:
+    """Why a parsed line is not a usable messages row (None when it is)."""
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
+        return 'expected {"messages": [{"role": ..., "content": ...}, ...]}'
+    for i, turn in enumerate(record["messages"]):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            return f"message {i}: expected role in {sorted(ROLES)} and string content"
+    if record["messages"][-1]["role"] != "assistant":
+        return "the last message must be the assistant's answer"
+    return None
+
+
+def read_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """Valid rows and 'file:line: problem' strings for the others."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows, problems = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+            continue
+        problem = check_row(record)
+        if problem:
+            problems.append(f"{path}:{number}: {problem}")
+        else:
+            rows.append(record)
+    return rows, problems
+
+
+def percentile(values: list[int], q: float) -> int:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0
+
+
+def suggest_max_length(total_lengths: list[int]) -> int:
+    """The longest row plus 10%, rounded up to a multiple of 64: no row is dropped or cut."""
+    longest = max(total_lengths, default=0)
+    return max(64, -(-int(longest * 1.1) // 64) * 64)
+
+
+def token_lengths(rows: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+    """(prompt tokens, answer tokens) per row, with the model's chat template where it has one."""
+    prompts, answers = [], []
+    for row in rows:
+        turns = row["messages"]
+        answer = turns[-1]["content"]
+        if getattr(tokenizer, "chat_template", None):
+            prompt_ids = tokenizer.apply_chat_template(turns[:-1], tokenize=True, add_generation_prompt=True)
+            if hasattr(prompt_ids, "keys"):  # transformers 5 returns a BatchEncoding
+                prompt_ids = prompt_ids["input_ids"]
+        else:
+            prompt_ids = tokenizer("\n".join(t["content"] for t in turns[:-1]))["input_ids"]
+        prompts.append(len(prompt_ids))
+        answers.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1)  # + end-of-turn token
+    return prompts, answers
+
+
+def histogram_png(prompts: list[int], answers: list[int], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, values, name in zip(axes, (prompts, answers, [p + a for p, a in zip(prompts, answers)]),
+                                ("prompt", "answer", "prompt + answer")):
+        ax.hist(values, bins=40, color="#4477aa")
+        ax.set_title(f"{name} tokens")
+        ax.axvline(percentile(values, 0.99), color="#cc3311", linestyle="--", label="p99")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def describe(values: list[int]) -> dict:
+    return {"min": min(values), "p50": percentile(values, 0.5), "p95": percentile(values, 0.95),
+            "p99": percentile(values, 0.99), "max": max(values), "mean": round(sum(values) / len(values), 1)}
+
+
+def stats(path: Path, model: Optional[str], png: Optional[Path]) -> dict:
+    rows, problems = read_rows(path)
+    result: dict = {"file": str(path), "rows": len(rows), "bad_rows": len(problems), "problems": problems[:20]}
+    if not rows:
+        return result
+    answers_json = sum(1 for r in rows if _is_json(r["messages"][-1]["content"]))
+    result["answers_parse_as_json"] = answers_json
+    if model:
+        tokenizer = load_tokenizer(model)
+        prompts, answers = token_lengths(rows, tokenizer)
+        totals = [p + a for p, a in zip(prompts, answers)]
+        result.update(tokenizer=model, prompt_tokens=describe(prompts), answer_tokens=describe(answers),
+                      total_tokens=describe(totals), suggested_max_length=suggest_max_length(totals))
+        if png:
+            histogram_png(prompts, answers, png, f"{path.name}: {len(rows)} rows, tokenizer {Path(model).name}")
+            result["histogram"] = str(png)
+    return result
+
+
+def load_tokenizer(model: str):
+    """A local model directory, or a hub id (downloaded through ModelScope, as ms-swift does)."""
+    from transformers import AutoTokenizer
+
+    source = model
+    if not Path(model).exists():
+        try:
+            from modelscope import snapshot_download
+
+            source = snapshot_download(model, allow_patterns=["*.json", "*.txt", "*.model", "*.tiktoken"])
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+            raise DataError(f"cannot load the tokenizer of '{model}': {exc}. Pass a local model directory "
+                            f"with --model, or check the network / hub access.") from None
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
+
+
+def split(path: Path, out_dir: Path, *, val: float, test: float, seed: int) -> dict[str, int]:
+    """Shuffle with `seed` and write train/val/test.jsonl (a part with fraction 0 is not written)."""
+    if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
+        raise DataError(f"--val ({val}) and --test ({test}) must be fractions in [0, 1) that sum to less than 1")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(seed).shuffle(lines)
+    n_test, n_val = round(len(lines) * test), round(len(lines) * val)
+    parts = {"test": lines[:n_test], "val": lines[n_test:n_test + n_val], "train": lines[n_test + n_val:]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        if part or name == "train":
+            (out_dir / f"{name}.jsonl").write_text("".join(line + "\n" for line in part), encoding="utf-8")
+    return {name: len(part) for name, part in parts.items()}
