@@ -30,6 +30,8 @@ def cli() -> None:
     swiftpipe serve    runs/demo-cpu/<run-id>
     swiftpipe eval     test.jsonl --base-url http://127.0.0.1:8000/v1 --model NAME --out DIR
     swiftpipe data     synth-address | convert | label | stats | split
+    swiftpipe sweep    recipes/demo-cpu.yaml lora.rank=8,16 train.lr=1e-4,2e-4
+    swiftpipe leaderboard runs [--format markdown]   |   compare RUN_A RUN_B   |   reproduce RUN_DIR
     """
 
 
@@ -67,11 +69,14 @@ def render(recipe: str, overrides: tuple[str, ...], run_id: str) -> None:
 @click.option("--force", "force", default=None, metavar="STAGE",
               help="Redo STAGE and every later stage (model, sft, export, eval, eval-base, report).")
 @click.option("--dry-run", is_flag=True, help="Print the commands and the run directory; run nothing.")
-def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str | None, dry_run: bool) -> None:
+@click.option("--offline", is_flag=True, help="Forbid hub access (same as offline=true): all models and data local.")
+def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str | None, dry_run: bool,
+        offline: bool) -> None:
     """Run the recipe: sft → export (LoRA merge) → serve + eval (→ base eval) → report."""
     from swiftpipe import pipeline
 
-    plan = pipeline.plan(_load(recipe, overrides), run_id=run_id, base=Path.cwd())
+    plan = pipeline.plan(_load(recipe, overrides + (("offline=true",) if offline else ())), run_id=run_id,
+                         base=Path.cwd())
     if dry_run:
         click.echo(pipeline.dry_run_text(plan), nl=False)
         return
@@ -106,7 +111,9 @@ def serve(target: str, recipe: str | None, host: str | None, port: int | None, n
 
 @cli.command("eval")
 @click.argument("test_file", type=click.Path(dir_okay=False))
-@click.option("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+@click.option("--base-url", "base_urls", required=True, multiple=True,
+              help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; repeat it to spread requests "
+                   "over several replicas of the same model.")
 @click.option("--model", "model", required=True, help="Served model name.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--concurrency", default=16, show_default=True, help="Requests in flight.")
@@ -119,7 +126,7 @@ def serve(target: str, recipe: str | None, host: str | None, port: int | None, n
 @click.option("--no-schema", is_flag=True, help="Send no response_format (unconstrained output).")
 @click.option("--metric", type=click.Choice(["exact_match", "ner_f1"]), default=None,
               help="Scoring (default: eval.metric, exact_match); ner_f1 adds entity-level P/R/F1.")
-def eval_cmd(test_file, base_url, model, out_dir, concurrency, schema_file, recipe, max_tokens, timeout, no_schema,
+def eval_cmd(test_file, base_urls, model, out_dir, concurrency, schema_file, recipe, max_tokens, timeout, no_schema,
              metric) -> None:
     """Evaluate a served model on TEST_FILE (ms-swift messages JSONL); resumable.
 
@@ -127,9 +134,72 @@ def eval_cmd(test_file, base_url, model, out_dir, concurrency, schema_file, reci
     """
     from swiftpipe.commands import run_eval
 
-    run_eval(test_file, base_url=base_url, model=model, out_dir=out_dir, concurrency=concurrency,
+    run_eval(test_file, base_urls=list(base_urls), model=model, out_dir=out_dir, concurrency=concurrency,
              schema_file=schema_file, recipe=recipe, max_tokens=max_tokens, timeout=timeout, no_schema=no_schema,
              metric=metric)
+
+
+@cli.command(epilog="Each AXIS is KEY=V1,V2,... (a single value is a fixed override). " + OVERRIDES_HELP)
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.argument("axes", nargs=-1, required=True)
+@click.option("--sweep-id", default=None, help="Name of the sweep (default: sweep-<timestamp>); reuse it to resume.")
+@click.option("--dry-run", is_flag=True, help="List the points and their commands; run nothing.")
+def sweep(recipe: str, axes: tuple[str, ...], sweep_id: Optional[str], dry_run: bool) -> None:
+    """Run the grid of AXES over RECIPE, one normal run directory per point; failures are recorded, resumable."""
+    from swiftpipe.commands import run_sweep
+
+    run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
+
+
+@cli.command()
+@click.argument("root", type=click.Path(exists=True), default="runs")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "html"]), default="table",
+              show_default=True)
+@click.option("--sort", default="exact_match", show_default=True, help="Column to sort by; prefix - for ascending.")
+@click.option("--where", default=None, help="pandas query, e.g. \"`lora.rank` == 8 and exact_match > 0.9\".")
+@click.option("--column", "columns", multiple=True, help="Extra column (any parameter, e.g. train.warmup_ratio).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+def leaderboard(root: str, fmt: str, sort: str, where: Optional[str], columns: tuple[str, ...], out: Optional[str]) -> None:
+    """Table of the runs below ROOT: key and varying parameters, metrics, durations, versions."""
+    from swiftpipe.commands import show_leaderboard
+
+    show_leaderboard(root, fmt=fmt, sort=sort, where=where, columns=list(columns), out=out)
+
+
+@cli.command()
+@click.argument("run_a", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_b", type=click.Path(exists=True, file_okay=False))
+@click.option("--out-dir", default=None, type=click.Path(file_okay=False),
+              help="Where compare.md and compare.png go (default: <runs>/compare/<A>-vs-<B>).")
+def compare(run_a: str, run_b: str, out_dir: Optional[str]) -> None:
+    """Parameter and metric diff of two runs, the examples whose outcome flipped, and a PNG of both."""
+    from swiftpipe.compare import compare as compare_runs
+
+    text, where = compare_runs(Path(run_a), Path(run_b), Path(out_dir) if out_dir else None)
+    click.echo(text, nl=False)
+    click.echo(f"written: {where / 'compare.md'}, {where / 'compare.png'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--run-id", default=None, help="Run id of the reproduction (default: <run id>-repro-<timestamp>).")
+@click.option("--tolerance", default=0.02, show_default=True,
+              help="Largest accepted difference of exact match and per-field accuracy (fraction).")
+def reproduce(run_dir: str, run_id: Optional[str], tolerance: float) -> None:
+    """Rerun RUN_DIR from its resolved recipe; warn on version drift; exit 1 when metrics differ beyond tolerance."""
+    from swiftpipe.compare import reproduce as reproduce_run
+
+    sys.exit(reproduce_run(Path(run_dir), run_id=run_id, tolerance=tolerance, echo=click.echo))
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1)
+def download(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Pre-download the recipe's model from its hub (model.hub: modelscope or huggingface)."""
+    from swiftpipe.commands import download_model
+
+    download_model(_load(recipe, overrides))
 
 
 @cli.group()

@@ -70,7 +70,7 @@ def serve_forever(target: str, *, recipe: Optional[str], host: Optional[str], po
             raise SwiftpipeError(f"vLLM exited with code {server.proc.returncode}; see {log}")
 
 
-def run_eval(test_file: str, *, base_url: str, model: str, out_dir: str, concurrency: int,
+def run_eval(test_file: str, *, base_urls: list[str], model: str, out_dir: str, concurrency: int,
              schema_file: Optional[str], recipe: Optional[str], max_tokens: Optional[int],
              timeout: Optional[float], no_schema: bool, metric: Optional[str] = None) -> None:
     from swiftpipe import evaluate
@@ -88,7 +88,8 @@ def run_eval(test_file: str, *, base_url: str, model: str, out_dir: str, concurr
     else:
         schema = (loaded.data.json_schema() if loaded else None) or evaluate.schema_from_gold(rows)
     cfg = evaluate.EvalConfig(
-        base_url=base_url.rstrip("/"),
+        base_url=base_urls[0].rstrip("/"),
+        replicas=[url.rstrip("/") for url in base_urls[1:]],
         model=model,
         api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
         schema=schema,
@@ -100,3 +101,51 @@ def run_eval(test_file: str, *, base_url: str, model: str, out_dir: str, concurr
     metrics = evaluate.evaluate(cfg, rows, Path(out_dir), progress=sys.stderr.isatty())
     print(f"{evaluate.headline(metrics)}, {(metrics['requests_per_s'] or 0):.1f} requests/s")
     print(f"written: {Path(out_dir) / 'predictions.jsonl'}, metrics.json, report.md")
+
+
+def run_sweep(recipe: str, axes: tuple[str, ...], *, sweep_id: Optional[str], dry_run: bool) -> None:
+    from swiftpipe import runs, sweep
+
+    root = sweep.run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
+    if dry_run:
+        return
+    prefix = (sweep_id or "") + ("-" if sweep_id else "")
+    frame = runs.leaderboard(root)
+    if sweep_id:
+        frame = frame[frame["run"].str.split("/").str[-1].map(lambda r: r == sweep_id or r.startswith(prefix))]
+    print(runs.render(frame, "table"), end="")
+
+
+def show_leaderboard(root: str, *, fmt: str, sort: str, where: Optional[str], columns: list[str],
+                     out: Optional[str]) -> None:
+    from swiftpipe import runs
+
+    text = runs.render(runs.leaderboard(Path(root), sort=sort, where=where, columns=columns), fmt)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"written: {out}")
+    else:
+        print(text, end="")
+
+
+def download_model(loaded) -> None:
+    """Fetch model.id into the hub's cache, where ms-swift and vLLM look for it."""
+    model = loaded.recipe.model
+    if model.is_local:
+        print(f"model.id {model.id} is a local path: nothing to download")
+        return
+    if loaded.recipe.offline:
+        raise SwiftpipeError(f"offline is set: cannot download {model.id}; set offline=false or use a local copy")
+    try:
+        if model.hub == "huggingface":
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(model.id)
+        else:
+            from modelscope import snapshot_download
+
+            path = snapshot_download(model.id)
+    except Exception as exc:  # noqa: BLE001 - network / auth / not-found errors come in many types
+        raise SwiftpipeError(f"cannot download {model.id} from {model.hub}: {exc}. Check the network and the id, "
+                             f"or set model.hub to the other hub") from None
+    print(f"{model.id} downloaded to {path}")

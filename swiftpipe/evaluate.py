@@ -202,6 +202,7 @@ class EvalConfig:
     timeout: float = 120
     retries: int = 4
     enable_thinking: bool = False
+    replicas: list = field(default_factory=list)  # more base URLs serving the same model; requests alternate
     metric: str = "exact_match"  # or ner_f1: entity-level P/R/F1 of {type: [entity, ...]} answers
     extra_body: dict = field(default_factory=dict)
 
@@ -274,8 +275,33 @@ async def chat(client, kwargs: dict, *, retries: int, base_url: str, model: str)
     return result
 
 
+async def for_each_concurrently(items: list, handle, concurrency: int) -> None:
+    """Await `handle(item)` for every item with `concurrency` workers; on error or cancellation the
+    other workers are cancelled before this returns (nothing keeps running in the background)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            await handle(item)
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, max(len(items), 1)))]
+    try:
+        await asyncio.gather(*workers)
+    finally:
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
 async def _ask(client, cfg: EvalConfig, row: TestRow) -> dict:
-    done = await chat(client, request_kwargs(cfg, row), retries=cfg.retries, base_url=cfg.base_url, model=cfg.model)
+    done = await chat(client, request_kwargs(cfg, row), retries=cfg.retries, base_url=str(client.base_url),
+                      model=cfg.model)
     text, error, latency = done.text, done.error, done.latency_s
     prediction, think = parse_answer(text)
     correct, fields = score(row.gold, prediction)
@@ -291,6 +317,7 @@ async def _ask(client, cfg: EvalConfig, row: TestRow) -> dict:
         "think_stripped": think,
         "error": error,
         "latency_s": latency,
+        "server": str(client.base_url).rstrip("/"),
     }
 
 
@@ -348,36 +375,25 @@ async def _evaluate(cfg: EvalConfig, rows: list[TestRow], out: Path, progress: b
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows), initial=len(done), desc="eval", unit="req", dynamic_ncols=True)
-    client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=cfg.timeout,
-                                http_client=_http_client())
-    queue: asyncio.Queue = asyncio.Queue()
-    for row in todo:
-        queue.put_nowait(row)
+    clients = [openai.AsyncOpenAI(base_url=url, api_key=cfg.api_key, max_retries=0, timeout=cfg.timeout,
+                                  http_client=_http_client()) for url in [cfg.base_url, *cfg.replicas]]
     started = time.perf_counter()
 
     with open(predictions, "a", encoding="utf-8") as sink:
 
-        async def worker() -> None:
-            while True:
-                try:
-                    row = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                record = await _ask(client, cfg, row)
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                sink.flush()
-                done[row.index] = record
-                if bar:
-                    bar.update(1)
+        async def ask(row: TestRow) -> None:
+            record = await _ask(clients[row.index % len(clients)], cfg, row)  # spread over the replicas
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+            done[row.index] = record
+            if bar:
+                bar.update(1)
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency, max(len(todo), 1)))]
         try:
-            await asyncio.gather(*workers)
+            await for_each_concurrently(todo, ask, cfg.concurrency)
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-            await client.close()
+            for client in clients:
+                await client.close()
             if bar:
                 bar.close()
     return [done[i] for i in sorted(done)], time.perf_counter() - started, len(todo)
@@ -390,7 +406,8 @@ def evaluate(cfg: EvalConfig, rows: list[TestRow], out: Path, *, progress: bool 
     # Final form: one line per row, in test-file order.
     write_atomic(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     metrics = compute_metrics(records, wall_seconds=wall, sent=sent, metric=cfg.metric)
-    metrics.update(model=cfg.model, base_url=cfg.base_url, schema_constrained=cfg.schema is not None)
+    metrics.update(model=cfg.model, base_url=cfg.base_url, replicas=cfg.replicas,
+                   schema_constrained=cfg.schema is not None)
     write_json(out / "metrics.json", metrics)
     write_atomic(out / "report.md", report_markdown(metrics, records, title=title or cfg.model))
     return metrics

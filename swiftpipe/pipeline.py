@@ -61,7 +61,13 @@ def check_inputs(p: RunPlan) -> None:
         if value and not Path(render.absolute(value, p.base)).is_file():
             problems.append(f"data.{key}: file not found: {render.absolute(value, p.base)}")
     model_dir = Path(render.absolute(recipe.model.id, p.base))
-    if recipe.model.is_local and not recipe.model.tiny and not (model_dir / "config.json").is_file():
+    if recipe.offline and not recipe.model.is_local:
+        problems.append(
+            f"model.id: '{recipe.model.id}' is a hub id, but offline is set; download it where there is "
+            f"network (`modelscope download --model {recipe.model.id} --local_dir DIR`), copy DIR here and "
+            f"set model.id=DIR"
+        )
+    elif recipe.model.is_local and not recipe.model.tiny and not (model_dir / "config.json").is_file():
         problems.append(
             f"model.id: no model at {model_dir} (no config.json); give a hub id such as "
             f"Qwen/Qwen3-0.6B, or build a test model with `swiftpipe tiny-model {recipe.model.id}`"
@@ -238,6 +244,9 @@ def stage_export(p: RunPlan) -> dict:
 
 def active_stages(p: RunPlan) -> list[str]:
     recipe = p.loaded.recipe
+    if recipe.hardware.node_rank > 0:
+        # Multi-node: the other machines only join the training; node 0 merges, serves and evaluates.
+        return [stage for stage in STAGES if stage == "sft" or (stage == "model" and recipe.model.tiny)]
     wanted = {
         "model": recipe.model.tiny,
         "sft": True,

@@ -38,6 +38,7 @@ class ServeOptions:
     max_model_len: Optional[int] = None
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
     structured_outputs_backend: str = "xgrammar"
     startup_timeout: float = 600
     cpu: bool = False
@@ -58,6 +59,7 @@ class ServeOptions:
             max_model_len=s.max_model_len or recipe.train.max_length + recipe.eval.max_tokens,
             gpu_memory_utilization=s.gpu_memory_utilization,
             tensor_parallel_size=s.tensor_parallel_size,
+            data_parallel_size=s.data_parallel_size,
             structured_outputs_backend=s.structured_outputs_backend,
             startup_timeout=s.startup_timeout,
             cpu=cpu,
@@ -112,6 +114,8 @@ def render_serve(opts: ServeOptions, port: int) -> Command:
     else:
         args["gpu-memory-utilization"] = opts.gpu_memory_utilization
         args["tensor-parallel-size"] = opts.tensor_parallel_size
+        if opts.data_parallel_size > 1:
+            args["data-parallel-size"] = opts.data_parallel_size
     args.update(opts.extra_args)
     argv = ["vllm", "serve", opts.model_dir]
     for name, value in args.items():

@@ -54,3 +54,21 @@ def test_markers(tmp_path):
     assert run.is_done("sft") and run.stage_outputs("sft")["checkpoint"] == "/c"
     run.clear("sft")
     assert not run.is_done("sft") and run.stage_outputs("sft") == {}
+
+
+def test_offline_refuses_missing_local_model_and_hub_ids_before_any_stage(tmp_path):
+    import subprocess
+
+    from tests.conftest import REPO, child_env, swiftpipe_cmd
+
+    missing = tmp_path / "no-such-model"
+    out = subprocess.run([*swiftpipe_cmd(), "run", "recipes/demo-cpu.yaml", f"output.root={tmp_path}",
+                          f"model.id={missing}", "model.tiny=false", "--offline", "--run-id", "x"],
+                         capture_output=True, text=True, cwd=REPO, env=child_env())
+    assert out.returncode == 2 and str(missing) in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "demo-cpu").exists()  # nothing started
+    hub = subprocess.run([*swiftpipe_cmd(), "run", "recipes/demo-cpu.yaml", f"output.root={tmp_path}",
+                          "model.id=Qwen/Qwen3-0.6B", "model.tiny=false", "offline=true", "--run-id", "x"],
+                         capture_output=True, text=True, cwd=REPO, env=child_env())
+    assert hub.returncode == 2 and "'Qwen/Qwen3-0.6B' is a hub id, but offline is set" in hub.stderr
+    assert not (tmp_path / "demo-cpu").exists()

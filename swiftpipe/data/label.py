@@ -141,9 +141,6 @@ async def _request_all(cfg: LabelConfig, todo: list[tuple[str, str]], cache_path
                                    max_tokens=cfg.max_tokens, retries=cfg.retries, extra_body=cfg.extra_body)
     client = openai.AsyncOpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=0, timeout=cfg.timeout,
                                 http_client=evaluate._http_client())
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in todo:
-        queue.put_nowait(item)
     errors: dict[str, str] = {}
     bar = None
     if progress:
@@ -152,31 +149,26 @@ async def _request_all(cfg: LabelConfig, todo: list[tuple[str, str]], cache_path
         bar = tqdm(total=len(todo), desc="label", unit="req", dynamic_ncols=True)
     with cache_path.open("a", encoding="utf-8") as sink:
 
-        async def worker() -> None:
-            while not queue.empty():
-                key, text = queue.get_nowait()
-                row = evaluate.TestRow(0, cfg.system_prompt, text, None, "")
-                done = await evaluate.chat(client, evaluate.request_kwargs(eval_cfg, row), retries=cfg.retries,
-                                           base_url=cfg.base_url, model=cfg.model)
-                if done.error is not None:
-                    errors[key] = done.error
-                else:
-                    entry = {"key": key, "model": cfg.model, "text": text, "raw": done.text,
-                             "finish_reason": done.finish_reason, "prompt_tokens": done.prompt_tokens,
-                             "completion_tokens": done.completion_tokens, "time": time.time()}
-                    sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                    sink.flush()
-                    cache[key] = entry
-                if bar:
-                    bar.update(1)
+        async def ask(item: tuple[str, str]) -> None:
+            key, text = item
+            row = evaluate.TestRow(0, cfg.system_prompt, text, None, "")
+            done = await evaluate.chat(client, evaluate.request_kwargs(eval_cfg, row), retries=cfg.retries,
+                                       base_url=cfg.base_url, model=cfg.model)
+            if done.error is not None:
+                errors[key] = done.error
+            else:
+                entry = {"key": key, "model": cfg.model, "text": text, "raw": done.text,
+                         "finish_reason": done.finish_reason, "prompt_tokens": done.prompt_tokens,
+                         "completion_tokens": done.completion_tokens, "time": time.time()}
+                sink.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                sink.flush()
+                cache[key] = entry
+            if bar:
+                bar.update(1)
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency, max(len(todo), 1)))]
         try:
-            await asyncio.gather(*workers)
+            await evaluate.for_each_concurrently(todo, ask, cfg.concurrency)
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
             await client.close()
             if bar:
                 bar.close()

@@ -176,6 +176,7 @@ class ServeSection(Section):
     max_model_len: Optional[int] = Field(None, ge=16, description="context length; none = train.max_length")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory vLLM may use")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans")
+    data_parallel_size: int = Field(1, ge=1, description="replicas behind the one endpoint (vLLM data parallel)")
     structured_outputs_backend: str = Field("xgrammar", description="vLLM structured-outputs backend")
     startup_timeout: float = Field(600, gt=0, description="seconds to wait for the server to be ready")
     extra_args: dict[str, Any] = Field(default_factory=dict, description="other `vllm serve` flags")
@@ -196,6 +197,7 @@ class OutputSection(Section):
 
 class Recipe(Section):
     name: Optional[str] = Field(None, description="recipe name; none = the file's stem")
+    offline: bool = Field(False, description="forbid model-hub access: every model and dataset must be local")
     model: ModelSection
     data: DataSection
     train: TrainSection = Field(default_factory=TrainSection)

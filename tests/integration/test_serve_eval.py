@@ -137,6 +137,20 @@ def test_killed_evaluation_resumes_without_loss_or_duplicates(server, tmp_path):
     assert indices == list(range(64))
 
 
+def test_evaluator_spreads_requests_over_replicas(server, tmp_path):
+    # Two base URLs of one server (127.0.0.1 and localhost) stand in for two replicas.
+    env = {**child_env(), "OPENAI_API_KEY": server.api_key}
+    second = server.base_url.replace("127.0.0.1", "localhost")
+    out = subprocess.run([*swiftpipe_cmd(), "eval", str(DEMO_DATA), "--base-url", server.base_url, "--base-url", second,
+                          "--model", "demo", "--out", str(tmp_path / "r"), "--recipe", "recipes/demo-cpu.yaml"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
+    servers = [r["server"] for r in records]
+    assert servers.count(server.base_url) == servers.count(second) == 8
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["exact_match"] >= 0.9
+
+
 def test_wrong_api_key_is_an_authentication_error(server, tmp_path):
     out = _eval(server, tmp_path / "e", key="sk-wrong")
     assert out.returncode == 1
@@ -182,3 +196,20 @@ def test_broken_model_dir_fails_with_cause_and_log_tail(tmp_path):
     missing = subprocess.run([*swiftpipe_cmd(), "serve", str(broken / "nothing-here")], cwd=tmp_path,
                              env=child_env(), capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_reproduce_matches_and_compare_writes_png(demo_run):
+    run, _ = demo_run
+    done = subprocess.run([*swiftpipe_cmd(), "reproduce", str(run), "--run-id", "again", "--tolerance", "0.05"],
+                          capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "reproduced: largest difference" in done.stdout
+    again = run.parent / "again"
+    original = json.loads((run / "eval" / "finetuned" / "metrics.json").read_text())
+    repro = json.loads((again / "eval" / "finetuned" / "metrics.json").read_text())
+    assert abs(repro["exact_match"] - original["exact_match"]) <= 0.05
+    cmp = subprocess.run([*swiftpipe_cmd(), "compare", str(run), str(again)], capture_output=True, text=True,
+                         cwd=REPO, env=child_env())
+    assert cmp.returncode == 0, cmp.stderr
+    assert "## Flipped examples:" in cmp.stdout and "(none: same resolved recipe)" in cmp.stdout
+    assert (run.parent / "compare" / "full-vs-again" / "compare.png").read_bytes()[:4] == b"\x89PNG"

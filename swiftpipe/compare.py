@@ -1,0 +1,161 @@
+"""`swiftpipe compare RUN_A RUN_B` and `swiftpipe reproduce RUN_DIR`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from swiftpipe import envinfo, runs
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.rundir import read_json, write_atomic
+
+# Parameters that always differ between two runs and say nothing about the recipe.
+IGNORED_PARAMS = {"name"}
+
+
+class CompareError(SwiftpipeError):
+    pass
+
+
+def _check(run: Path) -> Path:
+    if not runs.is_run_dir(run):
+        raise CompareError(f"{run} is not a run directory (no run.json / resolved.yaml); pass runs/<recipe>/<run id>")
+    return run
+
+
+def param_diff(a: Path, b: Path) -> list[tuple[str, Any, Any]]:
+    pa, pb = runs.params(a), runs.params(b)
+    return [(k, pa.get(k), pb.get(k)) for k in sorted(set(pa) | set(pb))
+            if k not in IGNORED_PARAMS and pa.get(k) != pb.get(k)]
+
+
+def _records(run: Path) -> dict[str, dict]:
+    path = run / "eval" / "finetuned" / "predictions.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["key"]: r for r in rows}
+
+
+def flipped(a: Path, b: Path) -> list[tuple[dict, dict]]:
+    """(record in A, record in B) for the test rows whose exact-match outcome differs."""
+    ra, rb = _records(a), _records(b)
+    return [(ra[k], rb[k]) for k in ra if k in rb and ra[k]["correct"] != rb[k]["correct"]]
+
+
+def _pct(value: Optional[float]) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
+    a, b = _check(a), _check(b)
+    lines = [f"# {a.name} vs {b.name}", "", f"- A: {a}", f"- B: {b}", "", "## Parameters that differ", ""]
+    diff = param_diff(a, b)
+    lines += ["| parameter | A | B |", "|---|---|---|"] + [f"| {k} | {va} | {vb} |" for k, va, vb in diff] \
+        if diff else ["(none: same resolved recipe)"]
+    ma, mb = runs.metrics(a) or {}, runs.metrics(b) or {}
+    lines += ["", "## Metrics", "", "| metric | A | B | B − A |", "|---|---|---|---|"]
+    rows: list[tuple[str, Optional[float], Optional[float]]] = [("exact match", ma.get("exact_match"), mb.get("exact_match"))]
+    if ma.get("ner") or mb.get("ner"):
+        rows.append(("NER micro F1", (ma.get("ner") or {}).get("micro", {}).get("f1"),
+                     (mb.get("ner") or {}).get("micro", {}).get("f1")))
+    for field in sorted(set(ma.get("per_field", {})) | set(mb.get("per_field", {}))):
+        rows.append((f"field: {field}", ma.get("per_field", {}).get(field), mb.get("per_field", {}).get(field)))
+    for name, va, vb in rows:
+        delta = f"{100 * (vb - va):+.1f} pt" if va is not None and vb is not None else "–"
+        lines.append(f"| {name} | {_pct(va)} | {_pct(vb)} | {delta} |")
+    flips = flipped(a, b)
+    to_b = sum(1 for _, rb in flips if rb["correct"])
+    lines += ["", f"## Flipped examples: {len(flips)} ({to_b} right only in B, {len(flips) - to_b} right only in A)", ""]
+    for ra, rb in flips[:examples]:
+        lines += [f"- input: {ra['input']}", f"  - gold: {json.dumps(ra['gold'], ensure_ascii=False)}",
+                  f"  - A ({'right' if ra['correct'] else 'wrong'}): {json.dumps(ra['prediction'], ensure_ascii=False)}",
+                  f"  - B ({'right' if rb['correct'] else 'wrong'}): {json.dumps(rb['prediction'], ensure_ascii=False)}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(a: Path, b: Path, out: Path) -> None:
+    """Loss curves of both runs and their per-field accuracy, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    for run, color in ((a, "#4477aa"), (b, "#ee6677")):
+        curve = runs.loss_curve(run)
+        if curve:
+            left.plot(*zip(*curve), label=run.name, color=color)
+    left.set_title("training loss")
+    left.set_xlabel("step")
+    left.legend()
+    fields = sorted(set((runs.metrics(a) or {}).get("per_field", {})) | set((runs.metrics(b) or {}).get("per_field", {})))
+    width = 0.4
+    for i, (run, color) in enumerate(((a, "#4477aa"), (b, "#ee6677"))):
+        per_field = (runs.metrics(run) or {}).get("per_field", {})
+        right.bar([x + (i - 0.5) * width for x in range(len(fields))], [per_field.get(f, 0) for f in fields],
+                  width, label=run.name, color=color)
+    right.set_xticks(range(len(fields)), fields, rotation=30, ha="right")
+    right.set_ylim(0, 1.05)
+    right.set_title("per-field accuracy")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def compare(a: Path, b: Path, out_dir: Optional[Path]) -> tuple[str, Path]:
+    text = comparison(a, b)
+    out_dir = out_dir or a.parent / "compare" / f"{a.name}-vs-{b.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "compare.md", text)
+    plot(a, b, out_dir / "compare.png")
+    return text, out_dir
+
+
+# ---------------------------------------------------------------- reproduce
+
+
+def version_drift(run: Path) -> list[str]:
+    stored = (read_json(run / "env.json") or {}).get("packages", {})
+    now = envinfo.package_versions()
+    return [f"{k}: {stored[k]} (run) → {now.get(k)} (now)" for k in stored if k in now and stored[k] != now[k]]
+
+
+def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print) -> int:
+    """Rerun `run` from its resolved recipe into a sibling run directory; 0 when the metrics agree."""
+    run = _check(run)
+    for line in version_drift(run):
+        echo(f"warning: version drift {line}")
+    run_id = run_id or f"{run.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}"
+    info = read_json(run / "run.json") or {}
+    # The resolved recipe has every default filled in; the root is the original run's root so that
+    # the reproduction lands beside it. Relative paths resolve against the original working directory.
+    cwd = info.get("cwd") or str(Path.cwd())
+    root = run.parent.parent
+    echo(f"reproducing {run} as {root / run.parent.name / run_id}")
+    code = subprocess.call([sys.executable, "-m", "swiftpipe.cli", "run", str(run / "resolved.yaml"),
+                            f"output.root={root}", f"name={run.parent.name}", "--run-id", run_id], cwd=cwd)
+    if code:
+        raise CompareError(f"the reproduction run failed (exit {code}); see {root / run.parent.name / run_id}/logs")
+    new = root / run.parent.name / run_id
+    before, after = runs.metrics(run) or {}, runs.metrics(new) or {}
+    if "exact_match" not in before or "exact_match" not in after:
+        echo("no eval metrics to compare (eval disabled or data.test unset); the run itself reproduced")
+        return 0
+    worst = 0.0
+    lines = ["| metric | original | reproduced | difference |", "|---|---|---|---|"]
+    pairs = [("exact_match", before["exact_match"], after["exact_match"])]
+    pairs += [(f"field.{k}", v, after.get("per_field", {}).get(k)) for k, v in before.get("per_field", {}).items()]
+    for name, va, vb in pairs:
+        delta = abs((vb or 0) - (va or 0))
+        worst = max(worst, delta)
+        lines.append(f"| {name} | {_pct(va)} | {_pct(vb)} | {100 * delta:.1f} pt{' **over tolerance**' if delta > tolerance else ''} |")
+    echo("\n".join(lines))
+    verdict = "reproduced" if worst <= tolerance else "NOT reproduced"
+    echo(f"{verdict}: largest difference {100 * worst:.1f} pt, tolerance {100 * tolerance:.1f} pt ({new})")
+    return 0 if worst <= tolerance else 1

