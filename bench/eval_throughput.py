@@ -7,7 +7,12 @@ One server (started by swiftpipe's launcher) and the same prompts for all three 
   2. `vllm bench serve` (openai-chat backend, custom dataset) at the same max concurrency;
   3. a one-at-a-time client (synchronous OpenAI client, one request after another).
 All requests: the waybill text as the only user message, greedy, --max-tokens new tokens, no
-response_format (vLLM's benchmark client cannot send one). Prints a Markdown table and writes
+response_format (vLLM's benchmark client cannot send one).
+
+By default the server and the clients run on separate CPU cores (the first half of the cores for
+vLLM, the rest for the clients), as on a GPU server where the client never waits for a core: on a
+small CPU machine a client that shares vLLM's cores measures the contention, not the client
+(README: Benchmarks). --shared-cpus measures that shared setting instead. Prints a Markdown table and writes
 the figures to bench/results/eval_throughput-<host>.json. Without --model it uses the tiny demo
 model (built at .cache/swiftpipe/tiny-qwen3 when missing).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -61,8 +67,6 @@ def bench_vllm(server: VllmServer, name: str, model_dir: str, texts: list[str], 
             str(concurrency), "--temperature", "0", "--disable-shuffle", "--save-result", "--result-dir",
             str(work), "--result-filename", "vllm-bench.json"]
     env = {"OPENAI_API_KEY": server.api_key, "VLLM_PLUGINS": ""}
-    import os
-
     out = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env})
     if out.returncode != 0:
         raise SystemExit(f"vllm bench serve failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -92,7 +96,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--sequential-num", type=int, default=64, help="requests for the one-at-a-time client")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds after the warm-up round")
+    parser.add_argument("--shared-cpus", action="store_true",
+                        help="let server and clients share every core (default: separate halves)")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    isolate = not args.shared_cpus and len(cpus) >= 2
+    server_cpus, client_cpus = (set(cpus[: len(cpus) // 2]), set(cpus[len(cpus) // 2:])) if isolate else (set(cpus),) * 2
 
     model_dir = args.model
     if not model_dir:
@@ -112,7 +121,11 @@ def main() -> None:
         "one at a time": lambda work: bench_sequential(server, name, texts[: args.sequential_num], args.max_tokens),
     }
     runs: dict[str, list[float]] = {client: [] for client in clients}
+    # The server inherits this process's CPU set at start; the clients (this process and the
+    # `vllm bench` child) then move to the other half.
+    os.sched_setaffinity(0, server_cpus)
     with tempfile.TemporaryDirectory() as tmp, VllmServer(opts, Path(tmp) / "server.log") as server:
+        os.sched_setaffinity(0, client_cpus)
         # A fresh vLLM is slow at its first high-concurrency batches: warm every client up first,
         # then alternate the clients over --rounds rounds and report the median.
         for round_no in range(args.rounds + 1):
@@ -126,7 +139,8 @@ def main() -> None:
                 print(f"  round {round_no}{' (warm-up)' if round_no == 0 else ''}: {client} {rps:.1f} req/s", flush=True)
     results = {client: statistics.median(values) for client, values in runs.items()}
     machine = f"{socket.gethostname()}: {envinfo.environment(REPO)['cpus']} CPUs, " + (
-        ", ".join(gpus) if gpus else "no GPU")
+        ", ".join(gpus) if gpus else "no GPU") + (
+        f"; server on CPUs {sorted(server_cpus)}, clients on {sorted(client_cpus)}" if isolate else "; shared CPUs")
     ratio = results["swiftpipe eval"] / results["vllm bench serve"]
     print(f"\nmachine: {machine}; model: {model_dir}; {args.num} requests, concurrency {args.concurrency}, "
           f"max_tokens {args.max_tokens}\n")
