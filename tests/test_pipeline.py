@@ -72,3 +72,32 @@ def test_offline_refuses_missing_local_model_and_hub_ids_before_any_stage(tmp_pa
                          capture_output=True, text=True, cwd=REPO, env=child_env())
     assert hub.returncode == 2 and "'Qwen/Qwen3-0.6B' is a hub id, but offline is set" in hub.stderr
     assert not (tmp_path / "demo-cpu").exists()
+
+
+def test_other_nodes_only_train():
+    from pathlib import Path
+
+    from swiftpipe import pipeline
+    from swiftpipe.recipe.load import load_recipe
+    from tests.conftest import REPO
+
+    recipe = REPO / "recipes" / "address-qwen3-0.6b.yaml"
+    master = pipeline.plan(load_recipe(recipe, ["hardware.nnodes=2"]), run_id="r", base=Path(REPO))
+    worker = pipeline.plan(load_recipe(recipe, ["hardware.nnodes=2", "hardware.node_rank=1"]), run_id="r",
+                           base=Path(REPO))
+    assert pipeline.active_stages(master) == ["sft", "export", "eval", "eval-base", "report"]
+    assert pipeline.active_stages(worker) == ["sft"]
+
+
+def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
+    import subprocess
+
+    from tests.conftest import REPO
+
+    before = sorted(p.name for p in REPO.iterdir())
+    out = subprocess.run(["bash", "sft.sh", "--dry-run", "--download"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "plan:" in out.stdout and "scripts/install.sh" in out.stdout and "swiftpipe download" in out.stdout
+    assert "swiftpipe run recipes/" in out.stdout
+    assert sorted(p.name for p in REPO.iterdir()) == before

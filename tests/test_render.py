@@ -137,3 +137,10 @@ def test_commands_script_finds_checkpoint_like_the_runner(tmp_path):
     script = "\n".join(cmd.prelude) + '\necho "$LAST_CHECKPOINT"'
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "/ckpt/checkpoint-7"
+
+
+def test_deepspeed_presets_are_accepted_by_swift():
+    for preset in ("zero2", "zero3"):
+        recipe = load_recipe(ADDRESS, [f"train.deepspeed={preset}", "hardware.gpus=[0,1]"]).recipe
+        argv = render.render_sft(recipe, RUN, base=REPO, gpu_count=2).argv
+        assert parse_with_swift("SftArguments", argv[2:]).deepspeed == preset

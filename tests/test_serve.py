@@ -3,6 +3,7 @@ import socket
 import pytest
 
 from swiftpipe.serve import ServeOptions, ServerError, VllmServer, free_port, port_in_use, render_serve
+from tests.conftest import REPO
 
 
 def test_cpu_command_and_env():
@@ -49,3 +50,18 @@ def test_taken_port_is_named(tmp_path):
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
             server.start()
     assert not port_in_use("127.0.0.1", free_port())
+
+
+def test_tensor_and_data_parallel_flags_on_gpu():
+    from swiftpipe.recipe.load import load_recipe
+    from swiftpipe.serve import ServeOptions, render_serve
+
+    recipe = load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml",
+                         ["serve.tensor_parallel_size=2", "serve.data_parallel_size=4"]).recipe
+    opts = ServeOptions.from_recipe(recipe, "/m", served_name="x", cpu=False)
+    argv = render_serve(opts, 8000).argv
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert argv[argv.index("--data-parallel-size") + 1] == "4"
+    single = render_serve(ServeOptions.from_recipe(load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml").recipe,
+                                                   "/m", served_name="x", cpu=False), 8000).argv
+    assert "--data-parallel-size" not in single
