@@ -106,14 +106,11 @@ def run_eval(test_file: str, *, base_urls: list[str], model: str, out_dir: str, 
 def run_sweep(recipe: str, axes: tuple[str, ...], *, sweep_id: Optional[str], dry_run: bool) -> None:
     from swiftpipe import runs, sweep
 
-    root = sweep.run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
+    root, run_ids = sweep.run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
     if dry_run:
         return
-    prefix = (sweep_id or "") + ("-" if sweep_id else "")
     frame = runs.leaderboard(root)
-    if sweep_id:
-        frame = frame[frame["run"].str.split("/").str[-1].map(lambda r: r == sweep_id or r.startswith(prefix))]
-    print(runs.render(frame, "table"), end="")
+    print(runs.render(frame[frame["run"].str.rsplit("/", n=1).str[-1].isin(run_ids)], "table"), end="")
 
 
 def show_leaderboard(root: str, *, fmt: str, sort: str, where: Optional[str], columns: list[str],

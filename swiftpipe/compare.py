@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from swiftpipe import envinfo, runs
 from swiftpipe.errors import SwiftpipeError
+from swiftpipe.evaluate import pct, read_records
 from swiftpipe.rundir import read_json, write_atomic
 
 # Parameters that always differ between two runs and say nothing about the recipe.
@@ -34,21 +35,14 @@ def param_diff(a: Path, b: Path) -> list[tuple[str, Any, Any]]:
 
 
 def _records(run: Path) -> dict[str, dict]:
-    path = run / "eval" / "finetuned" / "predictions.jsonl"
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {r["key"]: r for r in rows}
+    out = run / "eval" / "finetuned"
+    return {r["key"]: r for r in read_records(out)} if (out / "predictions.jsonl").exists() else {}
 
 
 def flipped(a: Path, b: Path) -> list[tuple[dict, dict]]:
     """(record in A, record in B) for the test rows whose exact-match outcome differs."""
     ra, rb = _records(a), _records(b)
     return [(ra[k], rb[k]) for k in ra if k in rb and ra[k]["correct"] != rb[k]["correct"]]
-
-
-def _pct(value: Optional[float]) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
@@ -67,7 +61,7 @@ def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
         rows.append((f"field: {field}", ma.get("per_field", {}).get(field), mb.get("per_field", {}).get(field)))
     for name, va, vb in rows:
         delta = f"{100 * (vb - va):+.1f} pt" if va is not None and vb is not None else "–"
-        lines.append(f"| {name} | {_pct(va)} | {_pct(vb)} | {delta} |")
+        lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {delta} |")
     flips = flipped(a, b)
     to_b = sum(1 for _, rb in flips if rb["correct"])
     lines += ["", f"## Flipped examples: {len(flips)} ({to_b} right only in B, {len(flips) - to_b} right only in A)", ""]
@@ -120,17 +114,11 @@ def compare(a: Path, b: Path, out_dir: Optional[Path]) -> tuple[str, Path]:
 # ---------------------------------------------------------------- reproduce
 
 
-def version_drift(run: Path) -> list[str]:
-    stored = (read_json(run / "env.json") or {}).get("packages", {})
-    now = envinfo.package_versions()
-    return [f"{k}: {stored[k]} (run) → {now.get(k)} (now)" for k in stored if k in now and stored[k] != now[k]]
-
-
 def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print) -> int:
     """Rerun `run` from its resolved recipe into a sibling run directory; 0 when the metrics agree."""
     run = _check(run)
-    for line in version_drift(run):
-        echo(f"warning: version drift {line}")
+    for line in envinfo.version_drift(read_json(run / "env.json")):
+        echo(f"warning: version drift since the run (then → now): {line}")
     run_id = run_id or f"{run.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}"
     info = read_json(run / "run.json") or {}
     # The resolved recipe has every default filled in; the root is the original run's root so that
@@ -154,7 +142,7 @@ def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print)
     for name, va, vb in pairs:
         delta = abs((vb or 0) - (va or 0))
         worst = max(worst, delta)
-        lines.append(f"| {name} | {_pct(va)} | {_pct(vb)} | {100 * delta:.1f} pt{' **over tolerance**' if delta > tolerance else ''} |")
+        lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {100 * delta:.1f} pt{' **over tolerance**' if delta > tolerance else ''} |")
     echo("\n".join(lines))
     verdict = "reproduced" if worst <= tolerance else "NOT reproduced"
     echo(f"{verdict}: largest difference {100 * worst:.1f} pt, tolerance {100 * tolerance:.1f} pt ({new})")

@@ -67,6 +67,13 @@ def gpus() -> list[str]:
     return names
 
 
+def version_drift(stored_env: dict) -> list[str]:
+    """'name: then → now' for each package whose version differs from an env.json's."""
+    stored = (stored_env or {}).get("packages", {})
+    now = package_versions()
+    return [f"{k}: {stored[k]} → {now.get(k)}" for k in stored if k in now and stored[k] != now[k]]
+
+
 def environment(cwd: Path, seed: Optional[int] = None) -> dict:
     return {
         "python": sys.version.split()[0],

@@ -424,19 +424,19 @@ def headline(metrics: dict) -> str:
     return line + f", invalid JSON {metrics['invalid_json']}, API errors {metrics['api_errors']}"
 
 
-def _pct(x: Optional[float]) -> str:
+def pct(x: Optional[float]) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
 def ner_table(scores: dict) -> str:
     rows = ["| entity type | precision | recall | F1 | gold | predicted |", "|---|---|---|---|---|---|"]
     for kind, s in scores["per_type"].items():
-        rows.append(f"| {kind} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} | {s['gold']} | "
+        rows.append(f"| {kind} | {pct(s['precision'])} | {pct(s['recall'])} | {pct(s['f1'])} | {s['gold']} | "
                     f"{s['predicted']} |")
     micro, macro = scores["micro"], scores["macro"]
-    rows.append(f"| **micro** | {_pct(micro['precision'])} | {_pct(micro['recall'])} | **{_pct(micro['f1'])}** | "
+    rows.append(f"| **micro** | {pct(micro['precision'])} | {pct(micro['recall'])} | **{pct(micro['f1'])}** | "
                 f"{micro['gold']} | {micro['predicted']} |")
-    rows.append(f"| macro | {_pct(macro['precision'])} | {_pct(macro['recall'])} | {_pct(macro['f1'])} | | |")
+    rows.append(f"| macro | {pct(macro['precision'])} | {pct(macro['recall'])} | {pct(macro['f1'])} | | |")
     return "\n".join(rows)
 
 
@@ -445,8 +445,8 @@ def report_markdown(metrics: dict, records: list[dict], *, title: str, examples:
         f"# Evaluation: {title}",
         "",
         f"- rows: {metrics['n']}",
-        f"- exact match: **{_pct(metrics['exact_match'])}** ({metrics['correct']}/{metrics['n']})",
-        *([f"- NER micro F1: **{_pct(metrics['ner']['micro']['f1'])}**"] if metrics.get("ner") else []),
+        f"- exact match: **{pct(metrics['exact_match'])}** ({metrics['correct']}/{metrics['n']})",
+        *([f"- NER micro F1: **{pct(metrics['ner']['micro']['f1'])}**"] if metrics.get("ner") else []),
         f"- invalid JSON: {metrics['invalid_json']}; API errors: {metrics['api_errors']}; "
         f"think blocks stripped: {metrics['think_blocks_stripped']}",
     ]
@@ -458,7 +458,7 @@ def report_markdown(metrics: dict, records: list[dict], *, title: str, examples:
         lines += ["", ner_table(metrics["ner"])]
     if metrics["per_field"]:
         lines += ["", "| field | accuracy |", "|---|---|"]
-        lines += [f"| {name} | {_pct(acc)} |" for name, acc in metrics["per_field"].items()]
+        lines += [f"| {name} | {pct(acc)} |" for name, acc in metrics["per_field"].items()]
     wrong = [r for r in records if not r["correct"]][:examples]
     if wrong:
         lines += ["", f"## First {len(wrong)} misses", ""]
@@ -482,15 +482,15 @@ def comparison_markdown(base: dict, tuned: dict, base_records: list[dict], tuned
         "",
         "| metric | base | fine-tuned |",
         "|---|---|---|",
-        f"| exact match | {_pct(base['exact_match'])} ({base['correct']}/{base['n']}) | "
-        f"{_pct(tuned['exact_match'])} ({tuned['correct']}/{tuned['n']}) |",
+        f"| exact match | {pct(base['exact_match'])} ({base['correct']}/{base['n']}) | "
+        f"{pct(tuned['exact_match'])} ({tuned['correct']}/{tuned['n']}) |",
         f"| invalid JSON | {base['invalid_json']} | {tuned['invalid_json']} |",
         f"| API errors | {base['api_errors']} | {tuned['api_errors']} |",
     ]
     if tuned.get("ner") and base.get("ner"):
-        lines.append(f"| NER micro F1 | {_pct(base['ner']['micro']['f1'])} | {_pct(tuned['ner']['micro']['f1'])} |")
+        lines.append(f"| NER micro F1 | {pct(base['ner']['micro']['f1'])} | {pct(tuned['ner']['micro']['f1'])} |")
     for name in tuned["per_field"]:
-        lines.append(f"| field: {name} | {_pct(base['per_field'].get(name))} | {_pct(tuned['per_field'][name])} |")
+        lines.append(f"| field: {name} | {pct(base['per_field'].get(name))} | {pct(tuned['per_field'][name])} |")
     by_key = {r["key"]: r for r in base_records}
     fixed = [(by_key[r["key"]], r) for r in tuned_records if r["key"] in by_key and r["correct"] and not by_key[r["key"]]["correct"]]
     broken = [(by_key[r["key"]], r) for r in tuned_records if r["key"] in by_key and not r["correct"] and by_key[r["key"]]["correct"]]

@@ -112,9 +112,7 @@ def prepare_run_dir(p: RunPlan) -> bool:
 
 
 def _warn_version_drift(p: RunPlan) -> None:
-    stored = (read_json(p.run.path / "env.json") or {}).get("packages", {})
-    now = envinfo.package_versions()
-    drift = [f"{k} {stored.get(k)} -> {now.get(k)}" for k in now if k in stored and stored[k] != now[k]]
+    drift = envinfo.version_drift(read_json(p.run.path / "env.json"))
     if drift:
         echo(f"warning: package versions changed since this run started: {', '.join(drift)}")
 

@@ -63,7 +63,8 @@ def point_id(sweep_id: str, point: dict[str, str], varying: list[str]) -> str:
 
 
 def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Optional[str], dry_run: bool,
-              echo=print) -> Path:
+              echo=print) -> tuple[Path, list[str]]:
+    """Run (or resume) the grid; returns the recipe's run root and the points' run ids."""
     from swiftpipe.recipe.load import load_recipe
 
     axes = parse_axes(axes_specs)
@@ -88,8 +89,8 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
                              f"those, or pick a new --sweep-id")
     varying = [k for k, values in axes if len(values) > 1]
     echo(f"sweep {sweep_id}: {len(grid)} points of {recipe_path} (state: {state_path})")
-    for number, point in enumerate(grid, 1):
-        run_id = point_id(sweep_id, point, varying)
+    run_ids = [point_id(sweep_id, point, varying) for point in grid]
+    for number, (point, run_id) in enumerate(zip(grid, run_ids), 1):
         overrides = [f"{k}={v}" for k, v in point.items()]
         run_dir = root / run_id
         label = f"[{number}/{len(grid)}] {' '.join(overrides)} → {run_dir}"
@@ -127,4 +128,4 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
         failed = [r for r, p in state["points"].items() if p["status"] != "done"]
         echo(f"sweep {sweep_id}: {len(grid) - len(failed)} of {len(grid)} points done"
              + (f"; failed: {', '.join(failed)} (rerun with --sweep-id {sweep_id} to retry them)" if failed else ""))
-    return root
+    return root, run_ids

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe import evaluate
+from swiftpipe.data.convert import messages
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.rundir import write_atomic, write_json
 
@@ -205,10 +206,7 @@ def label(cfg: LabelConfig, inputs: Path, out: Path, *, progress: bool = False) 
         if reasons:
             rejects.append({"line": number, "text": text, "raw": entry["raw"], "reasons": reasons})
             continue
-        turns = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-        turns += [{"role": "user", "content": text},
-                  {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))}]
-        labelled.append(json.dumps({"messages": turns}, ensure_ascii=False) + "\n")
+        labelled.append(json.dumps(messages(cfg.system_prompt, text, answer), ensure_ascii=False) + "\n")
     write_atomic(out, "".join(labelled))
     write_atomic(paths.rejects, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     sent_now = len(todo)
