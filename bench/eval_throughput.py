@@ -33,25 +33,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from swiftpipe import envinfo, evaluate  # noqa: E402
+from swiftpipe import client, envinfo, evaluate, messages  # noqa: E402
+from swiftpipe.messages import Example  # noqa: E402
 from swiftpipe.procs import resolve_executable  # noqa: E402
-from swiftpipe.serve import ServeOptions, VllmServer  # noqa: E402
+from swiftpipe.recipe.schema import EvalSection  # noqa: E402
+from swiftpipe.vllm_server import ServeTarget, VllmServer  # noqa: E402
 
 
 def prompts(source: Path, num: int) -> list[str]:
-    texts = []
-    for line in source.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            texts.append(next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user"))
+    texts = [row.user for row in messages.read(source)]
     return [texts[i % len(texts)] for i in range(num)]
 
 
 def bench_swiftpipe(server: VllmServer, name: str, texts: list[str], concurrency: int, max_tokens: int,
                     work: Path) -> float:
-    rows = [evaluate.TestRow(i, None, t, {}, "{}") for i, t in enumerate(texts)]
-    cfg = evaluate.EvalConfig(base_url=server.base_url, model=name, api_key=server.api_key, schema=None,
-                              concurrency=concurrency, max_tokens=max_tokens)
-    metrics = evaluate.evaluate(cfg, rows, work / "swiftpipe-eval", progress=False)
+    rows = [Example(i, 0, None, t, "{}", {}) for i, t in enumerate(texts)]
+    endpoint = client.Endpoint(server.base_url, name, server.api_key)
+    settings = EvalSection(concurrency=concurrency, max_tokens=max_tokens)
+    metrics = evaluate.evaluate([endpoint], rows, work / "swiftpipe-eval", schema=None, settings=settings,
+                                progress=False)
     assert metrics["api_errors"] == 0, metrics
     return metrics["requests_per_s"]
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--sequential-num", type=int, default=64, help="requests for the one-at-a-time client")
+    parser.add_argument("--sequential-num", type=int, default=64, help="requests for the one-at-a-time who")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds after the warm-up round")
     parser.add_argument("--shared-cpus", action="store_true",
                         help="let server and clients share every core (default: separate halves)")
@@ -113,31 +113,31 @@ def main() -> None:
     gpus = envinfo.gpus()
     texts = prompts(Path(args.data), args.num)
     name = "bench"
-    opts = ServeOptions(model_dir=model_dir, served_name=name, max_model_len=1024, cpu=not gpus)
+    target = ServeTarget(model_dir=model_dir, served_name=name, max_model_len=1024, cpu=not gpus)
     clients = {
         "swiftpipe eval": lambda work: bench_swiftpipe(server, name, texts, args.concurrency, args.max_tokens, work),
         "vllm bench serve": lambda work: bench_vllm(server, name, model_dir, texts, args.concurrency,
                                                     args.max_tokens, work),
         "one at a time": lambda work: bench_sequential(server, name, texts[: args.sequential_num], args.max_tokens),
     }
-    runs: dict[str, list[float]] = {client: [] for client in clients}
+    runs: dict[str, list[float]] = {who: [] for who in clients}
     # The server inherits this process's CPU set at start; the clients (this process and the
     # `vllm bench` child) then move to the other half.
     os.sched_setaffinity(0, server_cpus)
-    with tempfile.TemporaryDirectory() as tmp, VllmServer(opts, Path(tmp) / "server.log") as server:
+    with tempfile.TemporaryDirectory() as tmp, VllmServer(target, Path(tmp) / "server.log") as server:
         os.sched_setaffinity(0, client_cpus)
         # A fresh vLLM is slow at its first high-concurrency batches: warm every client up first,
         # then alternate the clients over --rounds rounds and report the median.
         for round_no in range(args.rounds + 1):
             order = list(clients) if round_no % 2 else list(reversed(clients))
-            for client in order:
-                work = Path(tmp) / f"{client.replace(' ', '-')}-{round_no}"
+            for who in order:
+                work = Path(tmp) / f"{who.replace(' ', '-')}-{round_no}"
                 work.mkdir()
-                rps = clients[client](work)
+                rps = clients[who](work)
                 if round_no > 0:
-                    runs[client].append(rps)
-                print(f"  round {round_no}{' (warm-up)' if round_no == 0 else ''}: {client} {rps:.1f} req/s", flush=True)
-    results = {client: statistics.median(values) for client, values in runs.items()}
+                    runs[who].append(rps)
+                print(f"  round {round_no}{' (warm-up)' if round_no == 0 else ''}: {who} {rps:.1f} req/s", flush=True)
+    results = {who: statistics.median(values) for who, values in runs.items()}
     machine = f"{socket.gethostname()}: {envinfo.environment(REPO)['cpus']} CPUs, " + (
         ", ".join(gpus) if gpus else "no GPU") + (
         f"; server on CPUs {sorted(server_cpus)}, clients on {sorted(client_cpus)}" if isolate else "; shared CPUs")
@@ -145,9 +145,9 @@ def main() -> None:
     print(f"\nmachine: {machine}; model: {model_dir}; {args.num} requests, concurrency {args.concurrency}, "
           f"max_tokens {args.max_tokens}\n")
     print(f"| client | concurrency | requests/s (median of {args.rounds}) |\n|---|---|---|")
-    for client, rps in results.items():
-        conc = 1 if client == "one at a time" else args.concurrency
-        print(f"| {client} | {conc} | {rps:.1f} |")
+    for who, rps in results.items():
+        conc = 1 if who == "one at a time" else args.concurrency
+        print(f"| {who} | {conc} | {rps:.1f} |")
     print(f"\nswiftpipe eval / vllm bench serve = {ratio:.2f}")
     out = REPO / "bench" / "results" / f"eval_throughput-{socket.gethostname()}.json"
     out.parent.mkdir(exist_ok=True)

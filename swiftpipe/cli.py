@@ -12,8 +12,9 @@ from typing import Optional
 
 import click
 
-from swiftpipe import __version__
+from swiftpipe import __version__, console
 from swiftpipe.errors import SwiftpipeError
+from swiftpipe.rundir import STAGES
 
 OVERRIDES_HELP = "Overrides as dotted KEY=VALUE, e.g. train.lr=2e-4 lora.rank=16 (they win over the YAML)."
 
@@ -44,10 +45,15 @@ def _load(recipe: str, overrides: tuple[str, ...]):
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
-def validate(recipe: str, overrides: tuple[str, ...]) -> None:
+@click.option("--explain", is_flag=True, help="Also list every recipe key with its type, default and description.")
+def validate(recipe: str, overrides: tuple[str, ...], explain: bool) -> None:
     """Check a recipe against the schema (all problems at once; exit 2 when invalid)."""
     loaded = _load(recipe, overrides)
-    click.echo(f"{recipe}: valid recipe '{loaded.name}'")
+    console.say(f"{recipe}: valid recipe '{loaded.name}'")
+    if explain:
+        from swiftpipe.recipe.explain import explain as explain_keys
+
+        console.say(explain_keys().rstrip())
 
 
 @cli.command(epilog=OVERRIDES_HELP)
@@ -59,32 +65,36 @@ def render(recipe: str, overrides: tuple[str, ...], run_id: str) -> None:
     from swiftpipe import pipeline
 
     plan = pipeline.plan(_load(recipe, overrides), run_id=run_id, base=Path.cwd())
-    click.echo(pipeline.dry_run_text(plan), nl=False)
+    console.say(pipeline.dry_run_text(plan).rstrip("\n"))
 
 
 @cli.command(epilog=OVERRIDES_HELP)
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--run-id", default=None, help="Run id (default: a timestamp). An existing id resumes that run.")
-@click.option("--force", "force", default=None, metavar="STAGE",
-              help="Redo STAGE and every later stage (model, sft, export, eval, eval-base, report).")
+@click.option("--force", "force", default=None, type=click.Choice(STAGES), metavar="STAGE",
+              help=f"Redo STAGE and every later stage ({', '.join(STAGES)}).")
 @click.option("--dry-run", is_flag=True, help="Print the commands and the run directory; run nothing.")
 @click.option("--offline", is_flag=True, help="Forbid hub access (same as offline=true): all models and data local.")
+@click.option("--allow-cpu", is_flag=True, help="Train on the CPU even when the recipe is GPU-sized and no GPU is found.")
 def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str | None, dry_run: bool,
-        offline: bool) -> None:
+        offline: bool, allow_cpu: bool) -> None:
     """Run the recipe: sft → export (LoRA merge) → serve + eval (→ base eval) → report."""
     from swiftpipe import pipeline
 
     plan = pipeline.plan(_load(recipe, overrides + (("offline=true",) if offline else ())), run_id=run_id,
-                         base=Path.cwd())
+                         base=Path.cwd(), allow_cpu=allow_cpu)
     if dry_run:
-        click.echo(pipeline.dry_run_text(plan), nl=False)
+        pipeline.check_force(plan, force)
+        for problem in pipeline.input_problems(plan):
+            console.warn(f"the real run would stop here: {problem}")
+        console.say(pipeline.dry_run_text(plan).rstrip("\n"))
         return
     summary = pipeline.execute(plan, force=force)
-    click.echo(f"run finished: {plan.run.path}")
-    click.echo(f"final model:  {summary['final_model']}")
+    console.say(f"run finished: {plan.run.path}")
+    console.say(f"final model:  {summary['final_model']}")
     if summary.get("report"):
-        click.echo(f"report:       {summary['report']}")
+        console.say(f"report:       {summary['report']}")
 
 
 @cli.command()
@@ -104,7 +114,7 @@ def serve(target: str, recipe: str | None, host: str | None, port: int | None, n
     The API key comes from SWIFTPIPE_API_KEY (or VLLM_API_KEY); without one a key is generated and
     shown once. It is passed to vLLM through the environment, never on the command line.
     """
-    from swiftpipe.commands import serve_forever
+    from swiftpipe.serve import serve_forever
 
     serve_forever(target, recipe=recipe, host=host, port=port, name=name, base=base, log_file=log_file)
 
@@ -116,7 +126,7 @@ def serve(target: str, recipe: str | None, host: str | None, port: int | None, n
                    "over several replicas of the same model.")
 @click.option("--model", "model", required=True, help="Served model name.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--concurrency", default=16, show_default=True, help="Requests in flight.")
+@click.option("--concurrency", type=int, default=None, help="Requests in flight (default: eval.concurrency, 16).")
 @click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON schema file for the answer (default: the recipe's, else derived from the gold answers).")
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -132,9 +142,9 @@ def eval_cmd(test_file, base_urls, model, out_dir, concurrency, schema_file, rec
 
     The API key comes from OPENAI_API_KEY, as OpenAI clients expect.
     """
-    from swiftpipe.commands import run_eval
+    from swiftpipe.evaluate import eval_command
 
-    run_eval(test_file, base_urls=list(base_urls), model=model, out_dir=out_dir, concurrency=concurrency,
+    eval_command(test_file, base_urls=list(base_urls), model=model, out_dir=out_dir, concurrency=concurrency,
              schema_file=schema_file, recipe=recipe, max_tokens=max_tokens, timeout=timeout, no_schema=no_schema,
              metric=metric)
 
@@ -146,9 +156,9 @@ def eval_cmd(test_file, base_urls, model, out_dir, concurrency, schema_file, rec
 @click.option("--dry-run", is_flag=True, help="List the points and their commands; run nothing.")
 def sweep(recipe: str, axes: tuple[str, ...], sweep_id: Optional[str], dry_run: bool) -> None:
     """Run the grid of AXES over RECIPE, one normal run directory per point; failures are recorded, resumable."""
-    from swiftpipe.commands import run_sweep
+    from swiftpipe.sweep import sweep_command
 
-    run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
+    sweep_command(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
 
 
 @cli.command()
@@ -161,9 +171,9 @@ def sweep(recipe: str, axes: tuple[str, ...], sweep_id: Optional[str], dry_run: 
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 def leaderboard(root: str, fmt: str, sort: str, where: Optional[str], columns: tuple[str, ...], out: Optional[str]) -> None:
     """Table of the runs below ROOT: key and varying parameters, metrics, durations, versions."""
-    from swiftpipe.commands import show_leaderboard
+    from swiftpipe import leaderboard as board
 
-    show_leaderboard(root, fmt=fmt, sort=sort, where=where, columns=list(columns), out=out)
+    board.show(root, fmt=fmt, sort=sort, where=where, columns=list(columns), out=out)
 
 
 @cli.command()
@@ -176,8 +186,8 @@ def compare(run_a: str, run_b: str, out_dir: Optional[str]) -> None:
     from swiftpipe.compare import compare as compare_runs
 
     text, where = compare_runs(Path(run_a), Path(run_b), Path(out_dir) if out_dir else None)
-    click.echo(text, nl=False)
-    click.echo(f"written: {where / 'compare.md'}, {where / 'compare.png'}")
+    console.say(text.rstrip("\n"))
+    console.say(f"written: {where / 'compare.md'}, {where / 'compare.png'}")
 
 
 @cli.command()
@@ -187,9 +197,9 @@ def compare(run_a: str, run_b: str, out_dir: Optional[str]) -> None:
               help="Largest accepted difference of exact match and per-field accuracy (fraction).")
 def reproduce(run_dir: str, run_id: Optional[str], tolerance: float) -> None:
     """Rerun RUN_DIR from its resolved recipe; warn on version drift; exit 1 when metrics differ beyond tolerance."""
-    from swiftpipe.compare import reproduce as reproduce_run
+    from swiftpipe.reproduce import reproduce as reproduce_run
 
-    sys.exit(reproduce_run(Path(run_dir), run_id=run_id, tolerance=tolerance, echo=click.echo))
+    sys.exit(reproduce_run(Path(run_dir), run_id=run_id, tolerance=tolerance))
 
 
 @cli.command()
@@ -197,7 +207,7 @@ def reproduce(run_dir: str, run_id: Optional[str], tolerance: float) -> None:
 @click.argument("overrides", nargs=-1)
 def download(recipe: str, overrides: tuple[str, ...]) -> None:
     """Pre-download the recipe's model from its hub (model.hub: modelscope or huggingface)."""
-    from swiftpipe.commands import download_model
+    from swiftpipe.hub import download as download_model
 
     download_model(_load(recipe, overrides))
 
@@ -307,21 +317,28 @@ def tiny_model(out_dir: str, vocab_size: int, hidden_size: int, layers: int, see
     from swiftpipe.tiny_model import build_tiny_model
 
     path = build_tiny_model(out_dir, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, seed=seed)
-    click.echo(f"tiny Qwen3 written to {path}")
+    console.say(f"tiny Qwen3 written to {path}")
 
 
 def main() -> None:
+    from swiftpipe import procs
+
+    # SIGTERM and SIGHUP (a closed terminal, a dropped SSH session) take the same clean-up path as
+    # Ctrl-C: every command stops its children on the way out.
+    procs.handle_termination_signals()
     try:
         cli.main(standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # click turns Ctrl-C into Abort; child processes were stopped on the way out.
-        click.echo("interrupted: child processes stopped; rerun with the same --run-id to resume", err=True)
+        hint = console.current_resume_hint()
+        signame = getattr(exc, "signame", None) or "Ctrl-C"
+        console.error(f"interrupted ({signame}): child processes stopped" + (f"; {hint}" if hint else ""))
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except SwiftpipeError as exc:
-        click.echo(f"error: {exc}", err=True)
+        console.error(str(exc))
         sys.exit(exc.exit_code)
 
 

@@ -1,28 +1,23 @@
-"""`swiftpipe compare RUN_A RUN_B` and `swiftpipe reproduce RUN_DIR`."""
+"""`swiftpipe compare RUN_A RUN_B`: parameter and metric diff, flipped examples, a PNG of both runs."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import envinfo, runs
+from swiftpipe import leaderboard as runs
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.evaluate import pct, read_records
-from swiftpipe.rundir import read_json, write_atomic
-
-# Parameters that always differ between two runs and say nothing about the recipe.
-IGNORED_PARAMS = {"name"}
+from swiftpipe.evaluate import read_records
+from swiftpipe.jsonl import write_atomic
+from swiftpipe.reports import pct
 
 
 class CompareError(SwiftpipeError):
     pass
 
 
-def _check(run: Path) -> Path:
+def check_run(run: Path) -> Path:
     if not runs.is_run_dir(run):
         raise CompareError(f"{run} is not a run directory (no run.json / resolved.yaml); pass runs/<recipe>/<run id>")
     return run
@@ -31,7 +26,7 @@ def _check(run: Path) -> Path:
 def param_diff(a: Path, b: Path) -> list[tuple[str, Any, Any]]:
     pa, pb = runs.params(a), runs.params(b)
     return [(k, pa.get(k), pb.get(k)) for k in sorted(set(pa) | set(pb))
-            if k not in IGNORED_PARAMS and pa.get(k) != pb.get(k)]
+            if k not in runs.LOCATION_KEYS and pa.get(k) != pb.get(k)]
 
 
 def _records(run: Path) -> dict[str, dict]:
@@ -46,7 +41,7 @@ def flipped(a: Path, b: Path) -> list[tuple[dict, dict]]:
 
 
 def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
-    a, b = _check(a), _check(b)
+    a, b = check_run(a), check_run(b)
     lines = [f"# {a.name} vs {b.name}", "", f"- A: {a}", f"- B: {b}", "", "## Parameters that differ", ""]
     diff = param_diff(a, b)
     lines += ["| parameter | A | B |", "|---|---|---|"] + [f"| {k} | {va} | {vb} |" for k, va, vb in diff] \
@@ -109,41 +104,3 @@ def compare(a: Path, b: Path, out_dir: Optional[Path]) -> tuple[str, Path]:
     write_atomic(out_dir / "compare.md", text)
     plot(a, b, out_dir / "compare.png")
     return text, out_dir
-
-
-# ---------------------------------------------------------------- reproduce
-
-
-def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print) -> int:
-    """Rerun `run` from its resolved recipe into a sibling run directory; 0 when the metrics agree."""
-    run = _check(run)
-    for line in envinfo.version_drift(read_json(run / "env.json")):
-        echo(f"warning: version drift since the run (then → now): {line}")
-    run_id = run_id or f"{run.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}"
-    info = read_json(run / "run.json") or {}
-    # The resolved recipe has every default filled in; the root is the original run's root so that
-    # the reproduction lands beside it. Relative paths resolve against the original working directory.
-    cwd = info.get("cwd") or str(Path.cwd())
-    root = run.parent.parent
-    echo(f"reproducing {run} as {root / run.parent.name / run_id}")
-    code = subprocess.call([sys.executable, "-m", "swiftpipe.cli", "run", str(run / "resolved.yaml"),
-                            f"output.root={root}", f"name={run.parent.name}", "--run-id", run_id], cwd=cwd)
-    if code:
-        raise CompareError(f"the reproduction run failed (exit {code}); see {root / run.parent.name / run_id}/logs")
-    new = root / run.parent.name / run_id
-    before, after = runs.metrics(run) or {}, runs.metrics(new) or {}
-    if "exact_match" not in before or "exact_match" not in after:
-        echo("no eval metrics to compare (eval disabled or data.test unset); the run itself reproduced")
-        return 0
-    worst = 0.0
-    lines = ["| metric | original | reproduced | difference |", "|---|---|---|---|"]
-    pairs = [("exact_match", before["exact_match"], after["exact_match"])]
-    pairs += [(f"field.{k}", v, after.get("per_field", {}).get(k)) for k, v in before.get("per_field", {}).items()]
-    for name, va, vb in pairs:
-        delta = abs((vb or 0) - (va or 0))
-        worst = max(worst, delta)
-        lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {100 * delta:.1f} pt{' **over tolerance**' if delta > tolerance else ''} |")
-    echo("\n".join(lines))
-    verdict = "reproduced" if worst <= tolerance else "NOT reproduced"
-    echo(f"{verdict}: largest difference {100 * worst:.1f} pt, tolerance {100 * tolerance:.1f} pt ({new})")
-    return 0 if worst <= tolerance else 1

@@ -46,25 +46,71 @@ def git_commit(cwd: Path) -> Optional[dict]:
         return None
 
 
-def gpus() -> list[str]:
-    """GPU names from nvidia-smi (no torch import); [] on machines without one."""
+def _nvidia_smi(*args: str) -> Optional[str]:
     if not shutil.which("nvidia-smi"):
-        return []
+        return None
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=15,
-        )
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=15)
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def gpus() -> list[str]:
+    """Names of the GPUs this process may use (nvidia-smi, no torch import); [] without one.
+
+    CUDA_VISIBLE_DEVICES is honoured as CUDA reads it: indices, `GPU-<uuid>` (or a unique prefix)
+    and `MIG-<uuid>` entries, in order, up to the first entry that names no device.
+    """
+    listing = _nvidia_smi("--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader")
+    if listing is None:
         return []
-    if out.returncode != 0:
-        return []
-    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    devices = []  # (index, uuid, name)
+    for line in listing.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0].isdigit():
+            devices.append((parts[0], parts[1], ", ".join([parts[2], *parts[3:]])))
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        wanted = [v for v in visible.split(",") if v.strip().isdigit()]
-        names = [names[int(i)] for i in wanted if int(i) < len(names)]
-    return names
+    if visible is None:
+        return [name for _, _, name in devices]
+    chosen: list[str] = []
+    migs: Optional[dict[str, str]] = None
+    for entry in (e.strip() for e in visible.split(",")):
+        if entry.isdigit():
+            found = [name for index, _, name in devices if index == entry]
+        elif entry.startswith("GPU-"):
+            found = [name for _, uuid, name in devices if uuid.startswith(entry)][:1] if len(entry) > 4 else []
+        elif entry.startswith("MIG-"):
+            if migs is None:
+                migs = _mig_devices()
+            found = [name for uuid, name in migs.items() if uuid.startswith(entry)][:1] if len(entry) > 4 else []
+        else:
+            found = []
+        if not found:
+            break  # CUDA ignores this entry and every one after it
+        chosen += found
+    return chosen
+
+
+def gpu_detection() -> str:
+    """Why no GPU was found, in words (for messages)."""
+    if not shutil.which("nvidia-smi"):
+        return "nvidia-smi is not installed"
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None and not gpus() and _nvidia_smi("-L"):
+        return f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides the GPUs nvidia-smi lists"
+    return "nvidia-smi lists no usable GPU" if _nvidia_smi("-L") is not None else "nvidia-smi cannot talk to the driver"
+
+
+def _mig_devices() -> dict[str, str]:
+    """{MIG uuid: "MIG <profile>"} from `nvidia-smi -L`."""
+    listing = _nvidia_smi("-L") or ""
+    found = {}
+    for line in listing.splitlines():
+        line = line.strip()
+        if line.startswith("MIG ") and "UUID: MIG-" in line:
+            uuid = line.split("UUID: ", 1)[1].rstrip(")").strip()
+            found[uuid] = line.split("Device", 1)[0].strip()
+    return found
 
 
 def version_drift(stored_env: dict) -> list[str]:

@@ -20,7 +20,5 @@ class StageFailed(SwiftpipeError):
         self.stage, self.returncode, self.log_path = stage, returncode, log_path
         super().__init__(
             f"stage '{stage}' failed (exit code {returncode}); full log: {log_path}\n"
-            f"--- last lines of the log ---\n{log_tail}\n---\n"
-            f"Fix the cause and rerun the same command with --run-id to resume; "
-            f"finished stages are kept."
+            f"--- last lines of the log ---\n{log_tail}\n---"
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
+import shlex
 import shutil
 import sys
 import time
@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from swiftpipe import envinfo, procs, render
-from swiftpipe.errors import RecipeError, SwiftpipeError
+import yaml
+
+from swiftpipe import console, envinfo, hub, jsonl, procs, render, runlock
+from swiftpipe.console import say as echo
+from swiftpipe.errors import RecipeError, StageFailed, SwiftpipeError
+from swiftpipe.jsonl import read_json, write_atomic, write_json
 from swiftpipe.recipe.load import LoadedRecipe, resolved_yaml
-from swiftpipe.rundir import RunDir, new_run_id, read_json, write_atomic, write_json
+from swiftpipe.rundir import STAGES, RunDir, new_run_id
 
-STAGES = ["model", "sft", "export", "eval", "eval-base", "report"]
-
-
-def echo(message: str = "") -> None:
-    print(message, flush=True)
+# Recipe keys that legitimately differ between the machines of one multi-node run sharing
+# output.root: they do not make a different recipe.
+PER_MACHINE_KEYS = (("hardware", "node_rank"),)
 
 
 @dataclass
@@ -39,9 +41,21 @@ class RunPlan:
     base: Path  # relative recipe paths are resolved against this (the working directory)
     gpu_count: int
     commands: list[render.Command] = field(default_factory=list)
+    allow_cpu: bool = False
+
+    def resume_command(self) -> str:
+        """The exact command that continues this run."""
+        argv = ["swiftpipe", "run", str(self.loaded.path), *self.loaded.overrides, "--run-id", self.run_id]
+        return shlex.join(argv + (["--allow-cpu"] if self.allow_cpu else []))
+
+    @property
+    def lock_path(self) -> Path:
+        # One lock per machine of a multi-node run: they share the directory but not the work.
+        rank = self.loaded.recipe.hardware.node_rank
+        return self.run.path / ("run.lock" if rank == 0 else f"run.node{rank}.lock")
 
 
-def plan(loaded: LoadedRecipe, *, run_id: Optional[str], base: Path) -> RunPlan:
+def plan(loaded: LoadedRecipe, *, run_id: Optional[str], base: Path, allow_cpu: bool = False) -> RunPlan:
     recipe = loaded.recipe
     run_id = run_id or new_run_id()
     if not run_id or "/" in run_id or run_id.startswith("."):
@@ -50,11 +64,12 @@ def plan(loaded: LoadedRecipe, *, run_id: Optional[str], base: Path) -> RunPlan:
     run = RunDir(root / loaded.name / run_id)
     gpu_count = len(envinfo.gpus())
     commands = render.render_all(recipe, run.path, base=base, gpu_count=gpu_count)
-    return RunPlan(loaded, run, run_id, base, gpu_count, commands)
+    return RunPlan(loaded, run, run_id, base, gpu_count, commands, allow_cpu=allow_cpu)
 
 
-def check_inputs(p: RunPlan) -> None:
-    """Fail before any stage when an input is missing, naming the recipe key."""
+def input_problems(p: RunPlan) -> list[str]:
+    """What would stop the run before any stage: missing inputs (each naming its recipe key), and a
+    GPU-sized recipe about to run on a CPU-only machine."""
     recipe, problems = p.loaded.recipe, []
     for key in ("train", "val", "test"):
         value = getattr(recipe.data, key)
@@ -72,13 +87,50 @@ def check_inputs(p: RunPlan) -> None:
             f"model.id: no model at {model_dir} (no config.json); give a hub id such as "
             f"Qwen/Qwen3-0.6B, or build a test model with `swiftpipe tiny-model {recipe.model.id}`"
         )
+    problems += cpu_problems(p)
+    return problems
+
+
+def cpu_problems(p: RunPlan) -> list[str]:
+    """A recipe left on `hardware.device: auto` that finds no GPU would train on CPU: for a real model
+    that is many hours. Say so before anything starts; go on only when asked to."""
+    recipe = p.loaded.recipe
+    hw, t = recipe.hardware, recipe.train
+    if p.gpu_count or hw.device == "cpu" or p.allow_cpu:
+        return []
+    found = envinfo.gpu_detection()
+    if hw.device == "cuda":
+        return [f"hardware.device: cuda, but no GPU is visible ({found}); run on a GPU machine, or set "
+                f"hardware.device=cpu"]
+    length = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
+    return [f"hardware.device: auto found no GPU ({found}), so this recipe would train {recipe.model.id} "
+            f"({recipe.model.torch_dtype}, {t.tuner}, batch {t.batch_size} x {t.grad_accum}, {length}) on the CPU, "
+            f"which takes many hours for a real model. Use recipes/demo-cpu.yaml for a CPU demo, or a GPU "
+            f"machine; to train on this CPU anyway pass --allow-cpu (or set hardware.device=cpu)"]
+
+
+def check_inputs(p: RunPlan) -> None:
+    """Fail before any stage when an input is missing; then, for a hub model that is not cached,
+    fail in seconds when the hub cannot be reached."""
+    problems = input_problems(p)
     if problems:
         raise RecipeError(f"{p.loaded.path}: cannot start:\n" + "\n".join(f"  - {x}" for x in problems))
+    model = p.loaded.recipe.model
+    if not model.is_local and "sft" in active_stages(p):
+        hub.check_reachable(model.id, model.hub)
 
 
 def _diff_lines(old: str, new: str) -> str:
     diff = difflib.unified_diff(old.splitlines(), new.splitlines(), "stored", "now", lineterm="", n=0)
     return "\n".join(line for line in diff if not line.startswith(("---", "+++", "@@")))
+
+
+def _same_recipe_text(text: str) -> str:
+    """resolved.yaml without the keys that differ per machine of one run."""
+    data = yaml.safe_load(text) or {}
+    for section, key in PER_MACHINE_KEYS:
+        (data.get(section) or {}).pop(key, None)
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
 
 
 def prepare_run_dir(p: RunPlan) -> bool:
@@ -87,14 +139,13 @@ def prepare_run_dir(p: RunPlan) -> bool:
     stored_path = p.run.path / "resolved.yaml"
     if stored_path.exists():
         stored = stored_path.read_text(encoding="utf-8")
-        if stored != resolved:
+        if _same_recipe_text(stored) != _same_recipe_text(resolved):
             raise RecipeError(
                 f"run {p.run.path} was made with a different recipe:\n{_diff_lines(stored, resolved)}\n"
                 f"Use a new --run-id for a changed recipe (or pass the same overrides)."
             )
         _warn_version_drift(p)
         return True
-    p.run.path.mkdir(parents=True, exist_ok=True)
     write_atomic(p.run.path / "recipe.yaml", p.loaded.text)
     write_atomic(stored_path, resolved)
     write_json(p.run.path / "env.json", envinfo.environment(p.base, seed=p.loaded.recipe.train.seed))
@@ -114,7 +165,7 @@ def prepare_run_dir(p: RunPlan) -> bool:
 def _warn_version_drift(p: RunPlan) -> None:
     drift = envinfo.version_drift(read_json(p.run.path / "env.json"))
     if drift:
-        echo(f"warning: package versions changed since this run started: {', '.join(drift)}")
+        console.warn(f"package versions changed since this run started: {', '.join(drift)}")
 
 
 def update_run_json(run: RunDir, **fields) -> None:
@@ -127,58 +178,58 @@ def update_run_json(run: RunDir, **fields) -> None:
 
 
 class SftProgress:
-    """Reads swift's logging.jsonl as it grows and shows step/total, loss, elapsed and ETA."""
+    """Reads swift's logging.jsonl as it grows and shows step/total, loss, elapsed and ETA.
 
-    def __init__(self, logging_jsonl: Path, out=None):
-        self.path, self.offset, self.last = logging_jsonl, 0, None
+    It runs inside the training stage's loop: nothing it reads may stop training, so a malformed
+    line (a loss that is not a number, a partial line) is skipped, never raised.
+    """
+
+    def __init__(self, logging_jsonl: Path, out=None, *, from_end: bool = False):
+        self.log = jsonl.Follower(logging_jsonl, from_end=from_end)
+        self.last: Optional[str] = None
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
 
     def __call__(self) -> None:
-        try:
-            with open(self.path, "r", encoding="utf-8") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        complete = chunk[: chunk.rfind("\n") + 1]  # a half-written line waits for the next tick
-        self.offset += len(complete.encode("utf-8"))
-        for line in complete.splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in entry and "global_step/max_steps" in entry:
+        for entry in self.log.new():
+            if isinstance(entry, dict) and "loss" in entry and "global_step/max_steps" in entry:
                 self.show(entry)
 
-    def show(self, entry: dict) -> None:
-        step, _, total = entry["global_step/max_steps"].partition("/")
+    @staticmethod
+    def line(entry: dict) -> Optional[str]:
+        """The progress line of one log entry; None when the entry is not one swift would write."""
+        step, _, total = str(entry.get("global_step/max_steps")).partition("/")
+        try:
+            loss = float(entry["loss"])
+        except (TypeError, ValueError):
+            return None
         pct = int(step) * 100 // max(int(total), 1) if step.isdigit() and total.isdigit() else 0
-        text = (
-            f"  sft {step}/{total} ({pct}%)  loss {entry['loss']:.4f}  "
-            f"elapsed {entry.get('elapsed_time', '?')}  eta {entry.get('remaining_time', '?')}"
-        )
-        if self.tty:
-            self.out.write("\r" + text.ljust(78))
-        else:
-            self.out.write(text + "\n")
-        self.out.flush()
+        return (f"  sft {step}/{total} ({pct}%)  loss {loss:.4f}  "
+                f"elapsed {entry.get('elapsed_time', '?')}  eta {entry.get('remaining_time', '?')}")
+
+    def show(self, entry: dict) -> None:
+        text = self.line(entry)
+        if text is None:
+            return
+        try:
+            self.out.write("\r" + text.ljust(78) if self.tty else text + "\n")
+            self.out.flush()
+        except (OSError, ValueError):  # the terminal went away (SIGHUP): training goes on
+            pass
         self.last = text
 
     def finish(self) -> None:
         if self.tty and self.last:
-            self.out.write("\n")
-            self.out.flush()
+            with contextlib.suppress(OSError, ValueError):
+                self.out.write("\n")
+                self.out.flush()
 
 
 def last_checkpoint_from_log(train_dir: Path) -> str:
     """The checkpoint swift reports in the summary (last) line of logging.jsonl."""
     path = train_dir / "logging.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").strip().splitlines()
-        ckpt = json.loads(lines[-1]).get("last_model_checkpoint") if lines else None
-    except (FileNotFoundError, json.JSONDecodeError):
-        ckpt = None
+    summary = jsonl.last(path)
+    ckpt = summary.get("last_model_checkpoint") if isinstance(summary, dict) else None
     if not ckpt:
         raise SwiftpipeError(
             f"sft finished but {path} has no summary line with last_model_checkpoint; "
@@ -214,21 +265,12 @@ def stage_sft(p: RunPlan, *, fresh: bool) -> dict:
     )
     if resume:
         echo(f"  resuming from {resume}")
-    progress = SftProgress(p.run.train_dir / "logging.jsonl")
-    if resume:
-        progress.offset = _size(p.run.train_dir / "logging.jsonl")
+    progress = SftProgress(p.run.train_dir / "logging.jsonl", from_end=resume is not None)
     try:
         procs.run_stage("sft", cmd.argv, cmd.env, p.run.log("sft"), on_tick=progress)
     finally:
         progress.finish()
     return {"checkpoint": last_checkpoint_from_log(p.run.train_dir), "command": cmd.shell()}
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
 
 
 def stage_export(p: RunPlan) -> dict:
@@ -262,40 +304,36 @@ def evaluates(recipe) -> bool:
 
 def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
     """Serve one model (fine-tuned or base), evaluate the test set against it, stop the server."""
-    from swiftpipe import evaluate
-    from swiftpipe.serve import ServeOptions, VllmServer
+    from swiftpipe import client, evaluate, reports, scoring
+    from swiftpipe.vllm_server import ServeTarget, VllmServer
 
     recipe = p.loaded.recipe
     out = p.run.path / "eval" / which
     if fresh and out.exists():
         shutil.rmtree(out)
     rows = evaluate.read_test_rows(Path(render.absolute(recipe.data.test, p.base)), recipe.data.system_prompt)
-    schema = recipe.data.json_schema() or evaluate.schema_from_gold(rows)
-    opts = ServeOptions.for_run(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
-                                run_name=p.loaded.name, cpu=render.device_is_cpu(recipe, p.gpu_count))
-    model, name = opts.model_dir, opts.served_name
+    schema = recipe.data.json_schema() or scoring.schema_from_gold(rows)
+    target = ServeTarget.for_run(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
+                                 run_name=p.loaded.name, cpu=render.device_is_cpu(recipe, p.gpu_count))
     log = p.run.log("eval" if which == "finetuned" else "eval-base")
-    echo(f"  starting vLLM for {model} (log: {log})")
-    with VllmServer(opts, log) as server:
-        echo(f"  serving '{name}' at {server.base_url}; evaluating {len(rows)} rows")
-        cfg = evaluate.EvalConfig(
-            base_url=server.base_url, model=name, api_key=server.api_key, schema=schema,
-            concurrency=recipe.eval.concurrency, max_tokens=recipe.eval.max_tokens, timeout=recipe.eval.timeout,
-            metric=recipe.eval.metric,
-        )
-        metrics = evaluate.evaluate(cfg, rows, out, progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})")
-    echo(f"  {which}: {evaluate.headline(metrics)}")
-    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": model}
+    echo(f"  starting vLLM for {target.model_dir} (log: {log})")
+    with VllmServer(target, log, settings=recipe.serve) as server:
+        echo(f"  serving '{target.served_name}' at {server.base_url}; evaluating {len(rows)} rows")
+        endpoint = client.Endpoint(server.base_url, target.served_name, server.api_key, timeout=recipe.eval.timeout)
+        metrics = evaluate.evaluate([endpoint], rows, out, schema=schema, settings=recipe.eval,
+                                    progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})")
+    echo(f"  {which}: {reports.headline(metrics)}")
+    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": target.model_dir}
 
 
 def stage_report(p: RunPlan) -> dict:
-    from swiftpipe import evaluate
+    from swiftpipe import evaluate, reports
 
     tuned_dir, base_dir = p.run.path / "eval" / "finetuned", p.run.path / "eval" / "base"
     tuned = read_json(tuned_dir / "metrics.json")
     base = read_json(base_dir / "metrics.json") if p.loaded.recipe.eval.compare_base else None
     if base:
-        text = evaluate.comparison_markdown(
+        text = reports.comparison_markdown(
             base, tuned, evaluate.read_records(base_dir), evaluate.read_records(tuned_dir))
     else:
         text = (tuned_dir / "report.md").read_text(encoding="utf-8")
@@ -304,42 +342,95 @@ def stage_report(p: RunPlan) -> dict:
     return {"report": str(p.run.path / "report.md")}
 
 
-def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
-    """Run the stages that are not done yet; returns the run summary."""
-    check_inputs(p)
-    reopened = prepare_run_dir(p)
+def check_force(p: RunPlan, force: Optional[str]) -> None:
     stages = active_stages(p)
     if force and force not in stages:
         raise RecipeError(f"--force {force}: this recipe's stages are {', '.join(stages)}")
+
+
+def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
+    """Run the stages that are not done yet; returns the run summary.
+
+    Nothing is created before the inputs are checked; the run directory is locked for the whole
+    run (a second `swiftpipe run` on it is refused, naming this process), and run.json names this
+    process as the owner, so a run whose owner died reads as interrupted, never as running.
+    """
+    check_force(p, force)
+    check_inputs(p)
+    stages = active_stages(p)
     redo = set(stages[stages.index(force):]) if force else set()
-    echo(f"run directory: {p.run.path}" + (" (resuming)" if reopened else ""))
-    runners: dict[str, Callable[[], dict]] = {
-        "model": lambda: stage_model(p),
-        "sft": lambda: stage_sft(p, fresh="sft" in redo),
-        "export": lambda: stage_export(p),
-        "eval": lambda: stage_eval(p, "finetuned", fresh="eval" in redo),
-        "eval-base": lambda: stage_eval(p, "base", fresh="eval-base" in redo),
-        "report": lambda: stage_report(p),
-    }
-    for stage in stages:
-        if p.run.is_done(stage) and stage not in redo:
-            echo(f"[{stage}] done earlier, skipped")
-            continue
-        p.run.clear(stage)
-        echo(f"[{stage}] running (log: {p.run.log(stage)})")
-        started = time.monotonic()
-        update_run_json(p.run, status=f"running {stage}")
+    console.resume_hint(f"resume with `{p.resume_command()}` (finished stages are kept)")
+    with runlock.RunLock(p.lock_path):
+        reopened = prepare_run_dir(p)
+        echo(f"run directory: {p.run.path}" + (" (resuming)" if reopened else ""))
+        runners: dict[str, Callable[[], dict]] = {
+            "model": lambda: stage_model(p),
+            "sft": lambda: stage_sft(p, fresh="sft" in redo),
+            "export": lambda: stage_export(p),
+            "eval": lambda: stage_eval(p, "finetuned", fresh="eval" in redo),
+            "eval-base": lambda: stage_eval(p, "base", fresh="eval-base" in redo),
+            "report": lambda: stage_report(p),
+        }
+        node = {} if p.loaded.recipe.hardware.node_rank == 0 else {"node_rank": p.loaded.recipe.hardware.node_rank}
+        for stage in stages:
+            if p.run.is_done(stage) and stage not in redo:
+                echo(f"[{stage}] done earlier, skipped")
+                continue
+            p.run.clear(stage)
+            echo(f"[{stage}] running (log: {p.run.log(stage)})")
+            started = time.monotonic()
+            if not node:
+                update_run_json(p.run, status=f"running {stage}", owner=runlock.owner())
+            run_log(p, f"[{stage}] started")
+            try:
+                outputs = runners[stage]()
+            except KeyboardInterrupt as exc:
+                _record_end(p, stage, "interrupted", f"interrupted by {getattr(exc, 'signame', 'Ctrl-C')}")
+                raise
+            except SwiftpipeError as exc:
+                _record_end(p, stage, "failed", f"failed: {str(exc).splitlines()[0]}")
+                raise _with_resume(p, stage, exc) from None
+            except BaseException:
+                _record_end(p, stage, "failed", "failed with an unexpected error")
+                raise
+            seconds = round(time.monotonic() - started, 1)
+            p.run.mark_done(stage, seconds=seconds, **outputs)
+            run_log(p, f"[{stage}] done in {seconds}s")
+            echo(f"[{stage}] done in {seconds}s")
+        summary = summarize(p)
+        if not node:
+            update_run_json(p.run, status="done", **summary)
+        console.resume_hint(None)
+        return summary
+
+
+def run_log(p: RunPlan, line: str) -> None:
+    """swiftpipe's own account of the run (stage starts and ends, failures, the resume command)."""
+    p.run.logs.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError), open(p.run.log("run"), "a", encoding="utf-8") as log:
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}\n")
+
+
+def _record_end(p: RunPlan, stage: str, how: str, detail: str) -> None:
+    if p.loaded.recipe.hardware.node_rank == 0:
+        update_run_json(p.run, status=f"{how} in {stage}")
+    run_log(p, f"[{stage}] {detail}; resume with: {p.resume_command()}")
+
+
+def _with_resume(p: RunPlan, stage: str, exc: SwiftpipeError) -> SwiftpipeError:
+    """The stage's error, told as a hub failure when that is what its log shows, ending with the
+    exact command that resumes the run."""
+    model = p.loaded.recipe.model
+    message = str(exc)
+    if isinstance(exc, StageFailed) and not model.is_local:
         try:
-            outputs = runners[stage]()
-        except BaseException:
-            update_run_json(p.run, status=f"failed in {stage}")
-            raise
-        seconds = round(time.monotonic() - started, 1)
-        p.run.mark_done(stage, seconds=seconds, **outputs)
-        echo(f"[{stage}] done in {seconds}s")
-    summary = summarize(p)
-    update_run_json(p.run, status="done", **summary)
-    return summary
+            log_text = Path(exc.log_path).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            log_text = ""
+        if hub.failure_in_log(log_text):
+            message = hub.explain_failure(stage, model.id, model.hub, exc.log_path)
+    exc.args = (f"{message}\nFix the cause, then resume (finished stages are kept):\n  {p.resume_command()}",)
+    return exc
 
 
 def summarize(p: RunPlan) -> dict:

@@ -7,12 +7,14 @@ metadata so flag names follow it (3.x `--train_type`, 4.x `--tuner_type`); 4.x w
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from swiftpipe.errors import RecipeError
 from swiftpipe.recipe.schema import Recipe
 
 # The export command reads the checkpoint that sft reports in the summary line of logging.jsonl,
@@ -99,13 +101,33 @@ def device_is_cpu(recipe: Recipe, gpu_count: Optional[int]) -> bool:
     return not gpu_count
 
 
+def visible_devices(gpus: list[int]) -> str:
+    """CUDA_VISIBLE_DEVICES for the recipe's `hardware.gpus` indices.
+
+    When CUDA_VISIBLE_DEVICES is already set (a scheduler's GPU UUIDs or MIG ids, say), the
+    indices pick from that list, as CUDA numbers the visible devices: `gpus: [0]` with
+    CUDA_VISIBLE_DEVICES=GPU-8f3c... keeps GPU-8f3c..., never the machine's physical GPU 0.
+    """
+    outer = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if outer is None:
+        return ",".join(str(g) for g in gpus)
+    entries = [e.strip() for e in outer.split(",") if e.strip()]
+    missing = [g for g in gpus if g >= len(entries)]
+    if missing:
+        raise RecipeError(
+            f"hardware.gpus {gpus}: index {missing[0]} is out of range: CUDA_VISIBLE_DEVICES={outer!r} makes "
+            f"{len(entries)} device(s) visible, numbered from 0; set hardware.gpus to indices into that list"
+        )
+    return ",".join(entries[g] for g in gpus)
+
+
 def stage_env(recipe: Recipe, *, cpu: bool, distributed: bool) -> dict[str, str]:
     hw = recipe.hardware
     env: dict[str, str] = {}
     if cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif hw.gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in hw.gpus)
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(hw.gpus)
     if distributed:
         if hw.processes_per_node > 1 or hw.nnodes > 1:
             env["NPROC_PER_NODE"] = str(hw.processes_per_node)

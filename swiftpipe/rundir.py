@@ -5,38 +5,25 @@
     commands.sh      re-runnable commands           logs/<stage>.log
     train/           swift's training dir           merged/        the merged model (LoRA)
     stages/<stage>.done   completion markers (JSON: when, outputs)
+    run.lock         held by the process working on the run (released by the OS when it dies)
+    logs/run.log     swiftpipe's own account: stage starts and ends, failures, the resume command
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from swiftpipe.jsonl import read_json, write_json
+
+# The stages of `swiftpipe run`, in order.
+STAGES = ["model", "sft", "export", "eval", "eval-base", "report"]
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path) -> Optional[Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
 
 
 @dataclass(frozen=True)

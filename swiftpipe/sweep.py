@@ -8,17 +8,19 @@ whose run finished and resumes the others from their last finished stage.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import render
+from swiftpipe import console, render
 from swiftpipe.errors import RecipeError, SwiftpipeError
-from swiftpipe.rundir import read_json, write_json
+from swiftpipe.jsonl import read_json, write_json
 
 
 def split_values(text: str) -> list[str]:
@@ -48,8 +50,17 @@ def parse_axes(specs: tuple[str, ...]) -> list[tuple[str, list[str]]]:
     return axes
 
 
+SLUG_MAX = 24
+
+
 def slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]", "", value.replace("/", "-"))[:24] or "x"
+    """A value as a readable piece of a run id: kept when short and plain, else shortened with a hash
+    of the whole value, so that distinct values never share a slug."""
+    plain = re.sub(r"[^A-Za-z0-9.+-]", "", value.replace("/", "-"))
+    if plain and len(plain) <= SLUG_MAX and plain == value:
+        return plain
+    digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:8]
+    return f"{plain[:SLUG_MAX - 9]}~{digest}" if plain else digest
 
 
 def points(axes: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
@@ -62,8 +73,20 @@ def point_id(sweep_id: str, point: dict[str, str], varying: list[str]) -> str:
     return "-".join([sweep_id, *parts]) if parts else sweep_id
 
 
+def point_ids(sweep_id: str, grid: list[dict[str, str]], varying: list[str]) -> list[str]:
+    """One run id per point; refuses a grid in which two points would share a run directory."""
+    ids = [point_id(sweep_id, point, varying) for point in grid]
+    seen: dict[str, dict[str, str]] = {}
+    for point, run_id in zip(grid, ids):
+        if run_id in seen:
+            raise RecipeError(f"sweep points {seen[run_id]} and {point} map to the same run id '{run_id}'; "
+                              f"remove the repeated value from the axis")
+        seen[run_id] = point
+    return ids
+
+
 def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Optional[str], dry_run: bool,
-              echo=print) -> tuple[Path, list[str]]:
+              echo=console.say) -> tuple[Path, list[str]]:
     """Run (or resume) the grid; returns the recipe's run root and the points' run ids."""
     from swiftpipe.recipe.load import load_recipe
 
@@ -89,7 +112,9 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
                              f"those, or pick a new --sweep-id")
     varying = [k for k, values in axes if len(values) > 1]
     echo(f"sweep {sweep_id}: {len(grid)} points of {recipe_path} (state: {state_path})")
-    run_ids = [point_id(sweep_id, point, varying) for point in grid]
+    console.resume_hint("resume with `" + shlex.join(["swiftpipe", "sweep", recipe_path, *axes_specs, "--sweep-id", sweep_id])
+                        + "`: finished points are skipped, the interrupted one resumes")
+    run_ids = point_ids(sweep_id, grid, varying)
     for number, (point, run_id) in enumerate(zip(grid, run_ids), 1):
         overrides = [f"{k}={v}" for k, v in point.items()]
         run_dir = root / run_id
@@ -129,3 +154,14 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
         echo(f"sweep {sweep_id}: {len(grid) - len(failed)} of {len(grid)} points done"
              + (f"; failed: {', '.join(failed)} (rerun with --sweep-id {sweep_id} to retry them)" if failed else ""))
     return root, run_ids
+
+
+def sweep_command(recipe: str, axes: tuple[str, ...], *, sweep_id: Optional[str], dry_run: bool) -> None:
+    """`swiftpipe sweep`: run the grid, then show the leaderboard of its points."""
+    from swiftpipe import leaderboard
+
+    root, run_ids = run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
+    if dry_run:
+        return
+    frame = leaderboard.leaderboard(root)
+    console.say(leaderboard.render(frame[frame["run"].str.rsplit("/", n=1).str[-1].isin(run_ids)], "table").rstrip())

@@ -10,6 +10,8 @@ import json
 import random
 from pathlib import Path
 
+from swiftpipe.tasks import ADDRESS_SYSTEM_PROMPT
+
 # Qwen3's special tokens, in Qwen3's order, so chat templates and stop tokens behave the same.
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -31,9 +33,7 @@ _CORPUS_WORDS = (
     "收件人 收件者 接收人 联系人 电话 联系电话 手机号 手机 地址 姓名 邮箱 问题 投诉 "
     "王 李 张 刘 陈 杨 赵 黄 周 吴 徐 孙 胡 朱 高 林 何 郭 马 罗 欧阳 慕容 司马 诸葛 上官 索南扎西 "
     "伟 芳 娜 敏 静 丽 强 磊 军 洋 勇 艳 杰 娟 涛 明 超 秀英 霞 平 刚 桂英 "
-    "你是一个专业的信息抽取助手，专门负责从中文文本中提取收件人的JSON信息，包含的Key有"
-    "province（省份）、city（城市名称）、district（区县名称）、"
-    "specific_location（街道、门牌号、小区、楼栋等详细信息）、name（收件人姓名）、phone（联系电话） "
+    + ADDRESS_SYSTEM_PROMPT + " "
     "地名 人名 机构 公司 组织 政府 书名 电影 游戏 职位 景点 address book company game government movie "
     "name organization position scene email question "
 )

@@ -67,6 +67,16 @@ def test_missing_data_file_fails_before_any_stage(write_recipe, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_force_unknown_stage_is_rejected(tmp_path):
-    out = run_cli("run", "recipes/demo-cpu.yaml", f"output.root={tmp_path}", "--force", "serve-it")
-    assert out.returncode == 2 and "--force serve-it" in out.stderr
+def test_force_unknown_stage_is_rejected_and_creates_nothing(tmp_path):
+    root = tmp_path / "D"
+    out = run_cli("run", "recipes/demo-cpu.yaml", "--force", "nosuchstage", f"output.root={root}")
+    assert out.returncode == 2 and "'nosuchstage' is not one of 'model', 'sft'" in out.stderr
+    assert not root.exists()
+
+
+def test_force_of_a_stage_this_recipe_skips_is_rejected_before_anything_is_made(tmp_path):
+    root = tmp_path / "D"
+    out = run_cli("run", "recipes/demo-cpu.yaml", "--force", "eval-base", "eval.compare_base=false",
+                  f"output.root={root}")
+    assert out.returncode == 2 and "--force eval-base: this recipe's stages are" in out.stderr
+    assert not root.exists()

@@ -2,7 +2,10 @@ import json
 
 import pytest
 
+from swiftpipe import client, messages, reports, scoring
 from swiftpipe import evaluate as ev
+from swiftpipe.answers import parse_answer
+from swiftpipe.messages import Example
 
 
 def _row(user, gold, system="sys"):
@@ -12,20 +15,20 @@ def _row(user, gold, system="sys"):
 
 
 def test_parse_answer_strips_think_block_and_fence():
-    assert ev.parse_answer('{"a": 1}') == ({"a": 1}, False)
-    assert ev.parse_answer('<think>\n\n</think>\n\n{"a": 1}') == ({"a": 1}, True)
-    assert ev.parse_answer('<think>hmm {"a": 2}</think>{"a": 1}') == ({"a": 1}, True)
-    assert ev.parse_answer('```json\n{"a": 1}\n```') == ({"a": 1}, False)
-    assert ev.parse_answer('{"a": 1') == (None, False)
-    assert ev.parse_answer(None) == (None, False)
+    assert parse_answer('{"a": 1}') == ({"a": 1}, False)
+    assert parse_answer('<think>\n\n</think>\n\n{"a": 1}') == ({"a": 1}, True)
+    assert parse_answer('<think>hmm {"a": 2}</think>{"a": 1}') == ({"a": 1}, True)
+    assert parse_answer('```json\n{"a": 1}\n```') == ({"a": 1}, False)
+    assert parse_answer('{"a": 1') == (None, False)
+    assert parse_answer(None) == (None, False)
 
 
 def test_score_exact_and_per_field():
     gold = {"name": "王伟", "phone": "138"}
-    assert ev.score(gold, {"phone": "138", "name": "王伟"}) == (True, {"name": True, "phone": True})
-    assert ev.score(gold, {"name": "王伟", "phone": "139"}) == (False, {"name": True, "phone": False})
-    assert ev.score(gold, {"name": "王伟", "phone": "138", "x": 1}) == (False, {"name": True, "phone": True})
-    assert ev.score(gold, None) == (False, {"name": False, "phone": False})
+    assert scoring.score(gold, {"phone": "138", "name": "王伟"}) == (True, {"name": True, "phone": True})
+    assert scoring.score(gold, {"name": "王伟", "phone": "139"}) == (False, {"name": True, "phone": False})
+    assert scoring.score(gold, {"name": "王伟", "phone": "138", "x": 1}) == (False, {"name": True, "phone": True})
+    assert scoring.score(gold, None) == (False, {"name": False, "phone": False})
 
 
 def test_metrics():
@@ -36,7 +39,7 @@ def test_metrics():
         {"correct": False, "fields": {"a": False, "b": False}, "error": "HTTP 400", "prediction": None,
          "latency_s": None},
     ]
-    m = ev.compute_metrics(records, wall_seconds=2.0, sent=4)
+    m = scoring.compute_metrics(records, wall_seconds=2.0, sent=4)
     assert m["n"] == 4 and m["correct"] == 1 and m["exact_match"] == 0.25
     assert m["invalid_json"] == 1 and m["api_errors"] == 1
     assert m["per_field"] == {"a": 0.5, "b": 0.25}
@@ -48,8 +51,8 @@ def test_read_rows_uses_row_system_or_default(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(_row("u1", {"a": "1"}) + "\n\n" + _row("u2", {"a": "2"}, system=None) + "\n", encoding="utf-8")
     rows = ev.read_test_rows(path, default_system="recipe prompt")
-    assert [(r.index, r.system, r.user, r.gold) for r in rows] == [
-        (0, "sys", "u1", {"a": "1"}), (1, "recipe prompt", "u2", {"a": "2"})]
+    assert [(r.index, r.line, r.system, r.user, r.answer) for r in rows] == [
+        (0, 1, "sys", "u1", {"a": "1"}), (1, 3, "recipe prompt", "u2", {"a": "2"})]
     assert rows[0].key != rows[1].key
 
 
@@ -62,26 +65,25 @@ def test_bad_rows_named_by_file_and_line(tmp_path):
         json.dumps({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "plain"}]}),
         json.dumps({"text": "x"}),
     ]) + "\n", encoding="utf-8")
-    with pytest.raises(ev.EvalError) as info:
+    with pytest.raises(messages.MessagesError) as info:
         ev.read_test_rows(path)
     msg = str(info.value)
     assert "4 bad row(s)" in msg
-    for line, why in ((2, "not valid JSON"), (3, "no assistant message"), (4, "not valid JSON"), (5, "missing key 'messages'")):
+    for line, why in ((2, "not valid JSON"), (3, "the last message must be the assistant's answer"),
+                      (4, "the assistant's answer is not valid JSON"), (5, 'expected {"messages"')):
         assert f"{path}:{line}: {why}" in msg
 
 
 def test_schema_from_gold():
-    rows = [ev.TestRow(0, None, "u", {"name": "a", "n": 1}, ""), ev.TestRow(1, None, "u", {"name": "b", "n": 2.5}, "")]
-    schema = ev.schema_from_gold(rows)
+    rows = [Example(0, 1, None, "u", "", {"name": "a", "n": 1}), Example(1, 2, None, "u", "", {"name": "b", "n": 2.5})]
+    schema = scoring.schema_from_gold(rows)
     assert schema["required"] == ["name", "n"] and schema["additionalProperties"] is False
     assert schema["properties"] == {"name": {"type": "string"}, "n": {"type": ["integer", "number"]}}
-    assert ev.schema_from_gold([ev.TestRow(0, None, "u", ["x"], "")]) is None
+    assert scoring.schema_from_gold([Example(0, 1, None, "u", "", ["x"])]) is None
 
 
 def test_request_uses_response_format_never_guided_json():
-    cfg = ev.EvalConfig(base_url="u", model="m", api_key="k", schema={"type": "object"}, max_tokens=64)
-    row = ev.TestRow(0, "sys", "hello", {}, "{}")
-    kwargs = ev.request_kwargs(cfg, row)
+    kwargs = client.extraction_request("m", "sys", "hello", schema={"type": "object"}, max_tokens=64)
     assert kwargs["messages"] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}]
     assert kwargs["temperature"] == 0 and kwargs["max_tokens"] == 64
     assert kwargs["response_format"]["json_schema"]["schema"] == {"type": "object"}
@@ -90,7 +92,7 @@ def test_request_uses_response_format_never_guided_json():
 
 
 def test_load_done_keeps_finished_rows_only(tmp_path):
-    rows = [ev.TestRow(i, None, f"u{i}", {"a": i}, json.dumps({"a": i})) for i in range(4)]
+    rows = [Example(i, i + 1, None, f"u{i}", json.dumps({"a": i}), {"a": i}) for i in range(4)]
     pred = tmp_path / "predictions.jsonl"
     lines = [
         json.dumps({"index": 0, "key": rows[0].key, "error": None, "correct": True}),
@@ -109,7 +111,7 @@ def test_comparison_lists_changed_rows():
          {"key": "k2", "correct": True, "prediction": {"a": 2}, "raw": "{}"}]
     t = [{"key": "k1", "correct": True, "prediction": {"a": 1}, "input": "in1", "gold": {"a": 1}},
          {"key": "k2", "correct": False, "prediction": {"a": 3}, "input": "in2", "gold": {"a": 2}}]
-    text = ev.comparison_markdown(base, tuned, b, t)
+    text = reports.comparison_markdown(base, tuned, b, t)
     assert "| exact match | 50.0% (1/2) | 50.0% (1/2) |" in text
     assert "1 fixed by fine-tuning, 1 broken by it" in text
     assert "- input: in1" in text and "base: 'junk'" in text and "- input: in2" in text

@@ -2,12 +2,13 @@ import socket
 
 import pytest
 
-from swiftpipe.serve import ServeOptions, ServerError, VllmServer, free_port, port_in_use, render_serve
+from swiftpipe.recipe.schema import ServeSection
+from swiftpipe.vllm_server import ServeTarget, ServerError, VllmServer, free_port, port_in_use, render_serve
 from tests.conftest import REPO
 
 
 def test_cpu_command_and_env():
-    cmd = render_serve(ServeOptions(model_dir="/m", served_name="demo", max_model_len=768, cpu=True), 8123)
+    cmd = render_serve(ServeTarget(model_dir="/m", served_name="demo", max_model_len=768, cpu=True), ServeSection(), 8123)
     argv = cmd.argv
     assert argv[:3] == ["vllm", "serve", "/m"]
     assert argv[argv.index("--host") + 1] == "127.0.0.1" and argv[argv.index("--port") + 1] == "8123"
@@ -20,11 +21,12 @@ def test_cpu_command_and_env():
     assert not any("key" in a.lower() for a in argv)  # the key travels in the environment only
 
 
-def test_gpu_command_takes_recipe_settings():
-    opts = ServeOptions(model_dir="Qwen/Qwen3-0.6B", served_name="q", gpu_memory_utilization=0.5,
-                        tensor_parallel_size=2, gpus=[2, 3], hub="modelscope",
-                        extra_args={"enable-prefix-caching": True, "max-num-seqs": 64})
-    cmd = render_serve(opts, 9000)
+def test_gpu_command_takes_recipe_settings(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    target = ServeTarget(model_dir="Qwen/Qwen3-0.6B", served_name="q", gpus=[2, 3], hub="modelscope")
+    settings = ServeSection(gpu_memory_utilization=0.5, tensor_parallel_size=2,
+                            extra_args={"enable-prefix-caching": True, "max-num-seqs": 64})
+    cmd = render_serve(target, settings, 9000)
     argv = cmd.argv
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
@@ -34,7 +36,7 @@ def test_gpu_command_takes_recipe_settings():
 
 
 def test_missing_model_dir_fails_before_starting(tmp_path):
-    server = VllmServer(ServeOptions(model_dir=str(tmp_path / "nope"), served_name="x"), tmp_path / "s.log")
+    server = VllmServer(ServeTarget(model_dir=str(tmp_path / "nope"), served_name="x"), tmp_path / "s.log")
     with pytest.raises(ServerError, match="does not exist"):
         server.start()
     assert server.proc is None
@@ -46,7 +48,8 @@ def test_taken_port_is_named(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         assert port_in_use("127.0.0.1", port)
-        server = VllmServer(ServeOptions(model_dir=str(tmp_path), served_name="x", port=port), tmp_path / "s.log")
+        server = VllmServer(ServeTarget(model_dir=str(tmp_path), served_name="x"), tmp_path / "s.log",
+                            settings=ServeSection(port=port))
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
             server.start()
     assert not port_in_use("127.0.0.1", free_port())
@@ -54,14 +57,11 @@ def test_taken_port_is_named(tmp_path):
 
 def test_tensor_and_data_parallel_flags_on_gpu():
     from swiftpipe.recipe.load import load_recipe
-    from swiftpipe.serve import ServeOptions, render_serve
-
     recipe = load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml",
                          ["serve.tensor_parallel_size=2", "serve.data_parallel_size=4"]).recipe
-    opts = ServeOptions.from_recipe(recipe, "/m", served_name="x", cpu=False)
-    argv = render_serve(opts, 8000).argv
+    argv = render_serve(ServeTarget.from_recipe(recipe, "/m", served_name="x", cpu=False), recipe.serve, 8000).argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert argv[argv.index("--data-parallel-size") + 1] == "4"
-    single = render_serve(ServeOptions.from_recipe(load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml").recipe,
-                                                   "/m", served_name="x", cpu=False), 8000).argv
+    plain = load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml").recipe
+    single = render_serve(ServeTarget.from_recipe(plain, "/m", served_name="x", cpu=False), plain.serve, 8000).argv
     assert "--data-parallel-size" not in single

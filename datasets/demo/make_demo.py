@@ -7,14 +7,15 @@ address recipe's. The demo trains on these rows and evaluates on the same rows: 
 model the CPU analogue of "base 14% -> tuned 98%" is memorisation.
 """
 
-import json
+import sys
 from pathlib import Path
 
-SYSTEM = (
-    "你是一个专业的信息抽取助手，专门负责从中文文本中提取收件人的JSON信息，包含的Key有province（省份）、"
-    "city（城市名称）、district（区县名称）、specific_location（街道、门牌号、小区、楼栋等详细信息）、"
-    "name（收件人姓名）、phone（联系电话）"
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from swiftpipe import jsonl, messages  # noqa: E402
+from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT  # noqa: E402
+
+
 # (province, city, district, specific_location, name, phone, text template)
 ROWS = [
     ("浙江省", "杭州市", "西湖区", "文三路90号东部软件园3号楼", "王伟", "13812345678", "收件人:{name}|电话:{phone}|{city}{district}{loc}"),
@@ -34,21 +35,16 @@ ROWS = [
     ("辽宁省", "大连市", "甘井子区", "软件园路8号大连软件园15号楼", "黄勇", "0411-84761234", "接收人{name},联系电话{phone},{city}{district}{loc}"),
     ("云南省", "昆明市", "五华区", "翠湖南路2号云南大学东陆园", "周娟", "15887101234", "{city}{district}{loc}:{name}:{phone}"),
 ]
-KEYS = ["province", "city", "district", "specific_location", "name", "phone"]
 
 
 def main() -> None:
     out = Path(__file__).with_name("address.jsonl")
-    with out.open("w", encoding="utf-8") as f:
-        for province, city, district, loc, name, phone, template in ROWS:
-            text = template.format(province=province, city=city, district=district, loc=loc, name=name, phone=phone)
-            answer = dict(zip(KEYS, [province, city, district, loc, name, phone]))
-            row = {"messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False, separators=(",", ":"))},
-            ]}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for province, city, district, loc, name, phone, template in ROWS:
+        text = template.format(province=province, city=city, district=district, loc=loc, name=name, phone=phone)
+        answer = dict(zip(ADDRESS_FIELDS, [province, city, district, loc, name, phone]))
+        rows.append(messages.build(ADDRESS_SYSTEM_PROMPT, text, answer))
+    jsonl.write_lines(out, rows)
     print(f"wrote {len(ROWS)} rows to {out}")
 
 

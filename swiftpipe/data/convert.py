@@ -23,16 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from swiftpipe.data.synth import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT
+from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT, CLUENER_SYSTEM_PROMPT, CLUENER_TYPES
+from swiftpipe import jsonl, messages
 from swiftpipe.errors import SwiftpipeError
 
-CLUENER_TYPES = ("address", "book", "company", "game", "government", "movie", "name", "organization",
-                 "position", "scene")
-CLUENER_SYSTEM_PROMPT = (
-    "你是一个命名实体识别助手。从用户给出的中文文本中找出以下类型的实体：address（地址）、book（书名）、"
-    "company（公司）、game（游戏）、government（政府机构）、movie（电影）、name（人名）、organization（组织机构）、"
-    "position（职位）、scene（景点）。以JSON输出，每个类型对应文本中出现的实体名称列表，没有则为空列表。"
-)
 WAYBILL_TAGS = {"P": "name", "T": "phone", "A1": "province", "A2": "city", "A3": "district",
                 "A4": "specific_location"}
 FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*```\s*$", re.S)
@@ -55,26 +49,10 @@ class Converted:
     bad: list[BadRow]
 
 
-def compact(answer: Any) -> str:
-    return json.dumps(answer, ensure_ascii=False, separators=(",", ":"))
-
-
-def messages(system: Optional[str], user: str, answer: Any) -> dict:
-    turns = [{"role": "system", "content": system}] if system else []
-    return {"messages": turns + [{"role": "user", "content": user},
-                                 {"role": "assistant", "content": compact(answer)}]}
-
-
 def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object or the ValueError) for each non-blank line."""
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield number, ValueError(f"not valid JSON ({exc.msg})")
+    """(line number, parsed object or a ValueError) for each non-blank line."""
+    for number, value in jsonl.scan(path):
+        yield number, ValueError(str(value).split(": ", 1)[1]) if isinstance(value, jsonl.JsonlError) else value
 
 
 def _json_array(path: Path) -> Iterator[tuple[int, Any]]:
@@ -206,7 +184,7 @@ def convert(fmt: str, path: Path, *, system_prompt: Optional[str] = None,
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 bad.append(BadRow(number, str(exc)))
                 continue
-            rows.append(messages(system, user, answer))
+            rows.append(messages.build(system, user, answer))
 
     if fmt == "cluener":
         run(_json_lines(path), lambda r: (system_prompt or CLUENER_SYSTEM_PROMPT, *_cluener(r)))
@@ -233,9 +211,4 @@ def convert(fmt: str, path: Path, *, system_prompt: Optional[str] = None,
 
 
 def write_rows(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+    jsonl.write_lines(out, rows)

@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Optional
 
+from swiftpipe import jsonl, messages
 from swiftpipe.errors import SwiftpipeError
-
-ROLES = {"system", "user", "assistant", "tool"}
+from swiftpipe.messages import Example
 
 
 class DataError(SwiftpipeError):
     pass
 
 
-def check_row(record) -> Optional[str]:
-    """Why a parsed line is not a usable messages row (None when it is)."""
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
-        return 'expected {"messages": [{"role": ..., "content": ...}, ...]}'
-    for i, turn in enumerate(record["messages"]):
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-            return f"message {i}: expected role in {sorted(ROLES)} and string content"
-    if record["messages"][-1]["role"] != "assistant":
-        return "the last message must be the assistant's answer"
-    return None
-
-
-def read_rows(path: Path) -> tuple[list[dict], list[str]]:
-    """Valid rows and 'file:line: problem' strings for the others."""
+def read_rows(path: Path) -> tuple[list[Example], list[str]]:
+    """Valid rows and 'file:line: problem' strings for the others (answers need not be JSON here)."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    rows, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-            continue
-        problem = check_row(record)
-        if problem:
-            problems.append(f"{path}:{number}: {problem}")
-        else:
-            rows.append(record)
-    return rows, problems
+    return messages.scan(path, json_answer=False)
 
 
 def percentile(values: list[int], q: float) -> int:
@@ -60,18 +33,18 @@ def suggest_max_length(total_lengths: list[int]) -> int:
     return max(64, -(-int(longest * 1.1) // 64) * 64)
 
 
-def token_lengths(rows: list[dict], tokenizer) -> tuple[list[int], list[int]]:
+def token_lengths(rows: list[Example], tokenizer) -> tuple[list[int], list[int]]:
     """(prompt tokens, answer tokens) per row, with the model's chat template where it has one."""
     prompts, answers = [], []
     for row in rows:
-        turns = row["messages"]
-        answer = turns[-1]["content"]
+        turns = messages.request(row.system, row.user)
+        answer = row.answer_text or ""
         if getattr(tokenizer, "chat_template", None):
-            prompt_ids = tokenizer.apply_chat_template(turns[:-1], tokenize=True, add_generation_prompt=True)
+            prompt_ids = tokenizer.apply_chat_template(turns, tokenize=True, add_generation_prompt=True)
             if hasattr(prompt_ids, "keys"):  # transformers 5 returns a BatchEncoding
                 prompt_ids = prompt_ids["input_ids"]
         else:
-            prompt_ids = tokenizer("\n".join(t["content"] for t in turns[:-1]))["input_ids"]
+            prompt_ids = tokenizer("\n".join(t["content"] for t in turns))["input_ids"]
         prompts.append(len(prompt_ids))
         answers.append(len(tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1)  # + end-of-turn token
     return prompts, answers
@@ -106,7 +79,7 @@ def stats(path: Path, model: Optional[str], png: Optional[Path]) -> dict:
     result: dict = {"file": str(path), "rows": len(rows), "bad_rows": len(problems), "problems": problems[:20]}
     if not rows:
         return result
-    answers_json = sum(1 for r in rows if _is_json(r["messages"][-1]["content"]))
+    answers_json = sum(1 for r in rows if r.answer is not None)
     result["answers_parse_as_json"] = answers_json
     if model:
         tokenizer = load_tokenizer(model)
@@ -136,24 +109,16 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(source)
 
 
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-        return True
-    except json.JSONDecodeError:
-        return False
-
-
 def split(path: Path, out_dir: Path, *, val: float, test: float, seed: int) -> dict[str, int]:
     """Shuffle with `seed` and write train/val/test.jsonl (a part with fraction 0 is not written)."""
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise DataError(f"--val ({val}) and --test ({test}) must be fractions in [0, 1) that sum to less than 1")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = jsonl.raw_lines(path)
     random.Random(seed).shuffle(lines)
     n_test, n_val = round(len(lines) * test), round(len(lines) * val)
     parts = {"test": lines[:n_test], "val": lines[n_test:n_test + n_val], "train": lines[n_test + n_val:]}
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
         if part or name == "train":
-            (out_dir / f"{name}.jsonl").write_text("".join(line + "\n" for line in part), encoding="utf-8")
+            jsonl.write_raw_lines(out_dir / f"{name}.jsonl", part)
     return {name: len(part) for name, part in parts.items()}

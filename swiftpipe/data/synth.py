@@ -16,13 +16,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
+from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT
+
+__all__ = ["ADDRESS_FIELDS", "ADDRESS_SYSTEM_PROMPT", "write_samples", "samples"]
+
 DIVISIONS = Path(__file__).with_name("divisions.json")
-ADDRESS_FIELDS = ("province", "city", "district", "specific_location", "name", "phone")
-ADDRESS_SYSTEM_PROMPT = (
-    "你是一个专业的信息抽取助手，专门负责从中文文本中提取收件人的JSON信息，包含的Key有province（省份）、"
-    "city（城市名称）、district（区县名称）、specific_location（街道、门牌号、小区、楼栋等详细信息）、"
-    "name（收件人姓名）、phone（联系电话）"
-)
 
 SURNAMES = list(
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁任沈姚卢"

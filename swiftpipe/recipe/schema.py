@@ -65,6 +65,19 @@ class DataSection(Section):
         description="answer fields: name -> JSON type (string, integer, ...) or a JSON-schema dict",
     )
 
+    verbatim_fields: list[str] = Field(
+        default_factory=list,
+        description="answer fields always copied verbatim from the text (checked by data label, flagged in serving)",
+    )
+
+    @model_validator(mode="after")
+    def _verbatim_in_schema(self) -> "DataSection":
+        unknown = [f for f in self.verbatim_fields if self.output_schema and f not in self.output_schema]
+        if unknown:
+            raise ValueError(f"verbatim_fields {unknown} are not fields of output_schema "
+                             f"({', '.join(self.output_schema)})")
+        return self
+
     @field_validator("output_schema")
     @classmethod
     def _check_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +126,8 @@ class TrainSection(Section):
         default_factory=lambda: ["tensorboard"],
         description="loggers: tensorboard, swanlab, wandb, none (tensorboard also draws loss PNGs)",
     )
-    gradient_checkpointing: bool = Field(True, description="trade compute for memory")
-    deepspeed: Optional[str] = Field(None, description="zero2, zero3, ... or a DeepSpeed JSON path")
+    gradient_checkpointing: bool = Field(True, description="recompute activations to save memory")
+    deepspeed: Optional[str] = Field(None, description="DeepSpeed preset (zero2, zero3, ...) or a JSON config path")
     dataloader_num_workers: int = Field(1, ge=0, description="data loading worker processes")
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="any other `swift sft` flag: {flag_name: value}"
@@ -138,7 +151,7 @@ class LoraSection(Section):
 
 class HardwareSection(Section):
     device: Literal["auto", "cuda", "cpu"] = Field(
-        "auto", description="auto = GPU if one is visible, else CPU"
+        "auto", description="where training and serving run (auto = a GPU if one is visible, else the CPU)"
     )
     gpus: Optional[list[int]] = Field(
         None, description="GPU indices (CUDA_VISIBLE_DEVICES); none = all visible"
@@ -173,7 +186,7 @@ class ServeSection(Section):
     host: str = Field("127.0.0.1", description="address vLLM binds; 0.0.0.0 only behind a firewall")
     port: Optional[int] = Field(None, ge=1, le=65535, description="port; none = a free one")
     served_model_name: Optional[str] = Field(None, description="model name in the API; none = recipe name")
-    max_model_len: Optional[int] = Field(None, ge=16, description="context length; none = train.max_length")
+    max_model_len: Optional[int] = Field(None, ge=16, description="context length; none = train.max_length + eval.max_tokens")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory vLLM may use")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one replica spans")
     data_parallel_size: int = Field(1, ge=1, description="replicas behind the one endpoint (vLLM data parallel)")

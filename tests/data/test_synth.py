@@ -64,7 +64,7 @@ def test_rows_are_readable_as_test_data(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text(generate(50, seed=1), encoding="utf-8")
     rows = read_test_rows(path)
-    assert len(rows) == 50 and all(isinstance(r.gold, dict) for r in rows)
+    assert len(rows) == 50 and all(isinstance(r.answer, dict) for r in rows)
 
 
 def test_cli_writes_the_same_file_as_the_library(tmp_path):

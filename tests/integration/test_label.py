@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from swiftpipe.data import synth
-from swiftpipe.serve import ServeOptions, VllmServer
+from swiftpipe.vllm_server import ServeTarget, VllmServer
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def teacher(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("teacher") / "server.log"
-    opts = ServeOptions(model_dir=str(tiny_model_dir), served_name="teacher", max_model_len=1024, cpu=True)
-    with VllmServer(opts, log) as server:
+    target = ServeTarget(model_dir=str(tiny_model_dir), served_name="teacher", max_model_len=1024, cpu=True)
+    with VllmServer(target, log) as server:
         yield server
 
 

@@ -85,12 +85,12 @@ def test_api_key_never_written_to_run_dir(demo_run):
 @pytest.fixture(scope="module")
 def server(demo_run):
     """A real vLLM server on the demo's merged model, started by swiftpipe's launcher."""
-    from swiftpipe.serve import ServeOptions, VllmServer
+    from swiftpipe.recipe.schema import ServeSection
+    from swiftpipe.vllm_server import ServeTarget, VllmServer
 
     run, _ = demo_run
-    opts = ServeOptions(model_dir=str(run / "merged"), served_name="demo", max_model_len=1024, cpu=True,
-                        startup_timeout=300)
-    with VllmServer(opts, run / "logs" / "test-serve.log") as srv:
+    target = ServeTarget(model_dir=str(run / "merged"), served_name="demo", max_model_len=1024, cpu=True)
+    with VllmServer(target, run / "logs" / "test-serve.log", settings=ServeSection(startup_timeout=300)) as srv:
         yield srv
     assert srv.proc is None
 

@@ -1,19 +1,22 @@
-"""Reading finished run directories: parameters, metrics, durations, versions (leaderboard, compare)."""
+"""`swiftpipe leaderboard`: reading run directories (parameters, metrics, durations, versions, status)
+into one pandas table; compare and reproduce read runs through the same functions."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from swiftpipe import console, jsonl, runlock
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.rundir import read_json
+from swiftpipe.jsonl import read_json
 
 # Parameters every leaderboard shows; parameters that differ between the listed runs are added.
 KEY_PARAMS = ["model.id", "train.tuner", "lora.rank", "lora.alpha", "train.lr", "train.epochs", "train.max_steps",
               "train.batch_size"]
+# Keys that only say where a run lives or what it is called: never "parameters that differ".
+LOCATION_KEYS = {"name", "output.root"}
 METRICS = ["exact_match", "base_exact_match", "ner_micro_f1", "invalid_json", "api_errors"]
 
 
@@ -56,14 +59,12 @@ def loss_curve(run: Path) -> list[tuple[int, float]]:
     """(step, training loss) from ms-swift's logging.jsonl."""
     points = []
     for log in sorted((run / "train").rglob("logging.jsonl")):
-        for line in log.read_text(encoding="utf-8").splitlines():
+        for _, entry in jsonl.read(log, appended=True, skip_bad=True):
+            step = str(entry.get("global_step/max_steps", "")).split("/")[0] if isinstance(entry, dict) else ""
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            step = str(entry.get("global_step/max_steps", "")).split("/")[0]
-            if "loss" in entry and step.isdigit():
                 points.append((int(step), float(entry["loss"])))
+            except (KeyError, TypeError, ValueError):
+                continue
     return points
 
 
@@ -73,7 +74,7 @@ def record(run: Path) -> dict[str, Any]:
     env = read_json(run / "env.json") or {}
     packages = env.get("packages", {})
     row: dict[str, Any] = {"run": f"{info.get('name', run.parent.name)}/{info.get('run_id', run.name)}",
-                           "status": info.get("status", "?"), "path": str(run)}
+                           "status": runlock.effective_status(info), "path": str(run)}
     row.update(params(run))
     tuned, base = metrics(run, "finetuned"), metrics(run, "base")
     row["exact_match"] = tuned["exact_match"] if tuned else None
@@ -106,7 +107,7 @@ def leaderboard(root: Path, *, sort: Optional[str] = "exact_match", where: Optio
     if not runs:
         raise RunsError(f"no run directories below {root} (a run directory holds run.json and resolved.yaml)")
     frame = pd.DataFrame([record(r) for r in runs])
-    param_cols = [c for c in frame.columns if "." in c and not c.startswith("field.")]
+    param_cols = [c for c in frame.columns if "." in c and not c.startswith("field.") and c not in LOCATION_KEYS]
     varying = [c for c in param_cols if frame[c].astype(str).nunique() > 1]
     wanted = ["run", "status"] + [c for c in KEY_PARAMS if c in frame] + [c for c in varying if c not in KEY_PARAMS]
     wanted += METRICS + ["final_loss", "sft_s", "total_s", "ms-swift", "vllm", "torch"] + (columns or [])
@@ -149,3 +150,13 @@ def render(frame, fmt: str) -> str:
     if fmt == "html":
         return frame.to_html(index=False, na_rep="–")
     return frame.to_string(index=False, na_rep="–", float_format=lambda v: f"{v:.4g}") + "\n"
+
+
+def show(root: str, *, fmt: str, sort: str, where: Optional[str], columns: list[str], out: Optional[str]) -> None:
+    """`swiftpipe leaderboard`: print the table, or write it to `out`."""
+    text = render(leaderboard(Path(root), sort=sort, where=where, columns=columns), fmt)
+    if out:
+        jsonl.write_atomic(out, text)
+        console.say(f"written: {out}")
+    else:
+        console.say(text.rstrip("\n"))

@@ -1,0 +1,29 @@
+"""Reading a model's answer: strip a leading think block and a code fence, parse the JSON.
+
+One function, used wherever an answer is read (evaluation, teacher labelling, serving, batch
+extraction), so a Qwen3 `<think>` block or a ```json fence is handled the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Optional
+
+THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
+FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def parse_answer(text: Optional[str]) -> tuple[Optional[Any], bool]:
+    """(parsed JSON or None, whether a leading think block was stripped)."""
+    if text is None:
+        return None, False
+    stripped = THINK_BLOCK.sub("", text, count=1)
+    had_think = stripped != text
+    fenced = FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1)
+    try:
+        return json.loads(stripped), had_think
+    except json.JSONDecodeError:
+        return None, had_think

@@ -1,0 +1,56 @@
+"""`swiftpipe reproduce RUN_DIR`: rerun a run from its resolved recipe beside it and check that the
+metrics agree (within a tolerance), warning about package versions that changed since."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from swiftpipe import envinfo
+from swiftpipe import leaderboard as runs
+from swiftpipe.compare import check_run
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.jsonl import read_json
+from swiftpipe.reports import pct
+
+
+class ReproduceError(SwiftpipeError):
+    pass
+
+
+def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print) -> int:
+    """Rerun `run` from its resolved recipe into a sibling run directory; 0 when the metrics agree."""
+    run = check_run(run)
+    for line in envinfo.version_drift(read_json(run / "env.json")):
+        echo(f"warning: version drift since the run (then → now): {line}")
+    run_id = run_id or f"{run.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}"
+    info = read_json(run / "run.json") or {}
+    # The resolved recipe has every default filled in; the root is the original run's root so that
+    # the reproduction lands beside it. Relative paths resolve against the original working directory.
+    cwd = info.get("cwd") or str(Path.cwd())
+    root = run.parent.parent
+    echo(f"reproducing {run} as {root / run.parent.name / run_id}")
+    code = subprocess.call([sys.executable, "-m", "swiftpipe.cli", "run", str(run / "resolved.yaml"),
+                            f"output.root={root}", f"name={run.parent.name}", "--run-id", run_id], cwd=cwd)
+    if code:
+        raise ReproduceError(f"the reproduction run failed (exit {code}); see {root / run.parent.name / run_id}/logs")
+    new = root / run.parent.name / run_id
+    before, after = runs.metrics(run) or {}, runs.metrics(new) or {}
+    if "exact_match" not in before or "exact_match" not in after:
+        echo("no eval metrics to compare (eval disabled or data.test unset); the run itself reproduced")
+        return 0
+    worst = 0.0
+    lines = ["| metric | original | reproduced | difference |", "|---|---|---|---|"]
+    pairs = [("exact_match", before["exact_match"], after["exact_match"])]
+    pairs += [(f"field.{k}", v, after.get("per_field", {}).get(k)) for k, v in before.get("per_field", {}).items()]
+    for name, va, vb in pairs:
+        delta = abs((vb or 0) - (va or 0))
+        worst = max(worst, delta)
+        lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {100 * delta:.1f} pt{' **over tolerance**' if delta > tolerance else ''} |")
+    echo("\n".join(lines))
+    verdict = "reproduced" if worst <= tolerance else "NOT reproduced"
+    echo(f"{verdict}: largest difference {100 * worst:.1f} pt, tolerance {100 * tolerance:.1f} pt ({new})")
+    return 0 if worst <= tolerance else 1

@@ -1,0 +1,86 @@
+"""Scoring answers against gold: exact match, per-field hits, NER F1, and the metrics of a run.
+
+Exact match is the reference evaluator's rule: the parsed prediction equals the parsed gold answer
+(Python `==` on the JSON values: key order does not matter, types do, so "1" != 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from swiftpipe import ner
+from swiftpipe.messages import Example
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    if value is None:
+        return "null"
+    return "string"
+
+
+def schema_from_gold(rows: Sequence[Example]) -> Optional[dict]:
+    """Without a recipe schema: the gold answers' keys (all required) and their value types."""
+    if not all(isinstance(r.answer, dict) for r in rows):
+        return None
+    types: dict[str, set[str]] = {}
+    for row in rows:
+        for key, value in row.answer.items():
+            types.setdefault(key, set()).add(_json_type(value))
+    properties = {
+        key: {"type": sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds)} for key, kinds in types.items()
+    }
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def score(gold: Any, prediction: Any) -> tuple[bool, dict[str, bool]]:
+    """Exact match (parsed objects equal, as the reference evaluator does) and per-field hits."""
+    fields = {}
+    if isinstance(gold, dict):
+        pred = prediction if isinstance(prediction, dict) else {}
+        fields = {k: k in pred and pred[k] == v for k, v in gold.items()}
+    return gold == prediction, fields
+
+
+def percentile(values: list[float], q: float) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None, sent: int = 0,
+                    metric: str = "exact_match") -> dict:
+    n = len(records)
+    correct = sum(r["correct"] for r in records)
+    field_hits: dict[str, list[bool]] = {}
+    for r in records:
+        for name, hit in r.get("fields", {}).items():
+            field_hits.setdefault(name, []).append(hit)
+    latencies = [r["latency_s"] for r in records if r.get("latency_s") is not None]
+    return {
+        "n": n,
+        "correct": correct,
+        "exact_match": correct / n if n else 0.0,
+        "invalid_json": sum(1 for r in records if r["error"] is None and r["prediction"] is None),
+        "api_errors": sum(1 for r in records if r["error"] is not None),
+        "think_blocks_stripped": sum(1 for r in records if r.get("think_stripped")),
+        "per_field": {name: sum(h) / len(h) for name, h in field_hits.items()},
+        "latency_p50_s": percentile(latencies, 0.5),
+        "latency_p95_s": percentile(latencies, 0.95),
+        "requests_per_s": (sent / wall_seconds) if wall_seconds and sent else None,
+        "requests_sent_this_session": sent,
+        "metric": metric,
+        **({"ner": ner.scores((r["gold"], r["prediction"]) for r in records)} if metric == "ner_f1" else {}),
+    }

