@@ -5,6 +5,7 @@
 #   bash sft.sh --dry-run            # print the plan, change nothing
 # --download fetches the recipe's model first (ModelScope or Hugging Face, as model.hub says).
 # Idempotent: a second run reuses the venv and resumes the run given by --run-id.
+# Needs Python 3.11-3.13 (vLLM): PYTHON=/path/to/python3.11 bash sft.sh picks the interpreter for .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,7 +14,7 @@ for a in "$@"; do
   case "$a" in
     --dry-run) dry_run=1 ;;
     --download) download=1 ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -37,6 +38,7 @@ fi
 if [ "$dry_run" = 1 ]; then
   echo "plan:"
   echo "  1. bash scripts/install.sh $mode   (.venv; skipped when up to date)"
+  [ "$mode" = --gpu ] && echo "  1b. bash scripts/check_gpu.sh   (torch sees the GPU; driver new enough for torch's CUDA build)"
   [ "$download" = 1 ] && echo "  2a. .venv/bin/swiftpipe download ${args[0]}   (the recipe's model; skipped when local or cached)"
   echo "  2. .venv/bin/swiftpipe run ${args[*]}"
   if [ -x .venv/bin/swiftpipe ]; then
@@ -47,5 +49,7 @@ if [ "$dry_run" = 1 ]; then
 fi
 
 bash scripts/install.sh "$mode"
+# Before any stage: a driver too old for torch's CUDA build fails here with the fix, not mid-run.
+[ "$mode" = --gpu ] && bash scripts/check_gpu.sh
 [ "$download" = 1 ] && .venv/bin/swiftpipe download "${args[0]}"
 .venv/bin/swiftpipe run "${args[@]}"

@@ -151,7 +151,8 @@ def main() -> None:
     print(f"\nswiftpipe eval / vllm bench serve = {ratio:.2f}")
     out = REPO / "bench" / "results" / f"eval_throughput-{socket.gethostname()}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "model": model_dir, "args": vars(args), "requests_per_s": results, "rounds": runs,
+    out.write_text(json.dumps({"machine": machine, "model": model_dir, "args": vars(args), "requests_per_s": results,
+                               "rounds": runs,
                                "ratio_swiftpipe_to_vllm": ratio, "packages": envinfo.package_versions()}, indent=2))
 
 

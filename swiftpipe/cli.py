@@ -331,7 +331,7 @@ def main() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # click turns Ctrl-C into Abort; child processes were stopped on the way out.
         hint = console.current_resume_hint()
-        signame = getattr(exc, "signame", None) or "Ctrl-C"
+        signame = procs.interrupt_signame(exc) or "Ctrl-C"
         console.error(f"interrupted ({signame}): child processes stopped" + (f"; {hint}" if hint else ""))
         sys.exit(130)
     except click.ClickException as exc:

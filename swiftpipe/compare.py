@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe import leaderboard as runs
+from swiftpipe import runlock
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.evaluate import read_records
-from swiftpipe.jsonl import write_atomic
+from swiftpipe.jsonl import read_json, write_atomic
 from swiftpipe.reports import pct
 
 
@@ -42,7 +43,9 @@ def flipped(a: Path, b: Path) -> list[tuple[dict, dict]]:
 
 def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
     a, b = check_run(a), check_run(b)
-    lines = [f"# {a.name} vs {b.name}", "", f"- A: {a}", f"- B: {b}", "", "## Parameters that differ", ""]
+    status = {run: runlock.effective_status(read_json(run / "run.json") or {}) for run in (a, b)}
+    lines = [f"# {a.name} vs {b.name}", "", f"- A: {a} ({status[a]})", f"- B: {b} ({status[b]})", "",
+             "## Parameters that differ", ""]
     diff = param_diff(a, b)
     lines += ["| parameter | A | B |", "|---|---|---|"] + [f"| {k} | {va} | {vb} |" for k, va, vb in diff] \
         if diff else ["(none: same resolved recipe)"]

@@ -19,7 +19,7 @@ TRACKED_PACKAGES = [
 
 
 def package_versions() -> dict[str, Optional[str]]:
-    versions = {}
+    versions: dict[str, Optional[str]] = {}
     for name in TRACKED_PACKAGES:
         try:
             versions[name] = metadata.version(name)

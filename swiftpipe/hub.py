@@ -40,22 +40,27 @@ def endpoint(hub: str) -> str:
         from huggingface_hub import constants
 
         return constants.ENDPOINT
-    from modelscope.hub.utils.utils import get_endpoint
+    try:  # modelscope >= 1.3x downloads through modelscope_hub (MODELSCOPE_ENDPOINT, then MODELSCOPE_DOMAIN)
+        from modelscope_hub.config import HubConfig
 
-    return get_endpoint()
+        return str(HubConfig().endpoint)
+    except ImportError:
+        from modelscope.hub.utils.utils import get_endpoint
+
+        return get_endpoint()
 
 
 def is_cached(model_id: str, hub: str) -> bool:
     """Whether the hub library finds the model in its local cache (no network)."""
     try:
         if hub == "huggingface":
-            from huggingface_hub import snapshot_download
+            import huggingface_hub
 
-            path = snapshot_download(model_id, local_files_only=True)
+            path = huggingface_hub.snapshot_download(model_id, local_files_only=True)
         else:
-            from modelscope import snapshot_download
+            import modelscope
 
-            path = snapshot_download(model_id, local_files_only=True)
+            path = modelscope.snapshot_download(model_id, local_files_only=True)
     except Exception:  # noqa: BLE001 - "not cached" comes as several exception types
         return False
     return (Path(path) / "config.json").is_file()
@@ -121,13 +126,13 @@ def download(loaded) -> None:
         raise HubError(f"offline is set: cannot download {model.id}; set offline=false or use a local copy")
     try:
         if model.hub == "huggingface":
-            from huggingface_hub import snapshot_download
+            import huggingface_hub
 
-            path = snapshot_download(model.id)
+            path = huggingface_hub.snapshot_download(model.id)
         else:
-            from modelscope import snapshot_download
+            import modelscope
 
-            path = snapshot_download(model.id)
+            path = modelscope.snapshot_download(model.id)
     except Exception as exc:  # noqa: BLE001 - network / auth / not-found errors come in many types
         raise HubError(f"cannot download {model.id} from {HUB_NAMES[model.hub]}: {str(exc)[:300]}. Check the network "
                        f"and the id, or set model.hub to the other hub") from None

@@ -99,13 +99,13 @@ def write_raw_lines(path: PathLike, lines: Iterable[str]) -> None:
 
 def last(path: PathLike) -> Optional[Any]:
     """The last parseable line's value (swift's summary line), or None."""
-    value = None
+    found = None
     try:
         for _, value in read(path, appended=True, skip_bad=True):
-            pass
+            found = value
     except JsonlError:  # no such file
         return None
-    return value
+    return found
 
 
 def append(sink: TextIO, value: Any) -> None:

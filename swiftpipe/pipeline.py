@@ -163,7 +163,7 @@ def prepare_run_dir(p: RunPlan) -> bool:
 
 
 def _warn_version_drift(p: RunPlan) -> None:
-    drift = envinfo.version_drift(read_json(p.run.path / "env.json"))
+    drift = envinfo.version_drift(read_json(p.run.path / "env.json") or {})
     if drift:
         console.warn(f"package versions changed since this run started: {', '.join(drift)}")
 
@@ -276,6 +276,7 @@ def stage_sft(p: RunPlan, *, fresh: bool) -> dict:
 def stage_export(p: RunPlan) -> dict:
     checkpoint = p.run.stage_outputs("sft")["checkpoint"]
     cmd = render.render_export(p.loaded.recipe, p.run.path, base=p.base, checkpoint=checkpoint, gpu_count=p.gpu_count)
+    assert cmd is not None  # the export stage only runs when the recipe merges
     procs.run_stage("export", cmd.argv, cmd.env, p.run.log("export"))
     if not (p.run.merged_dir / "config.json").is_file():
         raise SwiftpipeError(f"export finished but wrote no model to {p.run.merged_dir}; see {p.run.log('export')}")
@@ -311,7 +312,7 @@ def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
     out = p.run.path / "eval" / which
     if fresh and out.exists():
         shutil.rmtree(out)
-    rows = evaluate.read_test_rows(Path(render.absolute(recipe.data.test, p.base)), recipe.data.system_prompt)
+    rows = evaluate.read_test_rows(Path(render.absolute(recipe.data.test or "", p.base)), recipe.data.system_prompt)
     schema = recipe.data.json_schema() or scoring.schema_from_gold(rows)
     target = ServeTarget.for_run(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
                                  run_name=p.loaded.name, cpu=render.device_is_cpu(recipe, p.gpu_count))
@@ -330,7 +331,7 @@ def stage_report(p: RunPlan) -> dict:
     from swiftpipe import evaluate, reports
 
     tuned_dir, base_dir = p.run.path / "eval" / "finetuned", p.run.path / "eval" / "base"
-    tuned = read_json(tuned_dir / "metrics.json")
+    tuned = read_json(tuned_dir / "metrics.json") or {}
     base = read_json(base_dir / "metrics.json") if p.loaded.recipe.eval.compare_base else None
     if base:
         text = reports.comparison_markdown(
@@ -360,7 +361,7 @@ def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
     stages = active_stages(p)
     redo = set(stages[stages.index(force):]) if force else set()
     console.resume_hint(f"resume with `{p.resume_command()}` (finished stages are kept)")
-    with runlock.RunLock(p.lock_path):
+    with runlock.RunLock(p.run.path, name=p.lock_path.name):
         reopened = prepare_run_dir(p)
         echo(f"run directory: {p.run.path}" + (" (resuming)" if reopened else ""))
         runners: dict[str, Callable[[], dict]] = {
@@ -385,7 +386,7 @@ def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
             try:
                 outputs = runners[stage]()
             except KeyboardInterrupt as exc:
-                _record_end(p, stage, "interrupted", f"interrupted by {getattr(exc, 'signame', 'Ctrl-C')}")
+                _record_end(p, stage, "interrupted", f"interrupted by {procs.interrupt_signame(exc) or 'Ctrl-C'}")
                 raise
             except SwiftpipeError as exc:
                 _record_end(p, stage, "failed", f"failed: {str(exc).splitlines()[0]}")

@@ -83,14 +83,15 @@ def comparison_markdown(base: dict, tuned: dict, base_records: list[dict], tuned
     for name in tuned["per_field"]:
         lines.append(f"| field: {name} | {pct(base['per_field'].get(name))} | {pct(tuned['per_field'][name])} |")
     by_key = {r["key"]: r for r in base_records}
-    fixed = [(by_key[r["key"]], r) for r in tuned_records if r["key"] in by_key and r["correct"] and not by_key[r["key"]]["correct"]]
-    broken = [(by_key[r["key"]], r) for r in tuned_records if r["key"] in by_key and not r["correct"] and by_key[r["key"]]["correct"]]
+    pairs = [(by_key[r["key"]], r) for r in tuned_records if r["key"] in by_key]
+    fixed = [(b, t) for b, t in pairs if t["correct"] and not b["correct"]]
+    broken = [(b, t) for b, t in pairs if not t["correct"] and b["correct"]]
     lines += ["", f"Outcome changed: {len(fixed)} fixed by fine-tuning, {len(broken)} broken by it."]
-    for label, pairs in (("Fixed", fixed), ("Broken", broken)):
-        if not pairs:
+    for label, changed in (("Fixed", fixed), ("Broken", broken)):
+        if not changed:
             continue
-        lines += ["", f"## {label} (first {min(len(pairs), examples)})", ""]
-        for b, t in pairs[:examples]:
+        lines += ["", f"## {label} (first {min(len(changed), examples)})", ""]
+        for b, t in changed[:examples]:
             lines += [f"- input: {t['input']}",
                       f"  - gold: {json.dumps(t['gold'], ensure_ascii=False)}",
                       f"  - base: {b['raw']!r}" if b["prediction"] is None else

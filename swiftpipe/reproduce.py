@@ -3,13 +3,12 @@ metrics agree (within a tolerance), warning about package versions that changed 
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import envinfo
+from swiftpipe import console, envinfo, procs
 from swiftpipe import leaderboard as runs
 from swiftpipe.compare import check_run
 from swiftpipe.errors import SwiftpipeError
@@ -21,10 +20,10 @@ class ReproduceError(SwiftpipeError):
     pass
 
 
-def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print) -> int:
+def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=console.say) -> int:
     """Rerun `run` from its resolved recipe into a sibling run directory; 0 when the metrics agree."""
     run = check_run(run)
-    for line in envinfo.version_drift(read_json(run / "env.json")):
+    for line in envinfo.version_drift(read_json(run / "env.json") or {}):
         echo(f"warning: version drift since the run (then → now): {line}")
     run_id = run_id or f"{run.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}"
     info = read_json(run / "run.json") or {}
@@ -33,8 +32,10 @@ def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print)
     cwd = info.get("cwd") or str(Path.cwd())
     root = run.parent.parent
     echo(f"reproducing {run} as {root / run.parent.name / run_id}")
-    code = subprocess.call([sys.executable, "-m", "swiftpipe.cli", "run", str(run / "resolved.yaml"),
-                            f"output.root={root}", f"name={run.parent.name}", "--run-id", run_id], cwd=cwd)
+    log = root / run.parent.name / f"{run_id}.reproduce.log"
+    echo(f"  (its output: {log})")
+    code = procs.call([sys.executable, "-m", "swiftpipe.cli", "run", str(run / "resolved.yaml"), f"output.root={root}",
+                       f"name={run.parent.name}", "--run-id", run_id], {}, log, cwd=Path(cwd), grace=30)
     if code:
         raise ReproduceError(f"the reproduction run failed (exit {code}); see {root / run.parent.name / run_id}/logs")
     new = root / run.parent.name / run_id
@@ -49,7 +50,8 @@ def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=print)
     for name, va, vb in pairs:
         delta = abs((vb or 0) - (va or 0))
         worst = max(worst, delta)
-        lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {100 * delta:.1f} pt{' **over tolerance**' if delta > tolerance else ''} |")
+        over = " **over tolerance**" if delta > tolerance else ""
+        lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {100 * delta:.1f} pt{over} |")
     echo("\n".join(lines))
     verdict = "reproduced" if worst <= tolerance else "NOT reproduced"
     echo(f"{verdict}: largest difference {100 * worst:.1f} pt, tolerance {100 * tolerance:.1f} pt ({new})")

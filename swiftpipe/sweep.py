@@ -12,13 +12,12 @@ import hashlib
 import itertools
 import re
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console, render
+from swiftpipe import console, procs, render
 from swiftpipe.errors import RecipeError, SwiftpipeError
 from swiftpipe.jsonl import read_json, write_json
 
@@ -132,10 +131,15 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
         state["points"][run_id] = {"overrides": overrides, "status": "running", "log": str(log)}
         write_json(state_path, state)
         started = time.monotonic()
-        with open(log, "a", encoding="utf-8") as out:
-            # Same process group: Ctrl-C reaches the child, which stops its own servers and trainers.
-            code = subprocess.call([sys.executable, "-m", "swiftpipe.cli", "run", recipe_path, *overrides,
-                                    "--run-id", run_id], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            # Its own process group under a guard: it stops with the sweep however the sweep dies, and
+            # gets time (grace) to stop its own trainers and servers first.
+            code = procs.call([sys.executable, "-m", "swiftpipe.cli", "run", recipe_path, *overrides,
+                               "--run-id", run_id], {}, log, grace=30)
+        except KeyboardInterrupt:
+            state["points"][run_id].update(status="interrupted")
+            write_json(state_path, state)
+            raise
         seconds = round(time.monotonic() - started, 1)
         if code == 130 or code < 0:
             state["points"][run_id].update(status="interrupted")

@@ -66,7 +66,7 @@ def build_tiny_model(
     """Write config, weights, tokenizer and chat template to `out_dir` and return it."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM, GenerationConfig
+    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
     from trl.chat_template_utils import qwen3_chat_template
 
     out = Path(out_dir)
@@ -92,7 +92,9 @@ def build_tiny_model(
     tokenizer.save_pretrained(out)
 
     vocab = len(tokenizer)
-    config = Qwen3Config(
+    endoftext, im_end = (tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>"))
+    assert isinstance(endoftext, int) and isinstance(im_end, int)
+    config = Qwen3Config(  # type: ignore[call-arg]  # torch_dtype: accepted, missing from the signature
         vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 3,
@@ -102,9 +104,9 @@ def build_tiny_model(
         head_dim=hidden_size // 4,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        bos_token_id=endoftext,
+        eos_token_id=im_end,
+        pad_token_id=endoftext,
         torch_dtype="float32",
     )
     torch.manual_seed(seed)

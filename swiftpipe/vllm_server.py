@@ -180,6 +180,7 @@ class VllmServer:
         deadline = time.monotonic() + self.settings.startup_timeout
         with procs.sigterm_as_interrupt():
             while True:
+                assert self.proc is not None
                 code = self.proc.poll()
                 if code is not None:
                     raise ServerError(

@@ -101,7 +101,8 @@ def test_full_finetune_has_no_lora_flags_and_no_export(write_recipe):
 
 
 def test_qlora_and_extra_args():
-    recipe = load_recipe(ADDRESS, ["train.tuner=qlora", "train.extra_args={neftune_noise_alpha: 5, use_liger_kernel: true}"]).recipe
+    extra = "train.extra_args={neftune_noise_alpha: 5, use_liger_kernel: true}"
+    recipe = load_recipe(ADDRESS, ["train.tuner=qlora", extra]).recipe
     argv = render.render_sft(recipe, RUN, base=REPO, gpu_count=1).argv
     ns = parse_with_swift("SftArguments", argv[2:])
     assert ns.quant_method == "bnb" and ns.quant_bits == 4 and ns.tuner_type == "lora"

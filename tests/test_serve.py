@@ -3,7 +3,7 @@ import socket
 import pytest
 
 from swiftpipe.recipe.schema import ServeSection
-from swiftpipe.vllm_server import ServeTarget, ServerError, VllmServer, free_port, port_in_use, render_serve
+from swiftpipe.vllm_server import ServerError, ServeTarget, VllmServer, free_port, port_in_use, render_serve
 from tests.conftest import REPO
 
 

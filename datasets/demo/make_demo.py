@@ -15,7 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from swiftpipe import jsonl, messages  # noqa: E402
 from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT  # noqa: E402
 
-
 # (province, city, district, specific_location, name, phone, text template)
 ROWS = [
     ("浙江省", "杭州市", "西湖区", "文三路90号东部软件园3号楼", "王伟", "13812345678", "收件人:{name}|电话:{phone}|{city}{district}{loc}"),

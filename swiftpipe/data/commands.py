@@ -89,7 +89,6 @@ def label(inputs: Optional[str], out: Optional[str], base_url: Optional[str], mo
 
 
 def stats(path: str, model: Optional[str], png: Optional[str], as_json: bool) -> None:
-    from swiftpipe import jsonl
     from swiftpipe.data import stats as st
 
     file = Path(path)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT, CLUENER_SYSTEM_PROMPT, CLUENER_TYPES
 from swiftpipe import jsonl, messages
 from swiftpipe.errors import SwiftpipeError
+from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT, CLUENER_SYSTEM_PROMPT, CLUENER_TYPES
 
 WAYBILL_TAGS = {"P": "name", "T": "phone", "A1": "province", "A2": "city", "A3": "district",
                 "A4": "specific_location"}
@@ -190,7 +190,7 @@ def convert(fmt: str, path: Path, *, system_prompt: Optional[str] = None,
         run(_json_lines(path), lambda r: (system_prompt or CLUENER_SYSTEM_PROMPT, *_cluener(r)))
     elif fmt == "raner":
         if types is None:  # every category in the file, so that all answers share their keys
-            types = tuple(sorted({e.get("category") for _, r in _json_lines(path) if isinstance(r, dict)
+            types = tuple(sorted({str(e["category"]) for _, r in _json_lines(path) if isinstance(r, dict)
                                   for e in r.get("entities", []) if isinstance(e, dict) and e.get("category")}))
         prompt = system_prompt or ("你是一个命名实体识别助手。从用户给出的文本中找出以下类型的实体："
                                    + "、".join(types) + "。以JSON输出，每个类型对应实体名称列表，没有则为空列表。")

@@ -86,7 +86,7 @@ def _fields_at(loc: tuple) -> Optional[dict]:
     return getattr(model, "model_fields", None)
 
 
-def _describe(err: dict, lines: dict[tuple, int], file: str, overridden: set[tuple]) -> str:
+def _describe(err: Any, lines: dict[tuple, int], file: str, overridden: set[tuple]) -> str:
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc) or "(top level)"
     where = (

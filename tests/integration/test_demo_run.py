@@ -94,7 +94,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_model_
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, output
-    assert "rerun with the same --run-id to resume" in output
+    assert "interrupted (Ctrl-C)" in output
+    assert f"resume with `swiftpipe run recipes/demo-cpu.yaml output.root={tmp_path}" in output and "--run-id resume`" in output
     time.sleep(1)
     assert _group_gone(proc.pid), "swift processes survived Ctrl-C"
     assert not (run / "stages" / "sft.done").exists()
@@ -122,4 +123,6 @@ def test_failing_stage_reports_stage_log_and_tail(tmp_path, tiny_model_dir):
     assert "stage 'sft' failed" in out.stderr
     assert str(tmp_path / "demo-cpu" / "bad" / "logs" / "sft.log") in out.stderr
     assert "no_such_flag" in out.stderr  # swift's own complaint, from the log tail
+    assert out.stderr.rstrip().endswith("--run-id bad")  # the exact command that resumes this run
+    assert f"swiftpipe run recipes/demo-cpu.yaml output.root={tmp_path}" in out.stderr
     assert json.loads((tmp_path / "demo-cpu" / "bad" / "run.json").read_text())["status"] == "failed in sft"

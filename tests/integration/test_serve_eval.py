@@ -122,7 +122,7 @@ def test_killed_evaluation_resumes_without_loss_or_duplicates(server, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished_before = len([l for l in predictions.read_text().splitlines() if l.strip()])
+    finished_before = len([x for x in predictions.read_text().splitlines() if x.strip()])
     assert 10 <= finished_before < 64
 
     resumed = _eval(server, out, test=big)
@@ -133,7 +133,7 @@ def test_killed_evaluation_resumes_without_loss_or_duplicates(server, tmp_path):
         assert again[key] == whole[key], key
     # only the missing rows were requested again (a half-written last line counts as missing)
     assert 64 - finished_before <= again["requests_sent_this_session"] <= 64 - finished_before + 1
-    indices = [json.loads(l)["index"] for l in predictions.read_text().splitlines()]
+    indices = [json.loads(x)["index"] for x in predictions.read_text().splitlines()]
     assert indices == list(range(64))
 
 

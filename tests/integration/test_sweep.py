@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.integration.test_serve_eval import processes_mentioning
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +36,12 @@ def test_sweep_grid_leaderboard_and_resume(tmp_path, tiny_model_dir):
                 break
         time.sleep(0.2)
     assert proc.poll() is None and len(done) == 2, proc.stdout.read().decode()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep only: its child run must die with it
     proc.wait()
+    deadline = time.monotonic() + 10
+    while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_mentioning(str(tmp_path)) == [], "the sweep's child run outlived it"
     finished = {r: (tmp_path / "demo-cpu" / r / "stages" / "sft.done").read_text() for r in done}
 
     rerun = subprocess.run(args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=900)

@@ -1,0 +1,170 @@
+"""A tiny supervisor that makes sure a child command never outlives swiftpipe.
+
+    python -m swiftpipe.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]
+
+Why: swiftpipe cleans up its children on Ctrl-C, SIGTERM and SIGHUP, but nothing runs in a process
+that gets SIGKILL (kill -9, the OOM killer). `swift sft` and `vllm serve` are launchers that start a
+child python, and PR_SET_PDEATHSIG is not inherited by such grandchildren, so the children of a
+killed swiftpipe used to keep running (a vLLM server holding the port and the memory).
+
+`procs.start` runs this guard with start_new_session=True, so the guard leads a new process group
+(pgid == guard pid == Popen.pid) and starts COMMAND in that same group; `procs.stop` keeps
+signalling the whole group. The guard:
+
+- polls its parent (os.getppid() != PARENT_PID means swiftpipe is gone; PR_SET_PDEATHSIG only
+  wakes it early, as it fires when the *thread* that started the guard exits, not the process),
+  then SIGTERMs the group, waits GRACE_SECONDS and SIGKILLs whatever is left (itself included);
+- exits like COMMAND: the same exit code, or the same signal, re-raised on itself, so the caller's
+  Popen.returncode is what it would have been without the guard;
+- after COMMAND exits on its own, stops what COMMAND left behind in the group before exiting;
+- on SIGTERM/SIGINT/SIGHUP (procs.stop signals the group, so COMMAND got the signal too) does not
+  forward it (a second SIGINT makes uvicorn force-exit), but waits for COMMAND up to GRACE_SECONDS
+  and then SIGKILLs the group.
+
+Stdlib only and nothing else imported, so it starts in a few milliseconds. Linux only
+(signal.sigtimedwait, /proc); elsewhere procs.start runs commands without it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+POLL = 0.25  # seconds between checks of the parent
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WATCHED = {signal.SIGCHLD, signal.SIGUSR1, *STOP_SIGNALS}
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of group `pgid`, the calling process excluded. Zombies do not count: killed
+    orphans wait for init to reap them, which can take a second or more."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # the name in (...) may hold anything
+            if int(fields[2]) == pgid and fields[0] != b"Z":  # [0] is field 3 (state), [2] is 5 (pgrp)
+                found.append(int(entry))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+def _wake_on_parent_death() -> None:
+    """Fast path: get SIGUSR1 when the parent goes (polling stays the source of truth)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGUSR1), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Guard:
+    def __init__(self, parent: int, grace: float, argv: list[str]):
+        self.parent, self.grace, self.argv = parent, grace, argv
+        self.pgid = os.getpgrp()
+        self.child: int | None = None
+        self.status: int | None = None  # wait status of the child once reaped
+
+    def run(self) -> int:
+        signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)  # handled in one loop by sigtimedwait
+        _wake_on_parent_death()
+        if os.getppid() != self.parent:  # swiftpipe died before we got here
+            return 1
+        try:
+            self.child = os.posix_spawnp(
+                self.argv[0], self.argv, os.environ,
+                setsigmask=(),  # the mask is inherited through exec: give the command a clean one
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # Python ignores these; Popen restores them too
+            )
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            what = "command not found" if code == 127 else f"cannot run command ({exc.strerror})"
+            print(f"childguard: {what}: {self.argv[0]}", file=sys.stderr, flush=True)
+            return code
+        return self.supervise()
+
+    def reap(self) -> bool:
+        if self.status is None and self.child is not None:
+            pid, status = os.waitpid(self.child, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status is not None
+
+    def supervise(self) -> int:
+        while not self.reap():
+            sig = signal.sigtimedwait(WATCHED, POLL)
+            if os.getppid() != self.parent:
+                os.killpg(self.pgid, signal.SIGTERM)  # the guard's own copy stays blocked and pending
+                self.wait_group(self.grace)
+                return self.exit_code()
+            if sig is not None and sig.si_signo in STOP_SIGNALS:
+                self.wait_group(self.grace)
+                return self.exit_code()
+        if group_members(self.pgid):  # the command exited but left processes behind
+            os.killpg(self.pgid, signal.SIGTERM)
+            self.wait_group(self.grace)
+        return self.exit_code()
+
+    def wait_group(self, seconds: float) -> None:
+        """Wait until the child and the rest of the group are gone; SIGKILL the group after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.reap() and not group_members(self.pgid):
+                return
+            signal.sigtimedwait(WATCHED, 0.1)
+        # One by one, not killpg: the guard must live to report the command's exit. Repeat in case
+        # something forked in between.
+        for _ in range(50):
+            left = group_members(self.pgid)
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            signal.sigtimedwait(WATCHED, 0.05)
+        if self.child is not None and self.status is None:
+            _, self.status = os.waitpid(self.child, 0)
+
+    def exit_code(self) -> int:
+        if self.status is None:
+            return 1
+        if os.WIFSIGNALED(self.status):
+            return -os.WTERMSIG(self.status)
+        return os.waitstatus_to_exitcode(self.status)
+
+
+def exit_like(code: int) -> None:
+    """Exit with `code`; a negative code means "killed by signal -code": re-raise it on ourselves."""
+    if code >= 0:
+        sys.exit(code)
+    sig = -code
+    sys.stdout.flush(), sys.stderr.flush()
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGSEGV/SIGABRT: no core file of the guard
+    except (ImportError, ValueError, OSError):
+        pass
+    if sig not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+    os.kill(os.getpid(), sig)
+    sys.exit(128 + sig)  # a signal whose default is not to terminate
+
+
+def main(args: list[str]) -> None:
+    if len(args) < 4 or args[2] != "--":
+        sys.exit("usage: python -m swiftpipe.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]")
+    exit_like(Guard(int(args[0]), float(args[1]), args[3:]).run())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
