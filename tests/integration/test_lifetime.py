@@ -34,7 +34,10 @@ def gone_within(text: str, seconds: float) -> float:
 
 
 def port_free(port: int) -> bool:
+    """Free for the next server: nothing listens (SO_REUSEADDR, as servers bind, so the TIME_WAIT
+    connections the evaluator leaves behind do not count)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
