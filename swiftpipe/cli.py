@@ -28,7 +28,8 @@ def cli() -> None:
     swiftpipe validate recipes/demo-cpu.yaml
     swiftpipe render   recipes/address-qwen3-0.6b.yaml train.lr=2e-4
     swiftpipe run      recipes/demo-cpu.yaml [--run-id ID] [--force STAGE] [--dry-run]
-    swiftpipe serve    runs/demo-cpu/<run-id>
+    swiftpipe serve    runs/demo-cpu/<run-id> [v2=RUN_DIR --weights NAME=90,v2=10]
+    swiftpipe keys     create|list|revoke   |   rollout v2=50   |   requests --flagged
     swiftpipe eval     test.jsonl --base-url http://127.0.0.1:8000/v1 --model NAME --out DIR
     swiftpipe data     synth-address | convert | label | stats | split
     swiftpipe sweep    recipes/demo-cpu.yaml lora.rank=8,16 train.lr=1e-4,2e-4
@@ -97,26 +98,125 @@ def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str 
         console.say(f"report:       {summary['report']}")
 
 
+DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
+
+
 @cli.command()
-@click.argument("target", type=click.Path(exists=True))
-@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
-              help="Take the serve settings from this recipe (default: the run's resolved recipe).")
-@click.option("--host", default=None, help="Bind address (default: serve.host, 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="Port (default: serve.port, else a free one).")
-@click.option("--name", default=None, help="Served model name (default: serve.served_model_name or the recipe name).")
-@click.option("--base", is_flag=True, help="With a run directory: serve the run's base model instead.")
-@click.option("--log", "log_file", type=click.Path(dir_okay=False), default=None,
-              help="vLLM log file (default: <run>/logs/serve.log, or ./serve.log for a model dir).")
-def serve(target: str, recipe: str | None, host: str | None, port: int | None, name: str | None, base: bool,
-          log_file: str | None) -> None:
-    """Serve a run's final model (or any MODEL_DIR) with vLLM until Ctrl-C.
+@click.argument("targets", nargs=-1)
+@click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
+              help="A running OpenAI-compatible server as a version (key from SWIFTPIPE_UPSTREAM_API_KEY).")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Recipe for model directories and upstreams: system prompt, answer schema, length limit "
+                   "(run directories bring their own).")
+@click.option("--name", "names", multiple=True, help="Version name, once per target (or write NAME=PATH).")
+@click.option("--base", is_flag=True, help="With run directories: serve their base models instead.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Gateway bind address.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Gateway port.")
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--weights", multiple=True, metavar="NAME=PCT,...",
+              help="Traffic split of unpinned requests, e.g. v1=90,v2=10 (default: the saved split, else all to the first).")
+@click.option("--ssl-certfile", default=None, help="Serve HTTPS with this certificate (PEM).")
+@click.option("--ssl-keyfile", default=None, help="The certificate's private key (PEM).")
+@click.option("--keep-days", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Delete request rows older than this (checked hourly).")
+@click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds per upstream attempt.")
+@click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
+              help="Upstream retries on connection errors, timeouts, 429 and 5xx (with backoff).")
+def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional[str], names: tuple[str, ...],
+          base: bool, host: str, port: int, db: str, weights: tuple[str, ...], ssl_certfile: Optional[str],
+          ssl_keyfile: Optional[str], keep_days: Optional[float], upstream_timeout: float, retries: int) -> None:
+    """Serve versions behind the extraction gateway until Ctrl-C.
 
-    The API key comes from SWIFTPIPE_API_KEY (or VLLM_API_KEY); without one a key is generated and
-    shown once. It is passed to vLLM through the environment, never on the command line.
+    \b
+    Each TARGET (a run directory, or a model directory with --recipe; NAME=PATH names it) gets its
+    own vLLM server on a free loopback port; the gateway on --host/--port answers /v1/extract,
+    /v1/chat/completions, /v1/models, /health and /metrics, and logs every request to --db.
+    \b
+      swiftpipe serve runs/demo-cpu/<run-id>
+      swiftpipe serve v1=runs/address/a v2=runs/address/b --weights v1=90,v2=10
+      swiftpipe serve --upstream v1=http://127.0.0.1:8001/v1 --recipe recipes/demo-cpu.yaml
+    \b
+    Keys: SWIFTPIPE_API_KEY is accepted as a key; without it and without keys in --db, one is
+    generated and shown once. More: `swiftpipe keys create`.
     """
-    from swiftpipe.serve import serve_forever
+    from swiftpipe.gateway.service import serve as serve_gateway
 
-    serve_forever(target, recipe=recipe, host=host, port=port, name=name, base=base, log_file=log_file)
+    serve_gateway(list(targets), upstreams=list(upstreams), recipe=recipe, names=list(names), base=base, host=host,
+                  port=port, db=db, weights=list(weights), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                  keep_days=keep_days, upstream_timeout=upstream_timeout, retries=retries)
+
+
+@cli.group()
+def keys() -> None:
+    """API keys of the gateway (stored as hashes; a key is shown once, when created)."""
+
+
+@keys.command("create")
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--name", required=True, help="Who uses the key (a team, a system).")
+@click.option("--rpm", type=int, default=None, help="Requests per minute allowed (default: unlimited).")
+def keys_create(db: str, name: str, rpm: Optional[int]) -> None:
+    """Create a key and print it (once: only its hash is stored)."""
+    from swiftpipe.gateway import commands
+
+    commands.keys_create(db, name, rpm)
+
+
+@keys.command("list")
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+def keys_list(db: str) -> None:
+    """List keys (id, name, limit, created, revoked); never the keys themselves."""
+    from swiftpipe.gateway import commands
+
+    commands.keys_list(db)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+def keys_revoke(key_id: str, db: str) -> None:
+    """Revoke KEY_ID (an id from `keys list`, or a name: all its active keys); the gateway refuses it within a second."""
+    from swiftpipe.gateway import commands
+
+    commands.keys_revoke(db, key_id)
+
+
+@cli.command()
+@click.argument("weights", nargs=-1, required=True)
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+def rollout(weights: tuple[str, ...], db: str) -> None:
+    """Change the traffic split of a running gateway, e.g. `rollout v2=50` (100 promotes, 0 rolls back).
+
+    Versions not named share the rest in proportion to their current weights. Takes effect within a
+    second, without a restart; logged in the database's events.
+    """
+    from swiftpipe.gateway import commands
+
+    commands.set_rollout(db, list(weights))
+
+
+@cli.command()
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--flagged", is_flag=True, help="Only requests with flags.")
+@click.option("--version", "version", default=None, help="Only this version.")
+@click.option("--since", default=None, help="Only since a time (2026-11-23T14:00) or an age (30m, 2h, 7d).")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True)
+@click.option("--limit", type=int, default=None, help="At most this many rows, newest first (table: 50).")
+@click.option("--compare", is_flag=True,
+              help="Compare VERSIONS (default: all): requests, invalid-JSON and flag rates, latency p50/p95.")
+@click.argument("versions", nargs=-1)
+def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str], fmt: str, limit: Optional[int],
+             compare: bool, versions: tuple[str, ...]) -> None:
+    """Read the gateway's request log, or compare versions: `requests --compare v1 v2`."""
+    from swiftpipe.gateway.report import show
+
+    if versions and not compare:
+        raise click.UsageError("version names are compared with --compare: swiftpipe requests --compare v1 v2")
+    if fmt == "table" and limit is None:
+        limit = 50
+    show(db, flagged=flagged, version=version, since=since, fmt=fmt, limit=limit, compare=compare,
+         compare_versions=list(versions))
 
 
 @cli.command("eval")

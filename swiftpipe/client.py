@@ -1,6 +1,6 @@
 """The one OpenAI client of swiftpipe: building an extraction request, sending it with retries,
-and running many of them concurrently. Used by `eval`, `data label` (and the coming gateway and
-batch extraction).
+and running many of them concurrently. Used by `eval`, `data label`, the gateway (its upstream
+calls) and batch extraction.
 
 Every extraction request is the same: the system prompt, the text, temperature 0, Qwen3 thinking
 off, and the answer's JSON schema as `response_format` json_schema — never the `guided_json` field
@@ -56,6 +56,18 @@ def extraction_request(model: str, system: Optional[str], text: str, *, schema: 
             "json_schema": {"name": "answer", "schema": schema, "strict": True},
         }
     return kwargs
+
+
+def request_body(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON body an SDK call with `kwargs` sends (extra_body merged in): for raw HTTP callers."""
+    body = {k: v for k, v in kwargs.items() if k != "extra_body"}
+    body.update(kwargs.get("extra_body") or {})
+    return body
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` + 1 (0.5, 1, 2, 4, 8, 8, ...)."""
+    return min(0.5 * 2**attempt, 8.0)
 
 
 @dataclass
@@ -116,7 +128,7 @@ async def chat(client, kwargs: dict, endpoint: Endpoint) -> Completion:
                 openai.RateLimitError) as exc:
             result.error = f"{type(exc).__name__}: {exc}"
             if attempt < endpoint.retries:
-                await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+                await asyncio.sleep(backoff(attempt))
             continue
         except openai.NotFoundError as exc:
             raise ClientError(

@@ -10,6 +10,7 @@ it on Ctrl-C, SIGTERM or SIGHUP, and a run also writes it to its log.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional, TextIO
 
@@ -21,7 +22,13 @@ def _write(stream: TextIO, text: str) -> None:
         stream.write(text + "\n")
         stream.flush()
     except (OSError, ValueError):  # EIO / EPIPE after a hang-up, or a closed stream
-        pass
+        # From now on this stream goes to /dev/null: Python's own flush at exit would fail the same way.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
 
 
 def say(text: str = "") -> None:

@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from swiftpipe import console
 from swiftpipe.childguard import group_members
 from swiftpipe.errors import StageFailed
 
@@ -36,6 +37,9 @@ def resolve_executable(name: str) -> str:
     return str(sibling) if "/" not in name and sibling.exists() else name
 
 
+SECRET_ENV = ("SWIFTPIPE_API_KEY", "SWIFTPIPE_UPSTREAM_API_KEY")
+
+
 def start(argv: list[str], env: dict[str, str], log_path: Path, cwd: Optional[Path] = None,
           *, grace: float = 10.0) -> subprocess.Popen:
     """Start `argv` under the child guard, in a new process group led by the guard.
@@ -46,7 +50,9 @@ def start(argv: list[str], env: dict[str, str], log_path: Path, cwd: Optional[Pa
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [resolve_executable(argv[0]), *argv[1:]]
-    full_env = {**os.environ, **env}
+    # The gateway's own keys never reach a child (vLLM gets its key in `env`, as VLLM_API_KEY).
+    full_env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    full_env.update(env)
     if shutil.which(argv[0], path=full_env.get("PATH", os.defpath)) is None:
         # Found out here rather than by the guard, so the failure is immediate and says why.
         raise StageFailed(argv[0], 127, log_path, f"command not found: {argv[0]} (is the venv active?)")
@@ -87,7 +93,7 @@ def call(argv: list[str], env: dict[str, str], log_path: Path, *, cwd: Optional[
         try:
             callback()
         except Exception as exc:  # noqa: BLE001
-            say(f"warning: progress display stopped ({type(exc).__name__}: {exc}); the stage goes on", err=True)
+            console.warn(f"progress display stopped ({type(exc).__name__}: {exc}); the stage goes on")
             callback = None
 
     try:
@@ -167,7 +173,7 @@ class _Raiser:
 
     def __call__(self, signum, frame) -> None:
         if signum == signal.SIGHUP:
-            _drop_hung_up_terminal()
+            drop_hung_up_terminal()
         if not self.fired:
             self.fired = True
             raise Terminated(signal.Signals(signum).name)
@@ -214,7 +220,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _drop_hung_up_terminal() -> None:
+def drop_hung_up_terminal() -> None:
     """Point stdin/stdout/stderr at /dev/null where they are a terminal that has hung up.
 
     After a hangup every write to the terminal fails with EIO, including Python's own flush at
@@ -237,23 +243,6 @@ def _drop_hung_up_terminal() -> None:
                 continue
     finally:
         os.close(devnull)
-
-
-def say(text: str, err: bool = False) -> None:
-    """Print a line, never failing: after SIGHUP the terminal may be gone (EIO) or a pipe closed
-    (BrokenPipeError), and a message must not stop the clean-up. Output that cannot be written is
-    sent to /dev/null from then on."""
-    stream = sys.stderr if err else sys.stdout
-    try:
-        stream.write(text + "\n")
-        stream.flush()
-    except (OSError, ValueError):  # ValueError: the stream was closed
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
 
 
 def run_stage(

@@ -156,6 +156,12 @@ class VllmServer:
         return render_serve(self.target, self.settings, self.port or 0)
 
     def start(self) -> "VllmServer":
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> "VllmServer":
+        """Start the process and return at once (`wait_ready` waits for it): several servers then
+        load their models at the same time."""
         host, port = self.settings.host, self.settings.port
         if self.target.hub is None:
             check_model_dir(self.target.model_dir)
@@ -169,6 +175,9 @@ class VllmServer:
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(f"\n$ {cmd.shell()}\n")
         self.proc = procs.start(cmd.argv, {**cmd.env, "VLLM_API_KEY": self.api_key}, self.log_path)
+        return self
+
+    def wait_ready(self) -> "VllmServer":
         try:
             self._wait_ready()
         except BaseException:

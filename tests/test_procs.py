@@ -103,7 +103,7 @@ def _gone_within(pids, seconds: float) -> float:
 
 def _parent(code: str, **kwargs) -> subprocess.Popen:
     """A python process standing in for swiftpipe."""
-    prelude = "import sys, time\nfrom pathlib import Path\nfrom swiftpipe import procs\n"
+    prelude = "import sys, time\nfrom pathlib import Path\nfrom swiftpipe import console, procs\n"
     return subprocess.Popen([sys.executable, "-c", prelude + code], **kwargs)
 
 
@@ -130,7 +130,7 @@ def test_sighup_to_parent_stops_children_via_keyboard_interrupt_path(tmp_path):
         "try:\n"
         f"    procs.run_stage('sft', ['bash', '-c', {script!r}], {{}}, Path({str(tmp_path / 'l.log')!r}))\n"
         "except KeyboardInterrupt as exc:\n"
-        "    procs.say(f'interrupted by {exc.signame}', err=True)\n"
+        "    console.error(f'interrupted by {exc.signame}')\n"
         "    sys.exit(130)\n"
     )
     parent = _parent(code, stderr=subprocess.PIPE, text=True)
@@ -199,13 +199,13 @@ def test_output_after_terminal_hangup_does_not_fail(tmp_path):
 
     marker = tmp_path / "cleaned-up"
     code = (
-        "import os, time\nfrom swiftpipe import procs\n"
+        "import os, time\nfrom swiftpipe import console, procs\n"
         "procs.handle_termination_signals()\n"
         "try:\n"
         "    print('ready', flush=True)\n"
         "    time.sleep(30)\n"
         "except KeyboardInterrupt as exc:\n"
-        "    procs.say(f'interrupted by {exc.signame}', err=True)\n"
+        "    console.error(f'interrupted by {exc.signame}')\n"
         "    print('a plain print after the hangup', flush=True)\n"
         f"    open({str(marker)!r}, 'w').write(exc.signame)\n"
         "    raise SystemExit(130)\n"

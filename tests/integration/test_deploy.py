@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, child_env
+from tests.conftest import REPO, child_env, swiftpipe_cmd
 from tests.integration.test_serve_eval import processes_mentioning
 
 pytestmark = pytest.mark.integration
@@ -30,3 +30,32 @@ def test_deploy_fails_with_the_log_tail_and_leaves_nothing_running(tiny_model_di
     assert processes_mentioning(str(tiny_model_dir)) == []
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))  # the port is free again
+
+
+def test_deploy_serves_the_gateway_and_stops_it(tiny_model_dir, tmp_path):
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    name = f"t-deploy-{port}"
+    env = {**child_env(), "SWIFTPIPE_API_KEY": "sk-test-deploy-ok"}
+    try:
+        out = subprocess.run(["bash", "deploy.sh", str(tiny_model_dir), "--port", str(port), "--name", name,
+                              "--timeout", "300", "--", "--recipe", "recipes/demo-cpu.yaml"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"ready: '{name}' at http://127.0.0.1:{port}/v1" in out.stdout and "from SWIFTPIPE_API_KEY" in out.stdout
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/extract", json={"text": "张三 13800000000"}, timeout=60,
+                            headers={"Authorization": "Bearer sk-test-deploy-ok"})
+        assert answer.status_code == 200 and answer.json()["version"] == name, answer.text
+        listed = subprocess.run([*swiftpipe_cmd(), "requests", "--db", f".deploy/{name}.sqlite", "--format", "csv"],
+                                cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60)
+        assert answer.json()["id"] in listed.stdout
+    finally:
+        stop = subprocess.run(["bash", "deploy.sh", "--stop", "--name", name], cwd=REPO, capture_output=True, text=True,
+                              timeout=200)
+        for leftover in (REPO / ".deploy").glob(f"{name}*"):
+            leftover.unlink()
+    assert stop.returncode == 0 and f"stopped '{name}'" in stop.stdout
+    assert processes_mentioning(str(tiny_model_dir)) == []

@@ -110,7 +110,11 @@ def test_sighup_in_sft_and_sigkill_in_eval_leave_nothing_and_the_run_resumes(tmp
 
 
 def test_sigkill_of_serve_stops_vllm(tmp_path, tiny_model_dir):
-    proc = subprocess.Popen([*swiftpipe_cmd(), "serve", str(tiny_model_dir), "--name", "lifetime"], cwd=tmp_path,
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        gateway_port = sock.getsockname()[1]
+    proc = subprocess.Popen([*swiftpipe_cmd(), "serve", str(tiny_model_dir), "--name", "lifetime", "--port",
+                             str(gateway_port)], cwd=tmp_path,
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: list[str] = []

@@ -33,18 +33,6 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, tiny_model_dir):
-    """`swiftpipe run recipes/demo-cpu.yaml` for real: LoRA → merge → serve → eval → base eval → report."""
-    root = tmp_path_factory.mktemp("runs")
-    out = subprocess.run(
-        [*swiftpipe_cmd(), "run", "recipes/demo-cpu.yaml", f"output.root={root}", f"model.id={tiny_model_dir}",
-         "--run-id", "full"],
-        capture_output=True, text=True, cwd=REPO, env=child_env(), timeout=1500)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return root / "demo-cpu" / "full", out
-
-
 def test_demo_pipeline_base_vs_finetuned(demo_run):
     run, out = demo_run
     tuned = json.loads((run / "eval" / "finetuned" / "metrics.json").read_text())

@@ -1,0 +1,77 @@
+"""Checking one answer of the model: its parsed fields, whether it is valid, and what looks wrong.
+
+Computed once per answer, wherever answers are produced (the gateway, batch extraction), so a flag
+means the same in the request log, the metrics and an extraction's output:
+
+- `invalid_json`: the answer is not JSON (after a think block and a code fence are stripped);
+- `schema_violation`: JSON that does not satisfy the recipe's schema (missing or extra field,
+  wrong type, too long);
+- `empty:<field>`: a field that is empty (`""`, null, `[]`, `{}`);
+- `not_in_text:<field>`: a field the recipe marks verbatim (`data.verbatim_fields`) whose value is
+  not a substring of the input text (a name or phone the model made up);
+- `think_block`: the answer started with a `<think>` block (thinking should be off);
+- `upstream_error`, `timeout`: no answer at all (added by the caller, who knows why).
+
+`valid` means: parsed JSON that satisfies the schema. Empty and not-in-text fields are warnings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from swiftpipe.answers import parse_answer
+
+INVALID_JSON = "invalid_json"
+SCHEMA_VIOLATION = "schema_violation"
+THINK_BLOCK = "think_block"
+UPSTREAM_ERROR = "upstream_error"
+TIMEOUT = "timeout"
+
+
+@dataclass
+class Checked:
+    fields: Optional[Any]  # the parsed answer (a dict for extraction schemas), None if not JSON
+    valid: bool
+    flags: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # schema errors, for the log
+
+
+_validators: dict[int, Any] = {}
+
+
+def _validator(schema: dict):
+    import jsonschema
+
+    key = id(schema)
+    if key not in _validators:
+        cls = jsonschema.validators.validator_for(schema)
+        _validators[key] = (schema, cls(schema))  # keep the schema alive: ids are reused
+    return _validators[key][1]
+
+
+def is_empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def check(text: str, raw: Optional[str], *, schema: Optional[dict], verbatim_fields: Sequence[str] = ()) -> Checked:
+    """Parse and check the model's raw answer `raw` to the input `text`."""
+    parsed, had_think = parse_answer(raw)
+    flags = [THINK_BLOCK] if had_think else []
+    if parsed is None:
+        return Checked(fields=None, valid=False, flags=[INVALID_JSON, *flags])
+    problems = []
+    if schema:
+        problems = [f"{'/'.join(map(str, e.absolute_path)) or '<answer>'}: {e.message}"
+                    for e in _validator(schema).iter_errors(parsed)]
+        if problems:
+            flags.append(SCHEMA_VIOLATION)
+    if isinstance(parsed, dict):
+        # Fields of the schema only: the model's own keys must not mint new flag names (metric labels).
+        names = list((schema or {}).get("properties") or {})
+        flags += [f"empty:{name}" for name in names if name in parsed and is_empty(parsed[name])]
+        for name in verbatim_fields:  # from the recipe
+            value = parsed.get(name)
+            if isinstance(value, str) and value and value not in text:
+                flags.append(f"not_in_text:{name}")
+    return Checked(fields=parsed, valid=not problems, flags=flags, problems=problems)

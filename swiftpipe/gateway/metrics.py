@@ -1,0 +1,38 @@
+"""Prometheus metrics of the gateway (`GET /metrics`), per version so a canary can be compared."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("swiftpipe_requests", "Requests answered, by version, endpoint and HTTP status",
+                                ["version", "endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("swiftpipe_request_latency_seconds", "Time from request to response (streams: to the end)",
+                                 ["version", "endpoint"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+        self.flags = Counter("swiftpipe_flags", "Flagged answers, by version and flag", ["version", "flag"],
+                             registry=self.registry)
+        self.upstream_errors = Counter("swiftpipe_upstream_errors", "Upstream calls without a usable answer",
+                                       ["version", "kind"], registry=self.registry)
+        self.weight = Gauge("swiftpipe_version_weight_percent", "Share of unpinned traffic", ["version"],
+                            registry=self.registry)
+        self.rejected = Counter("swiftpipe_rejected", "Requests refused before routing (401, 429)", ["status"],
+                                registry=self.registry)
+
+    def observe(self, version: str, endpoint: str, status: int, latency_s: float, flags: Iterable[str]) -> None:
+        self.requests.labels(version, endpoint, str(status)).inc()
+        self.latency.labels(version, endpoint).observe(latency_s)
+        for flag in flags:
+            self.flags.labels(version, flag).inc()
+            if flag in ("upstream_error", "timeout"):
+                self.upstream_errors.labels(version, flag).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

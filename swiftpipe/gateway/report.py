@@ -1,0 +1,147 @@
+"""`swiftpipe requests`: the request log, filtered (table, CSV or JSONL), and versions compared
+side by side (request count, invalid-JSON and flag rates, latency p50/p95) for a canary decision."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from swiftpipe import console
+from swiftpipe.gateway import store
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(value: str, now: Optional[float] = None) -> float:
+    """`15m`, `2h`, `7d` (ago) or an ISO date/time (local time unless it says otherwise) → unix time."""
+    now = time.time() if now is None else now
+    match = _AGO.match(value.strip())
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise store.StoreError(f"--since '{value}': give a time like 2026-11-23, 2026-11-23T14:00, or an age "
+                               f"like 30m, 2h, 7d") from None
+
+
+def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since: Optional[str] = None,
+         limit: Optional[int] = None):
+    """The log's rows, newest first, as a DataFrame (flags and fields parsed)."""
+    import pandas as pd
+
+    conn = store.connect(Path(db), create=False)
+    where: list[str] = []
+    params: list[Any] = []
+    if flagged:
+        where.append("flags != '[]'")
+    if version:
+        where.append("version = ?")
+        params.append(version)
+    if since:
+        where.append("ts >= ?")
+        params.append(parse_since(since))
+    sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts DESC"
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    try:
+        frame = pd.read_sql_query(sql, conn, params=params)
+    finally:
+        conn.close()
+    frame["flags"] = frame["flags"].map(lambda s: json.loads(s) if s else [])
+    frame["fields"] = frame["fields"].map(lambda s: json.loads(s) if isinstance(s, str) else None)
+    frame["time_utc"] = pd.to_datetime(frame["ts"], unit="s", utc=True).dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M:%S")
+    return frame
+
+
+def versions_of(db: str) -> list[str]:
+    conn = store.connect(Path(db), create=False)
+    try:
+        names = [r[0] for r in conn.execute("SELECT DISTINCT version FROM requests WHERE version IS NOT NULL")]
+        names += [r[0] for r in conn.execute("SELECT name FROM versions") if r[0] not in names]
+    finally:
+        conn.close()
+    return names
+
+
+def version_table(frame, names: list[str]) -> list[dict[str, Any]]:
+    """Per version: requests, share answered, invalid-JSON rate, flagged rate, each flag's rate,
+    latency p50/p95 (of answered requests)."""
+    from swiftpipe.scoring import percentile
+
+    rows = []
+    for name in names:
+        part = frame[frame["version"] == name]
+        n = len(part)
+        answered = part[part["status"] == 200]
+        flag_counts: dict[str, int] = {}
+        for flags in part["flags"]:
+            for flag in flags:
+                flag_counts[flag] = flag_counts.get(flag, 0) + 1
+        latencies = [float(x) for x in answered["latency_ms"] if x == x]
+        row: dict[str, Any] = {
+            "version": name,
+            "requests": n,
+            "answered": len(answered),
+            "invalid_json": _rate(flag_counts.get("invalid_json", 0), n),
+            "flagged": _rate(sum(1 for f in part["flags"] if f), n),
+            "p50_ms": _round(percentile(latencies, 0.5)),
+            "p95_ms": _round(percentile(latencies, 0.95)),
+        }
+        for flag in sorted(flag_counts):
+            if flag != "invalid_json":
+                row[flag] = _rate(flag_counts[flag], n)
+        rows.append(row)
+    return rows
+
+
+def _rate(count: int, n: int) -> Optional[float]:
+    return round(count / n, 4) if n else None
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return round(value, 1) if value is not None else None
+
+
+def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str], fmt: str,
+         limit: Optional[int], compare: bool = False, compare_versions: Optional[list[str]] = None) -> None:
+    import pandas as pd
+
+    frame = load(db, flagged=flagged, version=version, since=since, limit=None if compare else limit)
+    if compare:
+        known = versions_of(db)
+        compare_versions = compare_versions or known
+        unknown = [v for v in compare_versions if v not in known]
+        if unknown:
+            raise store.StoreError(f"--compare: no version {', '.join(unknown)} in {db}; versions: "
+                                   f"{', '.join(known) or 'none yet'}")
+        table = pd.DataFrame(version_table(frame, compare_versions)).fillna(0.0)
+        _print(table, fmt)
+        return
+    if frame.empty:
+        console.say("no requests match")
+        return
+    if fmt == "table":
+        view = frame[["time_utc", "id", "version", "endpoint", "status", "valid", "flags", "latency_ms", "input"]].copy()
+        view["flags"] = view["flags"].map(lambda f: ",".join(f))
+        view["input"] = view["input"].map(lambda s: (s or "")[:40].replace("\n", " "))
+        console.say(view.to_string(index=False))
+        return
+    frame = frame.drop(columns=["ts"])
+    _print(frame, fmt)
+
+
+def _print(frame, fmt: str) -> None:
+    if fmt == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif fmt == "jsonl":
+        for record in frame.to_dict(orient="records"):
+            console.say(json.dumps(record, ensure_ascii=False, default=str))
+    else:
+        console.say(frame.to_string(index=False))

@@ -1,0 +1,309 @@
+"""`swiftpipe serve`: one vLLM server per version and the gateway in front of them, until Ctrl-C,
+SIGTERM or SIGHUP; then the gateway drains and every vLLM process group is stopped.
+
+A version is a run directory (its final model and resolved recipe; named `<recipe>@<run id>`),
+a model directory (with `--recipe`), or an OpenAI-compatible server that is already running
+(`--upstream NAME=URL`, with `--recipe`; its key from SWIFTPIPE_UPSTREAM_API_KEY).
+Every target may be written `NAME=PATH` to choose its version name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from swiftpipe import console, envinfo, jsonl, messages, procs, render
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.gateway import keys, rollout, store
+from swiftpipe.gateway.upstream import Upstreams, Version
+from swiftpipe.recipe.schema import Recipe, ServeSection
+from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
+
+DEFAULT_DB = "serve/serve.sqlite"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ServeError(SwiftpipeError):
+    pass
+
+
+@dataclass
+class Planned:
+    """A version before anything is started."""
+
+    name: str
+    recipe: Optional[Recipe]  # None: a bare model (no system prompt, schema or length limit)
+    recipe_base: Path  # relative paths of the recipe are relative to this
+    target: Optional[ServeTarget] = None  # a model to start vLLM for
+    log: Optional[Path] = None
+    url: Optional[str] = None  # an upstream that already runs
+    source: str = ""
+
+
+def split_name(spec: str) -> tuple[Optional[str], str]:
+    """`NAME=PATH` → (NAME, PATH); a plain path → (None, path)."""
+    name, sep, rest = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, rest
+    return None, spec
+
+
+def _load_recipe(path: str) -> Recipe:
+    from swiftpipe.recipe.load import load_recipe
+
+    return load_recipe(path).recipe
+
+
+def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[str], names: list[str],
+                  base: bool, log_dir: Path) -> list[Planned]:
+    """Check every target and decide what to start; raises before anything is started."""
+    if not targets and not upstreams:
+        raise ServeError("nothing to serve: pass run directories, model directories (with --recipe) or "
+                         "--upstream NAME=URL (with --recipe)")
+    if names and len(names) != len(targets):
+        raise ServeError(f"--name was given {len(names)} time(s) for {len(targets)} target(s); give one per target "
+                         f"or write targets as NAME=PATH")
+    given = _load_recipe(recipe) if recipe else None
+    gpu_count = len(envinfo.gpus())
+    planned: list[Planned] = []
+    for i, spec in enumerate(targets):
+        name, target = split_name(spec)
+        name = names[i] if names else name
+        path = Path(target).resolve()
+        if not path.exists():
+            raise ServeError(f"{target}: no such run or model directory (it does not exist)")
+        info = jsonl.read_json(path / "run.json")
+        if info:
+            run_recipe = _load_recipe(str(path / "resolved.yaml"))  # a run brings its own recipe
+            if not base and not info.get("final_model"):
+                raise ServeError(f"{path}: the run has no final model yet (status: {info.get('status')}); finish it "
+                                 f"with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
+            cpu = render.device_is_cpu(run_recipe, gpu_count)
+            what = ServeTarget.for_run(run_recipe, which="base" if base else "finetuned",
+                                       final_model=info.get("final_model"), base=Path(info.get("cwd", ".")),
+                                       run_name=info.get("name"), cpu=cpu)
+            default = f"{info.get('name')}@{info.get('run_id')}" + ("-base" if base else "")
+            version = name or default
+            planned.append(Planned(version, run_recipe, Path(info.get("cwd", ".")), what, path / "logs" / "serve.log",
+                                   source=str(path)))
+        else:
+            version = name or path.name
+            if given is None:
+                console.warn(f"{target}: a model directory without --recipe: /v1/extract sends no system prompt and "
+                             f"no answer schema, and checks no length limit")
+                what = ServeTarget(model_dir=str(path), served_name=version, cpu=not gpu_count)
+            else:
+                what = ServeTarget.from_recipe(given, str(path), served_name=version,
+                                               cpu=render.device_is_cpu(given, gpu_count))
+            planned.append(Planned(version, given, Path.cwd(), what, log_dir / f"{_safe(version)}.vllm.log",
+                                   source=str(path)))
+        assert planned[-1].target is not None
+        planned[-1].target.served_name = planned[-1].name
+    for spec in upstreams:
+        name, sep, url = spec.partition("=")
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise ServeError(f"--upstream '{spec}': write it NAME=URL, e.g. v1=http://127.0.0.1:8000/v1")
+        if given is None:
+            console.warn(f"--upstream {name}: without --recipe, /v1/extract sends no system prompt and no answer "
+                         f"schema, and checks no length limit")
+        url = url.rstrip("/")
+        planned.append(Planned(name, given, Path.cwd(), url=url if url.endswith("/v1") else url + "/v1", source=url))
+    seen: set[str] = set()
+    for p in planned:
+        if p.name in seen:
+            raise ServeError(f"two targets are both named '{p.name}'; name them apart with NAME=PATH")
+        if p.name == "auto" or not p.name.strip():
+            raise ServeError(f"'{p.name}' cannot be a version name ('auto' means: as the rollout weights say)")
+        seen.add(p.name)
+    return planned
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
+
+
+def system_prompt(recipe: Recipe, base: Path) -> Optional[str]:
+    """The recipe's system prompt, else the one of the first training row (rows carry their own)."""
+    if recipe.data.system_prompt:
+        return recipe.data.system_prompt
+    path = Path(recipe.data.train)
+    path = path if path.is_absolute() else base / path
+    try:
+        for line, record in jsonl.read(path):
+            return messages.parse(record, line=line, require_answer=False, json_answer=False).system
+    except (SwiftpipeError, OSError, ValueError):
+        return None
+    return None
+
+
+def token_counter(model_dir: str) -> Optional[Callable[[str], int]]:
+    """Counts tokens with the model's tokenizer; None when it cannot be loaded (then characters)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure: fall back to counting characters
+        console.warn(f"could not load the tokenizer of {model_dir} ({type(exc).__name__}); the length limit "
+                     f"counts characters instead of tokens")
+        return None
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str]) -> Version:
+    r = p.recipe
+    model_dir = p.target.model_dir if p.target else (render.model_ref(r, p.recipe_base) if r else None)
+    counter = token_counter(model_dir) if model_dir else None
+    if r is None:
+        return Version(name=p.name, base_url=base_url, model=model, api_key=api_key, source=p.source,
+                       count_tokens=counter)
+    if counter is None:
+        console.warn(f"version '{p.name}': no local tokenizer (model {r.model.id}); its length limit "
+                     f"(train.max_length={r.train.max_length}) counts characters instead of tokens")
+    return Version(name=p.name, base_url=base_url, model=model, api_key=api_key,
+                   system_prompt=system_prompt(r, p.recipe_base), schema=r.data.json_schema(),
+                   verbatim_fields=tuple(r.data.verbatim_fields), max_length=r.train.max_length,
+                   max_tokens=r.eval.max_tokens, source=p.source, recipe=r.name, count_tokens=counter)
+
+
+def ensure_key(conn) -> Optional[str]:
+    """SWIFTPIPE_API_KEY is registered (as 'env'); without it and without any active key, a key
+    is created and returned (to be shown once)."""
+    env_key = os.environ.get("SWIFTPIPE_API_KEY")
+    if env_key:
+        found = keys.find(conn, env_key)
+        if found is None:  # a new SWIFTPIPE_API_KEY replaces the earlier one
+            for old in [k for k in keys.listing(conn) if k["name"] == "env" and not k["revoked"]]:
+                keys.revoke(conn, old["id"])
+            keys.create(conn, "env", key=env_key)
+        elif found.revoked is not None:
+            console.warn("SWIFTPIPE_API_KEY is a revoked key of this database: requests with it get 401")
+        return None
+    if not keys.active(conn):
+        _, key = keys.create(conn, "default")
+        return key
+    return None
+
+
+def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], names: list[str], base: bool,
+          host: str, port: int, db: str, weights: list[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str],
+          keep_days: Optional[float], upstream_timeout: float, retries: int) -> None:
+    db_path = Path(db).resolve()
+    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=db_path.parent)
+    given_weights = rollout.parse_weights(weights, what="--weights") if weights else None
+    if given_weights:
+        rollout.apply({p.name: 0.0 for p in planned}, given_weights)  # unknown names, sums: fail before starting
+    for path, what in ((ssl_certfile, "--ssl-certfile"), (ssl_keyfile, "--ssl-keyfile")):
+        if path and not Path(path).is_file():
+            raise ServeError(f"{what} {path}: no such file")
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise ServeError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    if port_in_use(host, port):
+        raise ServeError(f"port {port} on {host} is already in use; pass another --port")
+    if host not in LOOPBACK:
+        console.warn(f"the gateway binds {host}: it is reachable from other machines. Every /v1 call needs a key, "
+                     f"but keys and texts cross the network in clear unless you use --ssl-certfile/--ssl-keyfile "
+                     f"or a TLS reverse proxy (README 'Deploying'); /health and /metrics need a key from there")
+    conn = store.connect(db_path)
+    new_weights = rollout.register(conn, [(p.name, p.source) for p in planned], given_weights)
+    shown_key = ensure_key(conn)
+    if keep_days is not None:
+        store.prune(conn, keep_days)
+    conn.close()
+
+    upstream_key = os.environ.get("SWIFTPIPE_UPSTREAM_API_KEY", "EMPTY")
+    stopped_by = "shutdown"
+    console.resume_hint("the gateway and its vLLM servers were stopped; start them again with the same "
+                        "`swiftpipe serve` command")
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, VllmServer] = {}
+        for p in planned:
+            if p.target is not None:
+                assert p.log is not None
+                p.log.parent.mkdir(parents=True, exist_ok=True)
+                settings = (p.recipe.serve if p.recipe else ServeSection()).model_copy(
+                    update={"host": "127.0.0.1", "port": None})  # vLLM: loopback, behind the gateway
+                server = VllmServer(p.target, p.log, settings=settings, api_key=new_api_key())
+                console.say(f"starting vLLM for '{p.name}' ({p.target.model_dir}; log: {p.log}) ...")
+                stack.callback(server.stop)
+                servers[p.name] = server.launch()
+        import uvicorn  # after the launch: vLLM loads while these import
+
+        from swiftpipe.gateway.app import Gateway, create_app
+
+        for server in servers.values():
+            server.wait_ready()
+        versions = []
+        for p in planned:
+            if p.name in servers:
+                s = servers[p.name]
+                versions.append(version_of(p, base_url=s.base_url, api_key=s.api_key, model=p.name))
+            else:
+                assert p.url is not None
+                versions.append(version_of(p, base_url=p.url, api_key=upstream_key, model=None))
+        gw = Gateway(versions, db_path, upstreams=Upstreams(timeout=upstream_timeout, retries=retries),
+                     keep_days=keep_days)
+        config = uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
+                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
+                                lifespan="on")
+        scheme = "https" if ssl_certfile else "http"
+        shown_host = f"[{host}]" if ":" in host else host
+
+        def announce() -> None:  # once the port is bound: `serving` means requests are answered now
+            console.say(f"serving {len(versions)} version(s) at {scheme}://{shown_host}:{port}/v1 "
+                        f"({rollout.describe(new_weights)}); request log: {db_path}")
+            if shown_key:
+                console.say(f"API key (generated, shown once; create more with `swiftpipe keys create --db {db}`): "
+                            f"{shown_key}")
+            console.say("Ctrl-C stops the gateway and its vLLM servers.")
+
+        gateway = _Server(config, announce)
+        hung_up = []
+
+        def on_hangup(signum, frame) -> None:  # a closed terminal: stop like SIGTERM, say SIGHUP
+            hung_up.append(True)
+            procs.drop_hung_up_terminal()
+            gateway.handle_exit(signal.SIGTERM, frame)
+
+        previous = signal.signal(signal.SIGHUP, on_hangup)
+        try:
+            gateway.run()
+        except KeyboardInterrupt as exc:  # uvicorn re-raises the signal it stopped on
+            if not gateway.started:
+                raise
+            stopped_by = "SIGHUP" if hung_up else (procs.interrupt_signame(exc) or "Ctrl-C")
+            for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the clean-up short
+                signal.signal(sig, signal.SIG_IGN)
+        else:
+            signal.signal(signal.SIGHUP, previous)
+        if not gateway.started:
+            raise ServeError(f"the gateway did not start on {host}:{port}; see the messages above")
+    # Stopping a service is its normal end: exit 0 once everything is down.
+    console.say(f"stopped ({stopped_by}): the gateway and its vLLM servers are down")
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, calling `on_started` once its sockets listen."""
+
+        def __init__(self, config, on_started: Callable[[], None]):
+            super().__init__(config)
+            self.on_started = on_started
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                self.on_started()
+
+    return Server
+
+
+def _Server(config, on_started: Callable[[], None]):
+    return _server_class()(config, on_started)

@@ -1,0 +1,233 @@
+"""The servers behind the gateway: one `Version` per served model, and the HTTP calls to it.
+
+Calls go through the evaluator's HTTP client (`client.http_client`: TCP_NODELAY, pooled), with
+bounded retries and the same backoff (`client.backoff`) on connection errors, timeouts, 429 and
+5xx. Nothing an upstream sends can crash the gateway: bodies are read up to `MAX_BODY` bytes and
+parsed defensively; whatever is wrong becomes an `UpstreamResult` with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Optional
+
+from swiftpipe import client
+from swiftpipe.answers import strict_loads
+
+MAX_BODY = 16 * 1024 * 1024  # bytes of an upstream answer; more is an upstream error
+
+
+@dataclass
+class Version:
+    """One version the gateway serves: where it is, and what the recipe says about its answers."""
+
+    name: str
+    base_url: str  # .../v1
+    model: Optional[str]  # the upstream's model name; None = ask its /v1/models on first use
+    api_key: str
+    system_prompt: Optional[str] = None
+    schema: Optional[dict] = None
+    verbatim_fields: tuple[str, ...] = ()
+    max_length: Optional[int] = None  # tokens of input text (the recipe's train.max_length)
+    max_tokens: int = 512
+    source: str = ""  # what it serves: a run directory, a model directory or a URL
+    recipe: Optional[str] = None  # the recipe's name
+    count_tokens: Optional[Callable[[str], int]] = field(default=None, repr=False)  # None = count characters
+    resolving: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    lookup_failed_at: float = -1e9
+    lookup_error: Optional[str] = None
+
+    def length(self, text: str) -> tuple[int, str]:
+        if self.count_tokens is not None:
+            return self.count_tokens(text), "tokens"
+        return len(text), "characters"
+
+
+@dataclass
+class UpstreamResult:
+    status: Optional[int] = None  # the upstream's HTTP status, None when there was no answer
+    body: Optional[Any] = None  # the parsed JSON answer
+    error: Optional[str] = None
+    flag: Optional[str] = None  # "upstream_error" | "timeout" when there is no usable answer
+    attempts: int = 0
+
+
+@dataclass
+class Upstreams:
+    """The shared HTTP client and the retry policy for all versions."""
+
+    timeout: float = 60.0  # seconds per attempt
+    retries: int = 2  # more attempts after the first
+    http: Any = None
+
+    def start(self) -> None:
+        self.http = client.http_client()
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+
+    def _headers(self, version: Version) -> dict[str, str]:
+        return {"Authorization": f"Bearer {version.api_key}", "Content-Type": "application/json"}
+
+    async def resolve_model(self, version: Version) -> Optional[str]:
+        """The upstream's model name (its only /v1/models entry, or the one named like the version)."""
+        if version.model:
+            return version.model
+        async with version.resolving:  # one lookup, however many requests wait for it
+            if not version.model and time.monotonic() - version.lookup_failed_at > 2.0:
+                version.lookup_error = await self._lookup_model(version)
+                if not version.model:
+                    version.lookup_failed_at = time.monotonic()  # answers fail fast for 2 s
+        return version.model
+
+    async def _lookup_model(self, version: Version) -> Optional[str]:
+        """Sets version.model; returns why not, if not."""
+        result = await self.get(version, "/models", timeout=5)
+        if result.error or result.status != 200:
+            return result.error or f"HTTP {result.status}"
+        data = result.body.get("data") if isinstance(result.body, dict) else None
+        names = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+        if version.name in names:
+            version.model = version.name
+        elif len(names) == 1:
+            version.model = names[0]
+        else:
+            return f"it serves {len(names)} models ({', '.join(map(str, names[:5]))}); name the version like one of them"
+        return None
+
+    async def get(self, version: Version, path: str, *, timeout: float = 5.0) -> UpstreamResult:
+        try:
+            response = await self.http.get(version.base_url + path, headers=self._headers(version), timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure means: not reachable
+            return UpstreamResult(error=f"{type(exc).__name__}: {exc}", flag="upstream_error")
+        try:
+            return UpstreamResult(status=response.status_code, body=strict_loads(response.content))
+        except (ValueError, RecursionError):
+            return UpstreamResult(status=response.status_code, error="the answer is not JSON", flag="upstream_error")
+
+    async def post(self, version: Version, path: str, body: dict) -> UpstreamResult:
+        """POST JSON (retried as `stream` says); returns the parsed answer or why there is none."""
+        import httpx2
+
+        opened, response = await self.stream(version, path, body)
+        if response is None:
+            return opened
+        try:
+            raw = await _read_limited(response.aiter_bytes())
+        except _TooLarge:
+            return UpstreamResult(status=200, error=f"the answer is larger than {MAX_BODY} bytes", flag="upstream_error",
+                                  attempts=opened.attempts)
+        except httpx2.TimeoutException as exc:
+            return UpstreamResult(status=200, error=f"the answer stopped coming ({type(exc).__name__})", flag="timeout",
+                                  attempts=opened.attempts)
+        except (httpx2.HTTPError, OSError) as exc:  # cut off mid-body
+            return UpstreamResult(status=200, error=f"the answer was cut off ({type(exc).__name__}: {exc})",
+                                  flag="upstream_error", attempts=opened.attempts)
+        finally:
+            await response.aclose()
+        result = _parse(200, raw)
+        result.attempts = opened.attempts
+        return result
+
+    async def stream(self, version: Version, path: str, body: dict) -> tuple[UpstreamResult, Optional[Any]]:
+        """Open a streamed POST. Returns (result, response): the open response when the upstream
+        said 200 (read it with `upstream_lines`, close it with `aclose`), else None and `result`
+        says why (retried like `post` until the first byte)."""
+        import httpx2
+
+        payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        result = UpstreamResult()
+        for attempt in range(self.retries + 1):
+            request = self.http.build_request("POST", version.base_url + path, content=payload,
+                                              headers=self._headers(version), timeout=self.timeout)
+            try:
+                response = await self.http.send(request, stream=True)
+            except httpx2.TimeoutException as exc:
+                result = UpstreamResult(error=f"no answer within {self.timeout:g}s ({type(exc).__name__})",
+                                        flag="timeout", attempts=attempt + 1)
+            except (httpx2.HTTPError, OSError) as exc:
+                result = UpstreamResult(error=f"{type(exc).__name__}: {exc}", flag="upstream_error",
+                                        attempts=attempt + 1)
+            else:
+                if response.status_code == 200:
+                    return UpstreamResult(status=200, attempts=attempt + 1), response
+                try:
+                    raw = await _read_limited(response.aiter_bytes())
+                    result = _parse(response.status_code, raw)
+                except (_TooLarge, httpx2.HTTPError, OSError) as exc:
+                    result = UpstreamResult(status=response.status_code, error=f"{type(exc).__name__}: {exc}",
+                                            flag="upstream_error")
+                finally:
+                    await response.aclose()
+                result.attempts = attempt + 1
+                if not (response.status_code == 429 or response.status_code >= 500):
+                    return result, None
+            if attempt < self.retries:
+                await asyncio.sleep(client.backoff(attempt))
+        return result, None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_limited(chunks: AsyncIterator[bytes]) -> bytes:
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _parse(status: int, raw: bytes) -> UpstreamResult:
+    try:
+        body = strict_loads(raw)
+    except (ValueError, RecursionError):
+        snippet = raw[:200].decode("utf-8", "replace")
+        return UpstreamResult(status=status, error=f"HTTP {status}, the answer is not JSON: {snippet!r}",
+                              flag="upstream_error")
+    if status != 200:
+        message = body.get("error", body) if isinstance(body, dict) else body
+        if isinstance(message, dict):
+            message = message.get("message", message)
+        return UpstreamResult(status=status, body=body, error=f"HTTP {status}: {message}", flag="upstream_error")
+    return UpstreamResult(status=status, body=body)
+
+
+async def upstream_lines(response) -> AsyncIterator[str]:
+    """The lines of a streamed answer, up to MAX_BODY characters in all (the caller closes it)."""
+    size = 0
+    async for line in response.aiter_lines():
+        size += len(line)
+        if size > MAX_BODY:
+            raise _TooLarge(f"the streamed answer is larger than {MAX_BODY} characters")
+        yield line
+
+
+def message_content(body: Any) -> tuple[Optional[str], Optional[str]]:
+    """(choices[0].message.content, why there is none) of a chat completion body of any shape."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None, "the answer has no choices[0].message.content"
+    if content is not None and not isinstance(content, str):
+        return None, f"choices[0].message.content is {type(content).__name__}, not text"
+    return content, None
+
+
+def usage(body: Any) -> tuple[Optional[int], Optional[int]]:
+    u = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(u, dict):
+        return None, None
+    p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+    return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
+
+
+def now_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

