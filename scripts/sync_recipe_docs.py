@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from swiftpipe.recipe.explain import keys  # noqa: E402
 
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?P<rest>.*)$")
-DOC = re.compile(r"^\s*#\s?(?P<text>.*?)\s*(\((?P<type>[a-z]+), (?P<default>.*)\))?\s*$")
+DOC = re.compile(r"^\s*#\s?(?P<text>.*?)\s*(\((?P<type>[a-z|]+), (?P<default>.*)\))?\s*$")
 
 
 def key_paths(lines: list[str]) -> list[tuple[int, str]]:

@@ -393,6 +393,22 @@ def data_stats(path: str, model: Optional[str], png: Optional[str], as_json: boo
     stats(path, model, png, as_json)
 
 
+@data.command("corrections")
+@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Training rows (messages JSONL).")
+@click.option("--version", "version", default=None, help="Only answers of this version.")
+@click.option("--since", default=None, help="Only reviews since a time (2026-11-23) or an age (7d).")
+@click.option("--holdout", type=float, default=0.0, show_default=True, help="Share held out for evaluation.")
+@click.option("--holdout-out", default=None, type=click.Path(dir_okay=False), help="Where the held-out rows go.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
+def data_corrections(db: str, out: str, version: Optional[str], since: Optional[str], holdout: float,
+                     holdout_out: Optional[str], seed: int) -> None:
+    """Reviewed answers from the gateway (corrected or confirmed) as ms-swift training rows."""
+    from swiftpipe.data.corrections import corrections_command
+
+    corrections_command(db, out, version=version, since=since, holdout=holdout, holdout_out=holdout_out, seed=seed)
+
+
 @data.command("split")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out-dir", required=True, type=click.Path(file_okay=False))

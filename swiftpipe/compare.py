@@ -11,6 +11,7 @@ from swiftpipe import runlock
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.evaluate import read_records
 from swiftpipe.jsonl import read_json, write_atomic
+from swiftpipe.recipe.explain import format_value
 from swiftpipe.reports import pct
 
 
@@ -30,6 +31,11 @@ def param_diff(a: Path, b: Path) -> list[tuple[str, Any, Any]]:
             if k not in runs.LOCATION_KEYS and pa.get(k) != pb.get(k)]
 
 
+def _param(value: Any) -> Any:
+    """A parameter as a recipe writes it: a list (data.train with several files) as [a.jsonl, b.jsonl]."""
+    return format_value(value) if isinstance(value, list) else value
+
+
 def _records(run: Path) -> dict[str, dict]:
     out = run / "eval" / "finetuned"
     return {r["key"]: r for r in read_records(out)} if (out / "predictions.jsonl").exists() else {}
@@ -47,7 +53,7 @@ def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
     lines = [f"# {a.name} vs {b.name}", "", f"- A: {a} ({status[a]})", f"- B: {b} ({status[b]})", "",
              "## Parameters that differ", ""]
     diff = param_diff(a, b)
-    lines += ["| parameter | A | B |", "|---|---|---|"] + [f"| {k} | {va} | {vb} |" for k, va, vb in diff] \
+    lines += ["| parameter | A | B |", "|---|---|---|"] + [f"| {k} | {_param(va)} | {_param(vb)} |" for k, va, vb in diff] \
         if diff else ["(none: same resolved recipe)"]
     ma, mb = runs.metrics(a) or {}, runs.metrics(b) or {}
     lines += ["", "## Metrics", "", "| metric | A | B | B − A |", "|---|---|---|---|"]

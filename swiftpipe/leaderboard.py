@@ -11,6 +11,7 @@ import yaml
 from swiftpipe import console, jsonl, runlock
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.jsonl import read_json
+from swiftpipe.recipe.explain import format_value
 
 # Parameters every leaderboard shows; parameters that differ between the listed runs are added.
 KEY_PARAMS = ["model.id", "train.tuner", "lora.rank", "lora.alpha", "train.lr", "train.epochs", "train.max_steps",
@@ -75,7 +76,9 @@ def record(run: Path) -> dict[str, Any]:
     packages = env.get("packages", {})
     row: dict[str, Any] = {"run": f"{info.get('name', run.parent.name)}/{info.get('run_id', run.name)}",
                            "status": runlock.effective_status(info), "path": str(run)}
-    row.update(params(run))
+    # A list-valued parameter (data.train with several files, lora.target_modules) is one cell, written
+    # as in a recipe or an override ([a.jsonl, b.jsonl]): readable, and it sorts and filters as text.
+    row.update({k: format_value(v) if isinstance(v, list) else v for k, v in params(run).items()})
     tuned, base = metrics(run, "finetuned"), metrics(run, "base")
     row["exact_match"] = tuned["exact_match"] if tuned else None
     row["base_exact_match"] = base["exact_match"] if base else None

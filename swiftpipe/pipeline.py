@@ -21,11 +21,12 @@ from typing import Callable, Optional
 
 import yaml
 
-from swiftpipe import console, envinfo, hub, jsonl, procs, render, runlock
+from swiftpipe import console, envinfo, hub, jsonl, messages, procs, render, runlock
 from swiftpipe.console import say as echo
 from swiftpipe.errors import RecipeError, StageFailed, SwiftpipeError
 from swiftpipe.jsonl import read_json, write_atomic, write_json
 from swiftpipe.recipe.load import LoadedRecipe, resolved_yaml
+from swiftpipe.recipe.schema import Recipe
 from swiftpipe.rundir import STAGES, RunDir, new_run_id
 
 # Recipe keys that legitimately differ between the machines of one multi-node run sharing
@@ -67,14 +68,73 @@ def plan(loaded: LoadedRecipe, *, run_id: Optional[str], base: Path, allow_cpu: 
     return RunPlan(loaded, run, run_id, base, gpu_count, commands, allow_cpu=allow_cpu)
 
 
+# Bad rows shown per data file; the others are counted.
+SHOWN_BAD_ROWS = 5
+
+
+def data_inputs(recipe: Recipe) -> list[tuple[str, str]]:
+    """(recipe key, path as written) for each data file the recipe names: every file of data.train,
+    then data.val and data.test when set."""
+    d = recipe.data
+    files = [("data.train", f) for f in d.train_files()]
+    return files + [(f"data.{key}", value) for key in ("val", "test") if (value := getattr(d, key))]
+
+
+def data_file_problems(key: str, path: Path, *, json_answer: bool) -> list[str]:
+    """Why `path` is not a usable messages JSONL file (none when it is): missing, unreadable, empty,
+    or bad rows, the first few named file:line. Swift would otherwise fail (or drop rows) mid-sft."""
+    if not path.is_file():
+        return [f"{key}: file not found: {path}"]
+    rows, bad = 0, 0
+    shown: list[str] = []  # the first SHOWN_BAD_ROWS problems
+    try:
+        for number, record in jsonl.scan(path):  # row by row, keeping nothing: the file may be large
+            reason = _row_problem(path, number, record, json_answer=json_answer)
+            if reason is None:
+                rows += 1
+                continue
+            bad += 1
+            if len(shown) < SHOWN_BAD_ROWS:
+                shown.append(reason)
+    except (OSError, jsonl.JsonlError) as exc:
+        return [f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"]
+    except UnicodeDecodeError as exc:
+        return [f"{key}: {path} is not UTF-8 text ({exc.reason} at byte {exc.start})"]
+    if bad:
+        more = [f"... and {bad - len(shown)} more"] if bad > len(shown) else []
+        listing = "".join(f"\n      - {line}" for line in shown + more)
+        return [f"{key}: {bad} bad row(s) in {path} (expected {messages.SHAPE}):{listing}"]
+    if not rows:
+        return [f"{key}: {path} has no rows (expected {messages.SHAPE})"]
+    return []
+
+
+def _row_problem(path: Path, number: int, record: object, *, json_answer: bool) -> Optional[str]:
+    """'file:line: reason' when the line is not a usable messages row, else None."""
+    if isinstance(record, jsonl.JsonlError):
+        return str(record)
+    try:
+        messages.parse(record, line=number, json_answer=json_answer)
+    except ValueError as exc:
+        return f"{path}:{number}: {exc}"
+    return None
+
+
 def input_problems(p: RunPlan) -> list[str]:
-    """What would stop the run before any stage: missing inputs (each naming its recipe key), and a
-    GPU-sized recipe about to run on a CPU-only machine."""
+    """What would stop the run before any stage: missing or malformed data files (each naming its
+    recipe key, its file and the bad lines), a missing model, and a GPU-sized recipe about to run on
+    a CPU-only machine."""
     recipe, problems = p.loaded.recipe, []
-    for key in ("train", "val", "test"):
-        value = getattr(recipe.data, key)
-        if value and not Path(render.absolute(value, p.base)).is_file():
-            problems.append(f"data.{key}: file not found: {render.absolute(value, p.base)}")
+    for key, value in data_inputs(recipe):
+        path = Path(render.absolute(value, p.base))
+        if key == "data.test" and not evaluates(recipe):
+            # Not read by this run: only its presence is checked, as the recipe names it.
+            problems += [f"{key}: file not found: {path}"] if not path.is_file() else []
+            continue
+        # Training answers must be JSON when the recipe declares an answer schema; test answers are
+        # the gold JSON the evaluation scores against.
+        json_answer = key == "data.test" or bool(recipe.data.output_schema)
+        problems += data_file_problems(key, path, json_answer=json_answer)
     model_dir = Path(render.absolute(recipe.model.id, p.base))
     if recipe.offline and not recipe.model.is_local:
         problems.append(

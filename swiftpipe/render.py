@@ -172,7 +172,9 @@ def render_sft(
     tuner_flag = "train_type" if swift_major(version) < 4 else "tuner_type"
     args: dict[str, Any] = _model_args(recipe, base)
     args |= {
-        "dataset": absolute(d.train, base),
+        # One or several JSONL files: `--dataset a.jsonl b.jsonl` (ms-swift concatenates them; with
+        # split_dataset_ratio each one gives its share of validation rows).
+        "dataset": [absolute(f, base) for f in d.train_files()],
         "val_dataset": absolute(d.val, base) if d.val else None,
         "split_dataset_ratio": d.split_ratio,
         "system": d.system_prompt,

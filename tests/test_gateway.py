@@ -134,9 +134,11 @@ def test_since_and_compare():
 
     frame = pd.DataFrame({"version": ["a", "a", "b", "b"], "status": [200, 200, 200, 503],
                           "latency_ms": [10.0, 20.0, 30.0, 5000.0],
-                          "flags": [[], ["invalid_json"], ["empty:x"], ["upstream_error"]]})
+                          "flags": [[], ["invalid_json"], ["empty:x"], ["upstream_error"]],
+                          "review": ["correct", "corrected", None, None]})
     table = {r["version"]: r for r in version_table(frame, ["a", "b"])}
     assert table["a"]["requests"] == 2 and table["a"]["invalid_json"] == 0.5 and table["a"]["flagged"] == 0.5
+    assert table["a"]["reviewed"] == 2 and table["a"]["reviewed_accuracy"] == 0.5 and table["b"]["reviewed"] == 0
     assert table["b"]["answered"] == 1 and table["b"]["p50_ms"] == 30.0 and table["b"]["upstream_error"] == 0.5
 
 
@@ -182,3 +184,36 @@ def test_answers_that_are_not_json():
     assert parse_answer('{"a": NaN}') == (None, False)
     assert parse_answer("[" * 100_000 + "]" * 100_000) == (None, False)
     assert parse_answer('{"a": 1}') == ({"a": 1}, False)
+
+
+def test_corrections_export_dedupes_splits_and_summarises(tmp_path):
+    from swiftpipe import messages
+    from swiftpipe.data.corrections import export
+    from swiftpipe.errors import SwiftpipeError
+    from swiftpipe.gateway import feedback
+
+    db = tmp_path / "g.sqlite"
+    conn = store.connect(db)
+    rollout.register(conn, [("v1", "x")], None, {"v1": {"system_prompt": "SYS", "schema": SCHEMA}})
+    for i in range(10):
+        conn.execute("INSERT INTO requests (id, ts, version, endpoint, input, fields, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (f"req_{i}", float(i), "v1", "extract", f"text {i % 8}",
+                      json.dumps({"name": "a", "phone": "1", "city": "c"}), 200))
+    with pytest.raises(SwiftpipeError, match="no reviewed requests"):
+        export(str(db), str(tmp_path / "o.jsonl"), version=None, since=None, holdout=0, holdout_out=None, seed=0)
+    for i in range(10):
+        body = {"verdict": "correct"} if i % 3 else {"fields": {"name": "b", "phone": "1", "city": "c"}}
+        feedback.record(conn, request_id=f"req_{i}", fields=body.get("fields"), verdict=body.get("verdict"),
+                        schema=SCHEMA, key_id="key_1")
+    with pytest.raises(SwiftpipeError, match="--holdout-out"):
+        export(str(db), str(tmp_path / "o.jsonl"), version=None, since=None, holdout=0.25, holdout_out=None, seed=0)
+    result = export(str(db), str(tmp_path / "o.jsonl"), version="v1", since=None, holdout=0.25,
+                    holdout_out=str(tmp_path / "h.jsonl"), seed=3)
+    assert result["rows"] == 8  # "text 0" and "text 1" were reviewed twice: the latest review counts
+    assert result["written"] == 6 and result["holdout"] == 2
+    assert result["fields_corrected"] == {"name": result["corrected"]}
+    rows = messages.read(tmp_path / "o.jsonl") + messages.read(tmp_path / "h.jsonl")
+    assert sorted(r.user for r in rows) == [f"text {i}" for i in range(8)] and rows[0].system == "SYS"
+    again = export(str(db), str(tmp_path / "o2.jsonl"), version="v1", since=None, holdout=0.25,
+                   holdout_out=str(tmp_path / "h2.jsonl"), seed=3)
+    assert (tmp_path / "h2.jsonl").read_text() == (tmp_path / "h.jsonl").read_text() and again["rows"] == 8

@@ -83,3 +83,18 @@ def test_interrupted_eval_says_how_to_continue_itself(tmp_path):
     assert proc.returncode == 130, err
     assert "rerun the same `swiftpipe eval` command" in err and "predictions.jsonl" in err
     assert "--run-id" not in err
+
+
+def test_retraining_with_a_missing_corrections_file_names_it_before_anything_runs(tmp_path):
+    """`data.train=[train,corrections]`: the dry run shows both files in `swift sft --dataset` and warns
+    about the missing one; the real run stops on it, naming it, before any stage."""
+    files = "data.train=[datasets/demo/address.jsonl,no/such/corrections.jsonl]"
+    dry = run_cli("run", "recipes/demo-cpu.yaml", files, f"output.root={tmp_path}", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"data.train: file not found: {REPO / 'no/such/corrections.jsonl'}" in dry.stderr
+    assert f"--dataset {REPO / 'datasets/demo/address.jsonl'} {REPO / 'no/such/corrections.jsonl'} " in dry.stdout
+    real = run_cli("run", "recipes/demo-cpu.yaml", files, f"output.root={tmp_path}")
+    assert real.returncode == 2 and "Traceback" not in real.stderr, real.stderr
+    assert "cannot start" in real.stderr and "no/such/corrections.jsonl" in real.stderr
+    assert "address.jsonl" not in real.stderr  # the good file is not reported
+    assert list(tmp_path.iterdir()) == []

@@ -101,3 +101,114 @@ def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
     assert "plan:" in out.stdout and "scripts/install.sh" in out.stdout and "swiftpipe download" in out.stdout
     assert "swiftpipe run recipes/" in out.stdout
     assert sorted(p.name for p in REPO.iterdir()) == before
+
+
+# ---------------------------------------------------------------- data.train as a list of files
+
+
+def _demo_plan(tmp_path, *overrides):
+    from swiftpipe import pipeline
+    from swiftpipe.recipe.load import load_recipe
+    from tests.conftest import REPO
+
+    loaded = load_recipe(REPO / "recipes" / "demo-cpu.yaml", [f"output.root={tmp_path / 'runs'}", *overrides])
+    return pipeline.plan(loaded, run_id="r", base=REPO)
+
+
+def _row(answer: str = '{"name": "a"}') -> str:
+    return json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}]}) + "\n"
+
+
+def test_each_training_file_is_checked_and_a_missing_one_is_named(tmp_path):
+    from swiftpipe import pipeline
+    from tests.conftest import REPO
+
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(_row() * 3, encoding="utf-8")
+    good = _demo_plan(tmp_path, f"data.train=[datasets/demo/address.jsonl,{corrections}]")
+    assert pipeline.data_inputs(good.loaded.recipe)[:2] == [("data.train", "datasets/demo/address.jsonl"),
+                                                            ("data.train", str(corrections))]
+    assert pipeline.input_problems(good) == []
+    missing = _demo_plan(tmp_path, "data.train=[datasets/demo/address.jsonl,no/such/corrections.jsonl]")
+    assert pipeline.input_problems(missing) == [f"data.train: file not found: {REPO / 'no/such/corrections.jsonl'}"]
+    with pytest.raises(SwiftpipeError, match="cannot start:\n  - data.train: file not found: .*no/such/corrections"):
+        pipeline.check_inputs(missing)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_rows_of_a_second_training_file_are_named_file_and_line(tmp_path):
+    from swiftpipe import pipeline
+
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(_row() + "{not json\n\n" + _row("not json either") + _row() * 7
+                           + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n", encoding="utf-8")
+    p = _demo_plan(tmp_path, f"data.train=[datasets/demo/address.jsonl,{corrections}]")
+    [problem] = pipeline.input_problems(p)
+    assert problem.startswith(f"data.train: 3 bad row(s) in {corrections} (expected ")
+    assert f"\n      - {corrections}:2: not valid JSON" in problem
+    assert f"\n      - {corrections}:4: the assistant's answer is not valid JSON" in problem
+    assert f"\n      - {corrections}:12: the last message must be the assistant's answer" in problem
+    # without an output_schema the answers of training rows may be plain text
+    lenient = _demo_plan(tmp_path, f"data.train=[datasets/demo/address.jsonl,{corrections}]", "data.output_schema={}",
+                         "data.verbatim_fields=[]")
+    [problem] = pipeline.input_problems(lenient)
+    assert problem.startswith("data.train: 2 bad row(s)") and ":4:" not in problem
+
+
+def test_bad_row_listing_is_capped_and_an_empty_file_is_refused(tmp_path):
+    from swiftpipe import pipeline
+
+    bad, empty = tmp_path / "bad.jsonl", tmp_path / "empty.jsonl"
+    bad.write_text("[]\n" * 12, encoding="utf-8")
+    empty.write_text("\n", encoding="utf-8")
+    [many, none] = pipeline.input_problems(_demo_plan(tmp_path, f"data.train=[{bad},{empty}]"))
+    assert many.count(f"\n      - {bad}:") == pipeline.SHOWN_BAD_ROWS and many.endswith("... and 7 more")
+    assert none.startswith(f"data.train: {empty} has no rows")
+
+
+def test_single_training_file_is_checked_as_before(tmp_path):
+    from swiftpipe import pipeline
+    from tests.conftest import REPO
+
+    assert pipeline.input_problems(_demo_plan(tmp_path)) == []
+    assert pipeline.input_problems(_demo_plan(tmp_path, "data.train=nowhere.jsonl")) == [
+        f"data.train: file not found: {REPO / 'nowhere.jsonl'}"]
+
+
+def test_a_run_with_several_training_files_resumes_and_refuses_a_changed_list(tmp_path):
+    from swiftpipe import pipeline
+    from tests.conftest import REPO
+
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(_row(), encoding="utf-8")
+    files = f"data.train=[datasets/demo/address.jsonl,{corrections}]"
+    first = _demo_plan(tmp_path, files)
+    assert pipeline.prepare_run_dir(first) is False
+    resolved = (first.run.path / "resolved.yaml").read_text(encoding="utf-8")
+    assert f"  train:\n  - datasets/demo/address.jsonl\n  - {corrections}\n" in resolved
+    script = (first.run.path / "commands.sh").read_text(encoding="utf-8")
+    assert f"--dataset {REPO / 'datasets/demo/address.jsonl'} {corrections} " in script
+    assert pipeline.prepare_run_dir(_demo_plan(tmp_path, files)) is True
+    with pytest.raises(SwiftpipeError, match=r"different recipe:\n.*corrections"):
+        pipeline.prepare_run_dir(_demo_plan(tmp_path, "data.train=[datasets/demo/address.jsonl]"))
+
+
+def test_leaderboard_and_compare_show_a_list_of_training_files(tmp_path):
+    import yaml
+
+    from swiftpipe import compare
+    from swiftpipe import leaderboard as runs
+    from tests.test_compare import make_run
+
+    a = make_run(tmp_path, "a", rank=8, outcomes=[True, False], losses=[1.0])
+    b = make_run(tmp_path, "b", rank=8, outcomes=[True, True], losses=[0.5])
+    for run, train in ((a, "d/train.jsonl"), (b, ["d/train.jsonl", "corrections.jsonl"])):
+        data = yaml.safe_load((run / "resolved.yaml").read_text())
+        (run / "resolved.yaml").write_text(yaml.safe_dump({**data, "data": {"train": train}}))
+    frame = runs.leaderboard(tmp_path, sort="data.train")  # mixed str / list cells sort as text
+    assert list(frame["data.train"]) == ["d/train.jsonl", "[d/train.jsonl, corrections.jsonl]"]
+    assert "| [d/train.jsonl, corrections.jsonl] |" in runs.render(frame, "markdown")
+    picked = runs.leaderboard(tmp_path, where="`data.train` == '[d/train.jsonl, corrections.jsonl]'")
+    assert list(picked["run"]) == ["demo/b"]
+    assert compare.param_diff(a, b) == [("data.train", "d/train.jsonl", ["d/train.jsonl", "corrections.jsonl"])]
+    assert "| data.train | d/train.jsonl | [d/train.jsonl, corrections.jsonl] |" in compare.comparison(a, b)

@@ -145,3 +145,36 @@ def test_deepspeed_presets_are_accepted_by_swift():
         recipe = load_recipe(ADDRESS, [f"train.deepspeed={preset}", "hardware.gpus=[0,1]"]).recipe
         argv = render.render_sft(recipe, RUN, base=REPO, gpu_count=2).argv
         assert parse_with_swift("SftArguments", argv[2:]).deepspeed == preset
+
+
+def test_several_training_files_become_several_dataset_paths(tmp_path):
+    """`data.train=[a,b]` (retraining with corrections): one `--dataset` flag with every file, relative
+    paths resolved against the working directory, absolute ones kept; ms-swift parses them as a list."""
+    corrections = tmp_path / "corrections.jsonl"
+    recipe = load_recipe(ADDRESS, [f"data.train=[datasets/address/train.jsonl,{corrections}]"]).recipe
+    argv = render.render_sft(recipe, RUN, base=REPO, version=render.swift_version(), gpu_count=1).argv
+    ns = parse_with_swift("SftArguments", argv[2:])
+    assert ns.dataset == [str(REPO / "datasets/address/train.jsonl"), str(corrections)]
+    i = argv.index("--dataset")
+    assert argv[i + 1:i + 4] == [*ns.dataset, "--split_dataset_ratio"]  # nothing else between
+
+
+def test_several_training_files_with_split_ratio_or_val():
+    files = "data.train=[datasets/address/train.jsonl,more.jsonl]"
+    split = load_recipe(ADDRESS, [files, "data.val=null", "data.split_ratio=0.1"]).recipe
+    ns = parse_with_swift("SftArguments", render.render_sft(split, RUN, base=REPO, gpu_count=1).argv[2:])
+    assert ns.dataset == [str(REPO / "datasets/address/train.jsonl"), str(REPO / "more.jsonl")]
+    assert ns.split_dataset_ratio == pytest.approx(0.1) and ns.val_dataset == []
+    val = load_recipe(ADDRESS, [files, "data.val=val.jsonl"]).recipe
+    ns = parse_with_swift("SftArguments", render.render_sft(val, RUN, base=REPO, gpu_count=1).argv[2:])
+    assert len(ns.dataset) == 2 and ns.val_dataset == [str(REPO / "val.jsonl")]
+
+
+def test_one_file_renders_the_same_as_a_string_or_a_one_item_list():
+    as_string = load_recipe(ADDRESS).recipe
+    as_list = load_recipe(ADDRESS, ["data.train=[datasets/address/train.jsonl]"]).recipe
+    assert as_string.data.train == "datasets/address/train.jsonl"
+    argv = render.render_sft(as_string, RUN, base=REPO, gpu_count=1).argv
+    assert argv == render.render_sft(as_list, RUN, base=REPO, gpu_count=1).argv
+    i = argv.index("--dataset")
+    assert argv[i + 1:i + 3] == [str(REPO / "datasets/address/train.jsonl"), "--split_dataset_ratio"]

@@ -25,9 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from swiftpipe import client, flags
+from swiftpipe import client, flags, pages
 from swiftpipe.answers import strict_loads
-from swiftpipe.gateway import keys, rollout, store
+from swiftpipe.gateway import feedback, keys, rollout, store
 from swiftpipe.gateway.metrics import Metrics
 from swiftpipe.gateway.upstream import (
     UpstreamResult,
@@ -57,6 +57,19 @@ class ExtractBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(description="the text to extract from")
     model: Optional[str] = Field(None, description=f"a version name; none or '{ALIAS}' = by the rollout weights")
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Any = Field(description="the request's id")
+    fields: Any = Field(None, description="the corrected answer")
+    verdict: Any = Field(None, description="'correct' to confirm the answer")
+
+
+def _saved_schema(gw: "Gateway", version: Optional[str]) -> Optional[dict]:
+    """The schema of a version that is not served now (from the tasks table)."""
+    task = store.task(gw.conn, version)
+    return task.get("schema") if task else None
 
 
 class ChatBody(BaseModel):
@@ -313,6 +326,9 @@ def create_app(gw: Gateway) -> FastAPI:
     async def chat_body(body: ChatBody) -> ChatBody:
         return body
 
+    async def feedback_body(body: FeedbackBody) -> FeedbackBody:
+        return body
+
     async def model_name(version: Version) -> str:
         model = await gw.upstreams.resolve_model(version)
         if not model:
@@ -409,11 +425,53 @@ def create_app(gw: Gateway) -> FastAPI:
     async def models(key: keys.Key = Depends(authenticate)) -> JSONResponse:
         weights = dict(gw.weights)
         data = [{"id": name, "object": "model", "owned_by": "swiftpipe", "created": 0,
-                 "weight": weights.get(name, 0.0), "source": v.source, "recipe": v.recipe}
+                 "weight": weights.get(name, 0.0), "source": v.source, "recipe": v.recipe,
+                 "schema": v.schema, "verbatim_fields": list(v.verbatim_fields), "metric": v.metric}
                 for name, v in gw.versions.items()]
         data.append({"id": ALIAS, "object": "model", "owned_by": "swiftpipe", "created": 0,
                      "description": "the version the rollout weights pick for this key"})
         return JSONResponse({"object": "list", "data": data})
+
+    @app.post("/v1/feedback")
+    async def feedback_post(request: Request, key: keys.Key = Depends(authenticate),
+                            body: FeedbackBody = Depends(feedback_body)) -> JSONResponse:
+        """A review of an answer: {"id", "fields"} corrects it, {"id", "verdict": "correct"} confirms it."""
+        row = gw.conn.execute("SELECT version FROM requests WHERE id = ?", (body.id,)).fetchone() \
+            if isinstance(body.id, str) else None
+        version = gw.versions.get(row["version"]) if row and row["version"] else None
+        schema = version.schema if version else _saved_schema(gw, row["version"] if row else None)
+        try:
+            stored = await asyncio.to_thread(feedback.record, gw.conn, request_id=body.id, fields=body.fields,
+                                             verdict=body.verdict, schema=schema, key_id=key.id)
+        except feedback.FeedbackError as exc:
+            raise ApiError(exc.status, exc.message, "invalid_request_error" if exc.status == 400 else "not_found_error")
+        return JSONResponse(stored)
+
+    @app.get("/v1/review/next")
+    async def review_next(version: Optional[str] = None, flag: Optional[str] = None, exclude: str = "",
+                          key: keys.Key = Depends(authenticate)) -> JSONResponse:
+        ids = [x for x in exclude.split(",") if x]
+        return JSONResponse(await asyncio.to_thread(feedback.next_for_review, gw.conn, version=version or None,
+                                                    flag=flag or None, exclude=ids))
+
+    @app.get("/v1/requests/{request_id}")
+    async def request_get(request_id: str, key: keys.Key = Depends(authenticate)) -> JSONResponse:
+        row = gw.conn.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise ApiError(404, f"no request with id '{request_id}' in the request log", "not_found_error")
+        review = gw.conn.execute("SELECT verdict, fields, ts FROM feedback WHERE request_id = ?", (request_id,)).fetchone()
+        view = feedback.request_view(row)
+        view["review"] = {"verdict": review["verdict"], "fields": json.loads(review["fields"]), "ts": review["ts"]} \
+            if review else None
+        return JSONResponse(view)
+
+    @app.get("/v1/stats")
+    async def stats(days: int = 30, key: keys.Key = Depends(authenticate)) -> JSONResponse:
+        if not 1 <= days <= 3660:
+            raise ApiError(400, f"days must be from 1 to 3660 (got {days})", "invalid_request_error")
+        return JSONResponse(await asyncio.to_thread(feedback.stats, gw.conn, days=days))
+
+    pages.mount(app)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

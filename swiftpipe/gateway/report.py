@@ -31,23 +31,30 @@ def parse_since(value: str, now: Optional[float] = None) -> float:
                                f"like 30m, 2h, 7d") from None
 
 
+def filters(*, version: Optional[str], since: Optional[str], since_column: str = "r.ts") -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) on `requests r` for --version and --since."""
+    where: list[str] = []
+    params: list[Any] = []
+    if version:
+        where.append("r.version = ?")
+        params.append(version)
+    if since:
+        where.append(f"{since_column} >= ?")
+        params.append(parse_since(since))
+    return where, params
+
+
 def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since: Optional[str] = None,
          limit: Optional[int] = None):
     """The log's rows, newest first, as a DataFrame (flags and fields parsed)."""
     import pandas as pd
 
     conn = store.connect(Path(db), create=False)
-    where: list[str] = []
-    params: list[Any] = []
+    where, params = filters(version=version, since=since)
     if flagged:
-        where.append("flags != '[]'")
-    if version:
-        where.append("version = ?")
-        params.append(version)
-    if since:
-        where.append("ts >= ?")
-        params.append(parse_since(since))
-    sql = "SELECT * FROM requests" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY ts DESC"
+        where.append("r.flags != '[]'")
+    sql = ("SELECT r.*, f.verdict AS review FROM requests r LEFT JOIN feedback f ON f.request_id = r.id"
+           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY r.ts DESC")
     if limit:
         sql += f" LIMIT {int(limit)}"
     try:
@@ -85,6 +92,7 @@ def version_table(frame, names: list[str]) -> list[dict[str, Any]]:
             for flag in flags:
                 flag_counts[flag] = flag_counts.get(flag, 0) + 1
         latencies = [float(x) for x in answered["latency_ms"] if x == x]
+        reviews = [v for v in part["review"] if isinstance(v, str)]
         row: dict[str, Any] = {
             "version": name,
             "requests": n,
@@ -93,6 +101,8 @@ def version_table(frame, names: list[str]) -> list[dict[str, Any]]:
             "flagged": _rate(sum(1 for f in part["flags"] if f), n),
             "p50_ms": _round(percentile(latencies, 0.5)),
             "p95_ms": _round(percentile(latencies, 0.95)),
+            "reviewed": len(reviews),
+            "reviewed_accuracy": _rate(reviews.count("correct"), len(reviews)),
         }
         for flag in sorted(flag_counts):
             if flag != "invalid_json":
@@ -121,7 +131,7 @@ def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str]
         if unknown:
             raise store.StoreError(f"--compare: no version {', '.join(unknown)} in {db}; versions: "
                                    f"{', '.join(known) or 'none yet'}")
-        table = pd.DataFrame(version_table(frame, compare_versions)).fillna(0.0)
+        table = pd.DataFrame(version_table(frame, compare_versions))
         _print(table, fmt)
         return
     if frame.empty:
@@ -138,6 +148,10 @@ def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str]
 
 
 def _print(frame, fmt: str) -> None:
+    frame = frame.astype(object).where(frame.notna(), None)  # missing values: null / empty, never NaN
+    for column in ("flags", "fields"):
+        if column in frame and fmt == "csv":
+            frame[column] = frame[column].map(lambda v: json.dumps(v, ensure_ascii=False) if v is not None else "")
     if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif fmt == "jsonl":

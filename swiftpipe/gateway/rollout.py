@@ -10,6 +10,7 @@ keeps the keys it already had.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from typing import Optional
@@ -78,7 +79,8 @@ def choose(weights: list[tuple[str, float]], key_id: str) -> str:
     return [name for name, w in weights if w > 0][-1]
 
 
-def register(conn: sqlite3.Connection, versions: list[tuple[str, str]], weights: Optional[dict[str, float]]) -> dict[str, float]:
+def register(conn: sqlite3.Connection, versions: list[tuple[str, str]], weights: Optional[dict[str, float]],
+             tasks: Optional[dict[str, dict]] = None) -> dict[str, float]:
     """At start-up: make `versions` (name, what it serves) the database's versions. Weights: the
     given ones, else those saved for the same versions (a restart keeps a rollout), else all
     traffic to the first version."""
@@ -96,6 +98,8 @@ def register(conn: sqlite3.Connection, versions: list[tuple[str, str]], weights:
         conn.execute("DELETE FROM versions")
         conn.executemany("INSERT INTO versions (name, position, weight, model, updated) VALUES (?, ?, ?, ?, ?)",
                          [(name, i, new[name], model, now) for i, (name, model) in enumerate(versions)])
+        conn.executemany("INSERT OR REPLACE INTO tasks (version, task, updated) VALUES (?, ?, ?)",
+                         [(name, json.dumps(t, ensure_ascii=False), now) for name, t in (tasks or {}).items()])
         store.add_event(conn, "serve", {"versions": names, "weights": new})
     return new
 

@@ -130,7 +130,7 @@ def system_prompt(recipe: Recipe, base: Path) -> Optional[str]:
     """The recipe's system prompt, else the one of the first training row (rows carry their own)."""
     if recipe.data.system_prompt:
         return recipe.data.system_prompt
-    path = Path(recipe.data.train)
+    path = Path(recipe.data.train_files()[0])
     path = path if path.is_absolute() else base / path
     try:
         for line, record in jsonl.read(path):
@@ -168,7 +168,18 @@ def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str])
     return Version(name=p.name, base_url=base_url, model=model, api_key=api_key,
                    system_prompt=system_prompt(r, p.recipe_base), schema=r.data.json_schema(),
                    verbatim_fields=tuple(r.data.verbatim_fields), max_length=r.train.max_length,
-                   max_tokens=r.eval.max_tokens, source=p.source, recipe=r.name, count_tokens=counter)
+                   max_tokens=r.eval.max_tokens, source=p.source, recipe=r.name, metric=r.eval.metric,
+                   count_tokens=counter)
+
+
+def task_of(p: Planned) -> dict:
+    """What the database keeps of a version's recipe: enough to turn its reviewed answers into
+    training rows (`swiftpipe data corrections`) and to draw them (the pages)."""
+    r = p.recipe
+    if r is None:
+        return {"recipe": None, "system_prompt": None, "schema": None, "verbatim_fields": [], "metric": "exact_match"}
+    return {"recipe": r.name, "system_prompt": system_prompt(r, p.recipe_base), "schema": r.data.json_schema(),
+            "verbatim_fields": list(r.data.verbatim_fields), "metric": r.eval.metric}
 
 
 def ensure_key(conn) -> Optional[str]:
@@ -210,7 +221,8 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                      f"but keys and texts cross the network in clear unless you use --ssl-certfile/--ssl-keyfile "
                      f"or a TLS reverse proxy (README 'Deploying'); /health and /metrics need a key from there")
     conn = store.connect(db_path)
-    new_weights = rollout.register(conn, [(p.name, p.source) for p in planned], given_weights)
+    new_weights = rollout.register(conn, [(p.name, p.source) for p in planned], given_weights,
+                                   {p.name: task_of(p) for p in planned})
     shown_key = ensure_key(conn)
     if keep_days is not None:
         store.prune(conn, keep_days)

@@ -56,6 +56,18 @@ CREATE TABLE IF NOT EXISTS versions (
     model TEXT,                       -- what it serves (run or model directory, or upstream URL)
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tasks (
+    version TEXT PRIMARY KEY,         -- every version ever served, kept after it is no longer served
+    task TEXT NOT NULL,               -- JSON: the recipe's name, system prompt, schema, verbatim fields, metric
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id TEXT PRIMARY KEY,      -- requests.id; a later review of a request replaces the earlier one
+    verdict TEXT NOT NULL,            -- correct | corrected
+    fields TEXT NOT NULL,             -- the right answer (JSON): the confirmed or the corrected one
+    key_id TEXT,                      -- the reviewer's key id
+    ts REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     kind TEXT NOT NULL,               -- serve | rollout | key-create | key-revoke | prune
@@ -195,6 +207,14 @@ def _settle(done: asyncio.Future, error: Optional[BaseException]) -> None:
         done.set_result(None)
     else:
         done.set_exception(StoreError(f"the request log could not be written: {error}"))
+
+
+def task(conn: sqlite3.Connection, version: Optional[str]) -> Optional[dict]:
+    """What the database knows of a version's recipe (see `tasks`), or None."""
+    if not version:
+        return None
+    row = conn.execute("SELECT task FROM tasks WHERE version = ?", (version,)).fetchone()
+    return json.loads(row["task"]) if row else None
 
 
 def prune(conn: sqlite3.Connection, keep_days: float) -> int:

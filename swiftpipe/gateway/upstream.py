@@ -35,6 +35,7 @@ class Version:
     max_tokens: int = 512
     source: str = ""  # what it serves: a run directory, a model directory or a URL
     recipe: Optional[str] = None  # the recipe's name
+    metric: str = "exact_match"  # the recipe's eval.metric: ner_f1 answers are {type: [entities]}
     count_tokens: Optional[Callable[[str], int]] = field(default=None, repr=False)  # None = count characters
     resolving: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     lookup_failed_at: float = -1e9

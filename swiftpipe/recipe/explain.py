@@ -19,7 +19,7 @@ _TYPE_NAMES = {str: "str", int: "int", float: "float", bool: "bool", dict: "dict
 @dataclass
 class KeyDoc:
     key: str  # dotted: lora.rank
-    type: str  # str, int, float, bool, list, dict
+    type: str  # str, int, float, bool, list, dict; str|list for a field that takes either
     default: str  # as written in a recipe comment: 8, null, [all-linear], required, ...
     description: str
 
@@ -35,8 +35,8 @@ def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        names = {_type_name(a) for a in args}
-        return names.pop() if len(names) == 1 else "str"
+        names = list(dict.fromkeys(_type_name(a) for a in args))
+        return "|".join(names)  # Optional[int] is int; Union[str, list[str]] is str|list
     if origin is typing.Literal:
         return _TYPE_NAMES.get(type(typing.get_args(annotation)[0]), "str")
     if origin in (list, dict):
@@ -94,10 +94,11 @@ def explain() -> str:
     lines, section = [], None
     docs = list(keys())
     width = max(len(k.key) for k in docs)
+    type_width = max(5, *(len(k.type) for k in docs))
     for k in docs:
         top = k.key.split(".")[0] if "." in k.key else ""
         if top != section:
             section = top
             lines.append(f"\n{top}:" if top else "top level:")
-        lines.append(f"  {k.key:<{width}}  {k.type:<5}  default {k.default:<14}  {k.description}")
+        lines.append(f"  {k.key:<{width}}  {k.type:<{type_width}}  default {k.default:<14}  {k.description}")
     return "\n".join(lines).lstrip("\n") + "\n"

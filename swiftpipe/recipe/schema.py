@@ -51,7 +51,9 @@ def is_local_path(value: str) -> bool:
 
 
 class DataSection(Section):
-    train: str = Field(description="training data, ms-swift messages JSONL")
+    train: Union[str, list[str]] = Field(
+        description="training data, ms-swift messages JSONL: one file, or a list of files trained on together"
+    )
     val: Optional[str] = Field(None, description="validation data (JSONL); none = no eval loss")
     test: Optional[str] = Field(None, description="held-out test data for the eval stage (JSONL)")
     split_ratio: float = Field(
@@ -69,6 +71,29 @@ class DataSection(Section):
         default_factory=list,
         description="answer fields always copied verbatim from the text (checked by data label, flagged in serving)",
     )
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_more_files(cls, value: Any) -> Any:
+        # A single path stays a string (resolved.yaml of existing runs is unchanged); a list must
+        # name at least one file, each a non-empty path.
+        expected = "expected a JSONL file path or a list of paths"
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(expected)
+            return value
+        if not isinstance(value, list):
+            raise ValueError(f"{expected}, not a mapping" if isinstance(value, dict) else expected)
+        if not value:
+            raise ValueError("the list is empty: give at least one training file")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError(f"entry {i + 1} of {len(value)} ({item!r}) is not a file path")
+        return value
+
+    def train_files(self) -> list[str]:
+        """The training files, in order: `train` as a list even when one path is given."""
+        return [self.train] if isinstance(self.train, str) else list(self.train)
 
     @model_validator(mode="after")
     def _verbatim_in_schema(self) -> "DataSection":

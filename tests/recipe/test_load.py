@@ -148,3 +148,52 @@ def test_shipped_recipe_is_valid_and_documented(path: Path):
 def test_recipes_exist():
     names = {p.name for p in SHIPPED}
     assert {"address-qwen3-0.6b.yaml", "demo-cpu.yaml"} <= names
+
+
+def test_train_takes_one_file_or_a_list(write_recipe):
+    one = load_recipe(write_recipe(MINIMAL)).recipe.data
+    assert one.train == "train.jsonl" and one.train_files() == ["train.jsonl"]
+    listed = load_recipe(write_recipe(MINIMAL.replace("train: train.jsonl", "train: [a.jsonl, b.jsonl]"))).recipe.data
+    assert listed.train_files() == ["a.jsonl", "b.jsonl"]
+    # the retraining override: `data.train=[...]` is read as a YAML list
+    override = load_recipe(write_recipe(MINIMAL), ["data.train=[train.jsonl,corrections.jsonl]"]).recipe.data
+    assert override.train == ["train.jsonl", "corrections.jsonl"]
+    assert override.train_files() == ["train.jsonl", "corrections.jsonl"]
+
+
+def test_resolved_yaml_keeps_a_single_train_file_a_string(write_recipe):
+    """Runs made before lists were allowed resume: their resolved.yaml is unchanged."""
+    import yaml
+
+    single = yaml.safe_load(resolved_yaml(load_recipe(write_recipe(MINIMAL)).recipe))
+    assert single["data"]["train"] == "train.jsonl"
+    listed = load_recipe(write_recipe(MINIMAL), ["data.train=[a.jsonl,b.jsonl]"]).recipe
+    assert yaml.safe_load(resolved_yaml(listed))["data"]["train"] == ["a.jsonl", "b.jsonl"]
+    assert validate(yaml.safe_load(resolved_yaml(listed))) == listed
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[]", "the list is empty: give at least one training file"),
+    ("[a.jsonl, 3]", "entry 2 of 2 (3) is not a file path"),
+    ("[a.jsonl, '']", "entry 2 of 2 ('') is not a file path"),
+    ("''", "expected a JSONL file path or a list of paths (got '')"),
+    ("5", "expected a JSONL file path or a list of paths (got 5)"),
+    ("null", "expected a JSONL file path or a list of paths (got None)"),
+    ("{a: 1}", "expected a JSONL file path or a list of paths, not a mapping"),
+])
+def test_bad_train_value_is_named_once_with_its_key(write_recipe, value, message):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(MINIMAL), [f"data.train={value}"])
+    msg = str(info.value)
+    assert "1 problem(s)" in msg and f"data.train: Value error, {message} (command line)" in msg
+
+
+def test_explain_names_both_forms_of_train():
+    from swiftpipe.recipe import explain
+
+    doc = explain.find("data.train")
+    assert doc is not None and doc.type == "str|list" and doc.default == "required"
+    assert "a list of files" in doc.description
+    assert doc.comment().endswith("(str|list, required)")
+    line = next(x for x in explain.explain().splitlines() if x.strip().startswith("data.train "))
+    assert line.split()[:4] == ["data.train", "str|list", "default", "required"]

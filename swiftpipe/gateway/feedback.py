@@ -1,0 +1,139 @@
+"""Reviews of answers: corrections and confirmations (`POST /v1/feedback`), the review queue
+(flagged requests first, then a random sample of the others), and the numbers the dashboard draws
+(per version and day: requests, latency, flag rates, reviewed accuracy).
+
+Reviewed accuracy = confirmed / reviewed: the share of reviewed answers a person found right. A
+correction equal to the answer counts as a confirmation.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any, Optional
+
+from swiftpipe import flags
+from swiftpipe.scoring import percentile
+
+
+class FeedbackError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _answer(row: sqlite3.Row) -> Optional[Any]:
+    return json.loads(row["fields"]) if row["fields"] else None
+
+
+def record(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any, schema: Optional[dict],
+           key_id: str) -> dict:
+    """Validate and store one review; raises FeedbackError(400|404) and changes nothing when wrong."""
+    if not isinstance(request_id, str) or not request_id:
+        raise FeedbackError(400, "'id' must be the id of a request (as /v1/extract or /v1/chat/completions returned it)")
+    if (fields is None) == (verdict is None):
+        raise FeedbackError(400, "send either 'fields' (the corrected answer) or 'verdict': 'correct', not both or neither")
+    row = conn.execute("SELECT id, fields, status FROM requests WHERE id = ?", (request_id,)).fetchone()
+    if row is None:
+        raise FeedbackError(404, f"no request with id '{request_id}' in the request log")
+    answer = _answer(row)
+    if verdict is not None:
+        if verdict != "correct":
+            raise FeedbackError(400, f"'verdict' can only be 'correct' (got {verdict!r}); send 'fields' to correct an answer")
+        if answer is None:
+            raise FeedbackError(400, f"request '{request_id}' has no parsed answer to confirm; send 'fields' instead")
+        right = answer
+    else:
+        if not isinstance(fields, dict):
+            raise FeedbackError(400, f"'fields' must be an object of the answer's fields (got {type(fields).__name__})")
+        if schema:
+            known = list(schema.get("properties") or {})
+            unknown = [name for name in fields if name not in known]
+            if unknown:
+                raise FeedbackError(400, f"fields not in the schema: {', '.join(unknown)}; the fields are {', '.join(known)}")
+            checked = flags.check("", json.dumps(fields, ensure_ascii=False), schema=schema)
+            if checked.problems:
+                raise FeedbackError(400, "the corrected answer does not fit the schema: " + "; ".join(checked.problems))
+        right = fields
+    outcome = "correct" if right == answer else "corrected"
+    conn.execute("INSERT OR REPLACE INTO feedback (request_id, verdict, fields, key_id, ts) VALUES (?, ?, ?, ?, ?)",
+                 (request_id, outcome, json.dumps(right, ensure_ascii=False), key_id, time.time()))
+    return {"id": request_id, "verdict": outcome, "fields": right}
+
+
+_FLAG_FILTER = ("EXISTS (SELECT 1 FROM json_each(r.flags) WHERE json_each.value = :flag "
+                "OR json_each.value LIKE :flag || ':%')")
+
+
+def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: Optional[str],
+                    exclude: list[str]) -> dict:
+    """The next answer to review: the oldest unreviewed flagged one, else a random unflagged one."""
+    where = ["r.status = 200", "f.request_id IS NULL"]
+    params: dict[str, Any] = {}
+    if version:
+        where.append("r.version = :version")
+        params["version"] = version
+    if flag:
+        where.append(_FLAG_FILTER)
+        params["flag"] = flag
+    if exclude:
+        marks = []
+        for i, rid in enumerate(exclude[:500]):
+            params[f"x{i}"] = rid
+            marks.append(f":x{i}")
+        where.append(f"r.id NOT IN ({', '.join(marks)})")
+    base = "FROM requests r LEFT JOIN feedback f ON f.request_id = r.id WHERE " + " AND ".join(where)
+    flagged_n = conn.execute(f"SELECT count(*) {base} AND r.flags != '[]'", params).fetchone()[0]
+    other_n = conn.execute(f"SELECT count(*) {base} AND r.flags = '[]'", params).fetchone()[0]
+    row = conn.execute(f"SELECT r.* {base} AND r.flags != '[]' ORDER BY r.ts LIMIT 1", params).fetchone()
+    if row is None:
+        row = conn.execute(f"SELECT r.* {base} AND r.flags = '[]' ORDER BY random() LIMIT 1", params).fetchone()
+    remaining = {"flagged": flagged_n, "unflagged": other_n}
+    if row is None:
+        return {"request": None, "remaining": remaining}
+    return {"request": request_view(row), "remaining": remaining}
+
+
+def request_view(row: sqlite3.Row) -> dict:
+    return {"id": row["id"], "version": row["version"], "ts": row["ts"], "endpoint": row["endpoint"],
+            "input": row["input"], "fields": _answer(row), "valid": bool(row["valid"]) if row["valid"] is not None else None,
+            "flags": json.loads(row["flags"] or "[]"), "latency_ms": row["latency_ms"]}
+
+
+def stats(conn: sqlite3.Connection, *, days: int = 30) -> dict:
+    """Per version and UTC day: requests, answered, latency p50/p95, flagged and invalid-JSON
+    rates, reviewed count and reviewed accuracy; and the same per version over the whole period."""
+    since = time.time() - days * 86400
+    rows = conn.execute(
+        "SELECT r.version, date(r.ts, 'unixepoch') AS day, r.status, r.latency_ms, r.flags, f.verdict "
+        "FROM requests r LEFT JOIN feedback f ON f.request_id = r.id WHERE r.ts >= ? AND r.version IS NOT NULL",
+        (since,)).fetchall()
+    groups: dict[tuple[str, str], list] = {}
+    for row in rows:
+        groups.setdefault((row["version"], row["day"]), []).append(row)
+        groups.setdefault((row["version"], "all"), []).append(row)
+    out: dict[str, Any] = {"days": days, "versions": {}}
+    for (version, day), items in sorted(groups.items()):
+        latencies = [r["latency_ms"] for r in items if r["status"] == 200 and r["latency_ms"] is not None]
+        reviewed = [r["verdict"] for r in items if r["verdict"]]
+        entry = {
+            "requests": len(items),
+            "answered": sum(r["status"] == 200 for r in items),
+            "p50_ms": _round(percentile(latencies, 0.5)),
+            "p95_ms": _round(percentile(latencies, 0.95)),
+            "flagged": round(sum(r["flags"] != "[]" for r in items) / len(items), 4),
+            "invalid_json": round(sum('"invalid_json"' in r["flags"] for r in items) / len(items), 4),
+            "reviewed": len(reviewed),
+            "reviewed_accuracy": round(reviewed.count("correct") / len(reviewed), 4) if reviewed else None,
+        }
+        target = out["versions"].setdefault(version, {"days": {}, "total": None})
+        if day == "all":
+            target["total"] = entry
+        else:
+            target["days"][day] = entry
+    return out
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return round(value, 1) if value is not None else None

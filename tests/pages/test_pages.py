@@ -1,0 +1,131 @@
+"""The gateway's pages in real Chromium, in front of the scripted upstream: extract and see the
+fields highlighted at the right characters, correct an answer, review the queue (flagged first),
+watch the dashboard's counts move. Any console error or off-machine request fails the test."""
+
+import json
+import sqlite3
+
+import httpx
+import pytest
+
+from tests.integration.test_gateway import KEY, RECIPE, Gateway, scripted  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+WAYBILL = "张三 13800000000 浙江省杭州市西湖区文三路100号"  # the scripted upstream's answer is all in it
+
+
+def feedback_rows(db) -> dict:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["request_id"]: dict(r) for r in conn.execute("SELECT * FROM feedback")}
+    finally:
+        conn.close()
+
+
+def api(gw, path, body=None):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    if body is None:
+        return httpx.get(gw.url + path, headers=headers, timeout=30)
+    return httpx.post(gw.url + path, json=body, headers=headers, timeout=30)
+
+
+def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot):  # noqa: F811
+    gw = Gateway(tmp_path, "--upstream", f"v1={scripted}", "--recipe", RECIPE)
+    try:
+        flagged = api(gw, "/v1/extract", {"text": "李四 住在上海"}).json()  # the answer is not in this text
+        assert "not_in_text:name" in flagged["flags"]
+
+        # Playground: key once, extract, highlights at the right characters.
+        page.goto(gw.url + "/")
+        page.fill("#key", KEY)
+        page.click("#save-key")
+        page.wait_for_selector("#version option[value='v1']", state="attached")
+        page.fill("#text", WAYBILL)
+        page.click("#extract")
+        page.wait_for_selector("#highlight mark")
+        for field, value in {"specific_location": "文三路100号", "name": "张三", "phone": "13800000000",
+                             "city": "杭州市"}.items():
+            mark = page.locator(f"#highlight mark[data-field='{field}']")
+            assert mark.count() == 1, field
+            assert mark.text_content() == value
+            assert int(mark.get_attribute("data-start")) == WAYBILL.index(value)
+            assert int(mark.get_attribute("data-end")) == WAYBILL.index(value) + len(value)
+        assert page.locator("#highlight").text_content() == WAYBILL
+        assert page.locator("[data-missing]").count() == 0
+        assert page.locator("#flags").text_content() == "no flags"
+        request_id = page.locator("#request-id").text_content()
+        screenshot(page, "playground")
+
+        # Edit a field and save: the correction is in the database, with the reviewer's key.
+        page.fill("#form input[data-field='phone']", "13800000001")
+        page.click("#save")
+        page.wait_for_selector("#status:has-text('saved as corrected')")
+        stored = feedback_rows(gw.db)[request_id]
+        assert stored["verdict"] == "corrected" and json.loads(stored["fields"])["phone"] == "13800000001"
+        assert stored["key_id"].startswith("key_")
+        # A later review of the same request replaces the earlier one.
+        page.click("#correct")
+        page.wait_for_selector("#status:has-text('saved as correct')")
+        assert feedback_rows(gw.db)[request_id]["verdict"] == "correct"
+
+        # Review queue: the flagged request first, fields not in the text marked; `a` accepts it.
+        for _ in range(3):
+            api(gw, "/v1/extract", {"text": WAYBILL + " 寄"})  # unflagged answers for the spot checks
+        page.goto(gw.url + "/review")
+        page.wait_for_selector("#item-id:not(:empty)")
+        assert page.locator("#item-id").text_content() == flagged["id"]
+        assert page.locator("[data-missing='name']").count() == 1
+        assert page.locator("#flags [data-flag='not_in_text:name']").count() == 1
+        screenshot(page, "review")
+        page.keyboard.press("a")
+        page.wait_for_selector(f"#done:has-text('{flagged['id']}')")
+        assert feedback_rows(gw.db)[flagged["id"]]["verdict"] == "correct"
+        page.wait_for_selector(f"#item-id:not(:has-text('{flagged['id']}'))")
+        assert page.locator("#remaining").text_content().startswith("0 flagged, ")
+        page.keyboard.press("s")  # skip: another unflagged one comes
+
+        # Dashboard: the counts change with new requests and reviews.
+        page.goto(gw.url + "/dashboard")
+        cell = page.locator("tr[data-version='v1'] td[data-col='requests']")
+        cell.wait_for()
+        before = int(cell.text_content())
+        assert page.locator("tr[data-version='v1'] td[data-col='reviewed']").text_content() == "2"
+        api(gw, "/v1/extract", {"text": WAYBILL})
+        page.click("#refresh")
+        page.wait_for_selector(f"tr[data-version='v1'] td[data-col='requests']:has-text('{before + 1}')")
+        assert page.locator("svg#chart-accuracy circle[data-version='v1']").count() >= 1
+        screenshot(page, "dashboard")
+    finally:
+        gw.stop()
+
+
+def test_malformed_feedback_is_refused_and_changes_nothing(tmp_path, scripted):  # noqa: F811
+    gw = Gateway(tmp_path, "--upstream", f"v1={scripted}", "--recipe", RECIPE)
+    try:
+        answer = api(gw, "/v1/extract", {"text": WAYBILL}).json()
+        good = dict(answer["fields"], phone="13900000000")
+        cases = [
+            ({"id": "req_nope", "verdict": "correct"}, 404, "no request with id 'req_nope'"),
+            ({"id": answer["id"], "fields": dict(good, colour="red")}, 400, "fields not in the schema: colour"),
+            ({"id": answer["id"], "fields": dict(good, phone=138)}, 400, "phone: 138 is not of type 'string'"),
+            ({"id": answer["id"], "fields": "张三"}, 400, "'fields' must be an object"),
+            ({"id": answer["id"]}, 400, "send either 'fields'"),
+            ({"id": answer["id"], "fields": good, "verdict": "correct"}, 400, "send either 'fields'"),
+            ({"id": answer["id"], "verdict": "wrong"}, 400, "'verdict' can only be 'correct'"),
+            ({"id": 5, "verdict": "correct"}, 400, "'id' must be the id of a request"),
+        ]
+        for body, status, message in cases:
+            response = api(gw, "/v1/feedback", body)
+            assert response.status_code == status, (body, response.text)
+            assert message in response.json()["error"]["message"], response.text
+        assert api(gw, "/v1/feedback", {"id": answer["id"], "bogus": 1}).status_code == 422
+        assert feedback_rows(gw.db) == {}
+        ok = api(gw, "/v1/feedback", {"id": answer["id"], "fields": good})
+        assert ok.status_code == 200 and ok.json()["verdict"] == "corrected"
+        same = api(gw, "/v1/feedback", {"id": answer["id"], "fields": answer["fields"]})
+        assert same.json()["verdict"] == "correct"  # a "correction" equal to the answer confirms it
+        assert len(feedback_rows(gw.db)) == 1
+    finally:
+        gw.stop()
