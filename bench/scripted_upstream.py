@@ -13,6 +13,7 @@ it misbehave the way real servers do:
     #nochoices  a JSON body without choices      #cutbody    the connection closed mid-body
     #nan        content with NaN (not JSON)      #deep       a body nested 100,000 levels
     #stallstream a stream that stalls for 10 s after its first event
+    #ner        a CLUENER answer: {type: [entities]} (张三 a name, 浙江省杭州市 an address, 西湖 a scene)
 
 A raw ASGI app on uvicorn (no framework), so it is not the bottleneck.
 """
@@ -98,6 +99,11 @@ def make_app(model: str, delay_ms: float):
             await send_body(send, 200, b'{"object": "chat.completion"}')
             return
         content = json.dumps(ANSWER, ensure_ascii=False)
+        if "#ner" in text:
+            from swiftpipe.tasks import CLUENER_TYPES
+
+            entities = {"name": ["张三"], "address": ["浙江省杭州市"], "scene": ["西湖"]}
+            content = json.dumps({t: entities.get(t, []) for t in CLUENER_TYPES}, ensure_ascii=False)
         if "#think" in text:
             content = "<think>\nlet me see\n</think>\n\n" + content
         if "#garbage" in text:

@@ -8,6 +8,7 @@ import sqlite3
 import httpx
 import pytest
 
+from tests.conftest import REPO
 from tests.integration.test_gateway import KEY, RECIPE, Gateway, scripted  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -127,5 +128,29 @@ def test_malformed_feedback_is_refused_and_changes_nothing(tmp_path, scripted): 
         same = api(gw, "/v1/feedback", {"id": answer["id"], "fields": answer["fields"]})
         assert same.json()["verdict"] == "correct"  # a "correction" equal to the answer confirms it
         assert len(feedback_rows(gw.db)) == 1
+    finally:
+        gw.stop()
+
+
+def test_entity_answers_are_highlighted_by_type(tmp_path, scripted, page, screenshot):  # noqa: F811
+    gw = Gateway(tmp_path, "--upstream", f"ner={scripted}", "--recipe", str(REPO / "recipes" / "cluener-qwen2.5-0.5b.yaml"))
+    text = "张三去浙江省杭州市的西湖玩，张三很开心 #ner"
+    try:
+        page.goto(gw.url + "/")
+        page.fill("#key", KEY)
+        page.click("#save-key")
+        page.wait_for_selector("#version option[value='ner']", state="attached")
+        page.fill("#text", text)
+        page.click("#extract")
+        page.wait_for_selector("#highlight mark")
+        names = page.locator("#highlight mark[data-field='name']")
+        assert names.count() == 2  # every occurrence of every entity
+        assert [int(names.nth(i).get_attribute("data-start")) for i in range(2)] == [0, text.index("张三", 1)]
+        assert page.locator("#highlight mark[data-field='address']").text_content() == "浙江省杭州市"
+        assert page.locator("#highlight mark[data-field='scene']").text_content() == "西湖"
+        legend = page.locator("#legend [data-legend]")
+        assert legend.count() == 10 and legend.nth(0).text_content() == "address"  # a legend of all the types
+        assert page.locator("#form textarea[data-field='name']").input_value() == '["张三"]'
+        screenshot(page, "playground-entities")
     finally:
         gw.stop()

@@ -1,8 +1,8 @@
 """The loop closes on CPU, with the tiny model and real vLLM: v1 trained on half the demo rows
 answers the other half wrongly; corrections posted through /v1/feedback become training rows
 (`swiftpipe data corrections`); v2 trained on the original rows plus them answers correctly; served
-side by side at 50/50, `requests --compare` and the dashboard's numbers show v2's higher reviewed
-accuracy."""
+side by side at 50/50, `requests --compare` and the dashboard (in Chromium) show v2's higher
+reviewed accuracy."""
 
 import json
 import subprocess
@@ -38,7 +38,7 @@ def review(gw, answer: dict, gold: dict) -> None:
     post(gw, "/v1/feedback", {"id": answer["id"], **body})
 
 
-def test_corrections_train_a_better_version(tmp_path, tiny_model_dir):
+def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, screenshot):
     lines = jsonl.raw_lines(DEMO_DATA)
     rows = messages.read(DEMO_DATA)
     seen, unseen = tmp_path / "seen.jsonl", tmp_path / "unseen.jsonl"
@@ -91,6 +91,16 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir):
         stats = httpx.get(gw.url + "/v1/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
         totals = {name: v["total"] for name, v in stats["versions"].items()}
         assert totals["v2"]["reviewed_accuracy"] >= 0.9 > 0.5 >= totals["v1"]["reviewed_accuracy"], totals
+        # ... and as a person sees it on the dashboard.
+        page.goto(gw.url + "/dashboard")
+        page.fill("#key", KEY)
+        page.click("#save-key")
+        page.wait_for_selector("tr[data-version='v2'] td[data-col='reviewed_accuracy']")
+        shown = {v: float(page.locator(f"tr[data-version='{v}'] td[data-col='reviewed_accuracy']").text_content()
+                          .rstrip("%")) for v in ("v1", "v2")}
+        assert shown["v2"] >= 90 > 50 >= shown["v1"], shown
+        assert page.locator("svg#chart-accuracy circle[data-version='v2']").count() == 1
+        screenshot(page, "dashboard-v1-v2")
     finally:
         assert gw.stop() == 0
     compare = run("requests", "--db", str(gw.db), "--compare", "v1", "v2", "--format", "jsonl", cwd=tmp_path)
