@@ -32,6 +32,17 @@ def api(gw, path, body=None):
     return httpx.post(gw.url + path, json=body, headers=headers, timeout=30)
 
 
+def extract_in_playground(page, gw, version: str, text: str) -> None:
+    """Open the playground, type the key once, extract `text` and wait for the highlights."""
+    page.goto(gw.url + "/")
+    page.fill("#key", KEY)
+    page.click("#save-key")
+    page.wait_for_selector(f"#version option[value='{version}']", state="attached")
+    page.fill("#text", text)
+    page.click("#extract")
+    page.wait_for_selector("#highlight mark")
+
+
 def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot):  # noqa: F811
     gw = Gateway(tmp_path, "--upstream", f"v1={scripted}", "--recipe", RECIPE)
     try:
@@ -39,13 +50,7 @@ def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot): 
         assert "not_in_text:name" in flagged["flags"]
 
         # Playground: key once, extract, highlights at the right characters.
-        page.goto(gw.url + "/")
-        page.fill("#key", KEY)
-        page.click("#save-key")
-        page.wait_for_selector("#version option[value='v1']", state="attached")
-        page.fill("#text", WAYBILL)
-        page.click("#extract")
-        page.wait_for_selector("#highlight mark")
+        extract_in_playground(page, gw, "v1", WAYBILL)
         for field, value in {"specific_location": "文三路100号", "name": "张三", "phone": "13800000000",
                              "city": "杭州市"}.items():
             mark = page.locator(f"#highlight mark[data-field='{field}']")
@@ -136,13 +141,7 @@ def test_entity_answers_are_highlighted_by_type(tmp_path, scripted, page, screen
     gw = Gateway(tmp_path, "--upstream", f"ner={scripted}", "--recipe", str(REPO / "recipes" / "cluener-qwen2.5-0.5b.yaml"))
     text = "张三去浙江省杭州市的西湖玩，张三很开心 #ner"
     try:
-        page.goto(gw.url + "/")
-        page.fill("#key", KEY)
-        page.click("#save-key")
-        page.wait_for_selector("#version option[value='ner']", state="attached")
-        page.fill("#text", text)
-        page.click("#extract")
-        page.wait_for_selector("#highlight mark")
+        extract_in_playground(page, gw, "ner", text)
         names = page.locator("#highlight mark[data-field='name']")
         assert names.count() == 2  # every occurrence of every entity
         assert [int(names.nth(i).get_attribute("data-start")) for i in range(2)] == [0, text.index("张三", 1)]
