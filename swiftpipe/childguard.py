@@ -1,6 +1,7 @@
 """A tiny supervisor that makes sure a child command never outlives swiftpipe.
 
     python -m swiftpipe.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]
+    python -m swiftpipe.childguard --watch PARENT_PID GRACE_SECONDS   (see `watch`)
 
 Why: swiftpipe cleans up its children on Ctrl-C, SIGTERM and SIGHUP, but nothing runs in a process
 that gets SIGKILL (kill -9, the OOM killer). `swift sft` and `vllm serve` are launchers that start a
@@ -160,7 +161,67 @@ def exit_like(code: int) -> None:
     sys.exit(128 + sig)  # a signal whose default is not to terminate
 
 
+def _stat(pid: int) -> tuple[int, bytes] | None:
+    """(parent pid, start time) of a live process, None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] == b"Z":
+        return None
+    return int(fields[1]), fields[19]  # field 4 (ppid) and field 22 (starttime)
+
+
+def descendants(root: int) -> dict[int, bytes]:
+    """pid -> start time of every live descendant of `root` (the calling process left out)."""
+    tree: dict[int, list[tuple[int, bytes]]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit() and int(entry) != os.getpid():
+            got = _stat(int(entry))
+            if got:
+                tree.setdefault(got[0], []).append((int(entry), got[1]))
+    found: dict[int, bytes] = {}
+    todo = [root]
+    while todo:
+        for pid, started in tree.get(todo.pop(), ()):
+            if pid not in found:
+                found[pid] = started
+                todo.append(pid)
+    return found
+
+
+def watch(parent: int, grace: float) -> int:
+    """For processes that swiftpipe does not start itself (vLLM's offline engine spawns its engine
+    core and workers; a local Ray cluster its daemons): note the descendants of `parent` while it
+    lives; once it is gone (SIGKILL included), SIGTERM those still running, SIGKILL them after
+    `grace` seconds. Processes are matched by pid *and* start time, so a reused pid is left alone."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    _wake_on_parent_death()
+    known: dict[int, bytes] = {}
+    while os.getppid() == parent:
+        known = {pid: st for pid, st in known.items() if (_stat(pid) or (0, b""))[1] == st}
+        known.update(descendants(parent))
+        signal.sigtimedwait(WATCHED, POLL)
+    alive = [pid for pid, st in known.items() if (_stat(pid) or (0, b""))[1] == st]
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        for pid in alive:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            alive = [pid for pid in alive if (_stat(pid) or (0, b""))[1] == known[pid]]
+            if not alive:
+                return 0
+            signal.sigtimedwait(WATCHED, 0.1)
+    return 0
+
+
 def main(args: list[str]) -> None:
+    if len(args) == 3 and args[0] == "--watch":
+        sys.exit(watch(int(args[1]), float(args[2])))
     if len(args) < 4 or args[2] != "--":
         sys.exit("usage: python -m swiftpipe.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]")
     exit_like(Guard(int(args[0]), float(args[1]), args[3:]).run())

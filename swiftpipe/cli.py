@@ -30,6 +30,7 @@ def cli() -> None:
     swiftpipe run      recipes/demo-cpu.yaml [--run-id ID] [--force STAGE] [--dry-run]
     swiftpipe serve    runs/demo-cpu/<run-id> [v2=RUN_DIR --weights NAME=90,v2=10]
     swiftpipe keys     create|list|revoke   |   rollout v2=50   |   requests --flagged
+    swiftpipe extract  texts.jsonl --out OUT --model runs/demo-cpu/<run-id> [--engine offline|server|ray]
     swiftpipe eval     test.jsonl --base-url http://127.0.0.1:8000/v1 --model NAME --out DIR
     swiftpipe data     synth-address | convert | label | stats | split
     swiftpipe sweep    recipes/demo-cpu.yaml lora.rank=8,16 train.lr=1e-4,2e-4
@@ -217,6 +218,54 @@ def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str
         limit = 50
     show(db, flagged=flagged, version=version, since=since, fmt=fmt, limit=limit, compare=compare,
          compare_versions=list(versions))
+
+
+@cli.command("extract")
+@click.argument("input_spec", metavar="INPUT")
+@click.option("--out", required=True, type=click.Path(dir_okay=True, file_okay=False),
+              help="Output directory: parts, summary.json; rerun to continue it.")
+@click.option("--model", default=None, help="Run directory (brings its recipe) or model directory (with --recipe).")
+@click.option("--engine", type=click.Choice(["offline", "server", "ray"]), default=None,
+              help="offline: vLLM in this process; server: --base-url servers; ray: vLLM in Ray Data actors "
+                   "(default: extract.engine, offline; server when --base-url is given).")
+@click.option("--base-url", "base_urls", multiple=True,
+              help="OpenAI-compatible server (or swiftpipe gateway) for --engine server; repeat for replicas. "
+                   "Key: OPENAI_API_KEY.")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="System prompt, answer schema and length limit (with a model directory or --base-url).")
+@click.option("--text-field", default="text", show_default=True, help="Column (key) holding the text.")
+@click.option("--id-field", default=None, help="Column holding each row's id (default: its position in the input).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default=None,
+              help="Output part format (default: extract.format, parquet).")
+@click.option("--no-text", is_flag=True, help="Leave the input text out of the output.")
+@click.option("--retry-errors", is_flag=True, help="Redo only the rows that have an error in finished parts.")
+@click.option("--served-name", default=None, help="Model name on the server (default: the server's only model).")
+@click.option("--ray-address", default=None, help="Ray cluster to join, e.g. ray://head:10001 (default: a local one).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None,
+              help="Ray actors, one engine each (default: extract.replicas: one per GPU, 1 on CPU).")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per chunk/part (default: extract.chunk_rows, 1000).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Rows the vLLM engine runs at once, max_num_seqs (default: extract.batch_size, 256).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="Requests in flight, server engine (default: extract.concurrency, 32).")
+def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_field, fmt, no_text, retry_errors,
+            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency) -> None:
+    """Extract JSON from every text of INPUT (JSONL, CSV, Parquet; a file, directory or glob) into OUT.
+
+    \b
+    swiftpipe extract texts.jsonl --out out/ --model runs/demo-cpu/<run-id>
+    swiftpipe extract 'data/*.parquet' --out out/ --model runs/address/<id> --engine ray --replicas 4
+    swiftpipe extract texts.csv --out out/ --base-url http://127.0.0.1:8000/v1 --recipe R --format jsonl
+
+    Resumable: rerun the same command after a crash; finished chunks are kept.
+    """
+    from swiftpipe.extract.command import extract_command
+
+    extract_command(input_spec, out=out, model=model, engine=engine, base_urls=list(base_urls), recipe=recipe,
+                    text_field=text_field, id_field=id_field, fmt=fmt, no_text=no_text, retry_errors=retry_errors,
+                    served_name=served_name, ray_address=ray_address, replicas=replicas, chunk_rows=chunk_rows,
+                    batch_size=batch_size, concurrency=concurrency)
 
 
 @cli.command("eval")

@@ -18,7 +18,7 @@ means the same in the request log, the metrics and an extraction's output:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from swiftpipe.answers import parse_answer
 
@@ -75,3 +75,22 @@ def check(text: str, raw: Optional[str], *, schema: Optional[dict], verbatim_fie
             if isinstance(value, str) and value and value not in text:
                 flags.append(f"not_in_text:{name}")
     return Checked(fields=parsed, valid=not problems, flags=flags, problems=problems)
+
+
+def input_problem(text: Any, *, max_length: Optional[int], length: Callable[[str], tuple[int, str]], who: str,
+                  source: str) -> Optional[str]:
+    """Why `text` cannot be sent to the model (empty, or longer than the recipe allows), or None.
+
+    `length(text)` is (size, unit): tokens with the model's tokenizer, else characters. `who` and
+    `source` name the model and where its limit comes from ("version 'v2'", "train.max_length of
+    recipe 'address'"). Shared by the gateway (a 400) and batch extraction (a row's error).
+    """
+    if not isinstance(text, str) or not text.strip():
+        return "text is empty"
+    if max_length and len(text) > 16 * max_length:  # surely too long: not worth tokenizing
+        return f"text is {len(text)} characters; {who} accepts at most {max_length} tokens ({source})"
+    if max_length:
+        size, unit = length(text)
+        if size > max_length:
+            return f"text is {size} {unit}; {who} accepts at most {max_length} {unit} ({source})"
+    return None

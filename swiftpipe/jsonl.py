@@ -59,6 +59,36 @@ def scan(path: PathLike, *, appended: bool = False) -> Iterator[tuple[int, Any]]
             yield number, JsonlError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
 
 
+def scan_offsets(path: PathLike, *, offset: int = 0, line: int = 1) -> Iterator[tuple[int, int, Any]]:
+    """(line number, byte offset of the line, parsed value or JsonlError) for each non-blank line,
+    starting at byte `offset` (which is line number `line`).
+
+    For inputs too big to hold: an index of offsets lets a later reader (another process, another
+    machine) start in the middle of the file. Bytes that are not UTF-8 are an error of that line.
+    """
+    path = Path(path)
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise JsonlError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise JsonlError(f"{path}: is a directory, expected a JSONL file") from None
+    with f:
+        f.seek(offset)
+        number = line - 1
+        for raw in f:
+            number += 1
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                yield number, start, json.loads(raw.decode("utf-8-sig" if start == 0 else "utf-8"))
+            except UnicodeDecodeError as exc:
+                yield number, start, JsonlError(f"{path}:{number}: not UTF-8 text (byte {exc.start + 1} of the line)")
+            except json.JSONDecodeError as exc:
+                yield number, start, JsonlError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})")
+
+
 def read(path: PathLike, *, appended: bool = False, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line.
 

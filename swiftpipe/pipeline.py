@@ -32,6 +32,9 @@ from swiftpipe.rundir import STAGES, RunDir, new_run_id
 # Recipe keys that legitimately differ between the machines of one multi-node run sharing
 # output.root: they do not make a different recipe.
 PER_MACHINE_KEYS = (("hardware", "node_rank"),)
+# Sections a run does not use (batch extraction settings): changing them, or a run made before they
+# existed, is not a recipe change.
+NOT_RUN_SECTIONS = ("extract",)
 
 
 @dataclass
@@ -190,6 +193,8 @@ def _same_recipe_text(text: str) -> str:
     data = yaml.safe_load(text) or {}
     for section, key in PER_MACHINE_KEYS:
         (data.get(section) or {}).pop(key, None)
+    for section in NOT_RUN_SECTIONS:
+        data.pop(section, None)
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
 
 

@@ -72,6 +72,20 @@ def start(argv: list[str], env: dict[str, str], log_path: Path, cwd: Optional[Pa
         log.close()
 
 
+_watcher: Optional[subprocess.Popen] = None
+
+
+def watch_descendants(grace: float = 5.0) -> None:
+    """Make sure processes started by libraries inside this process (vLLM's offline engine core and
+    workers, a local Ray cluster) end with it, even when it is SIGKILLed: a watcher in its own session
+    notes them by pid and start time and stops them once this process is gone. Once per process."""
+    global _watcher
+    if _watcher is not None or not GUARDED:
+        return
+    _watcher = subprocess.Popen([sys.executable, "-I", "-S", str(GUARD), "--watch", str(os.getpid()), str(grace)],
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 def call(argv: list[str], env: dict[str, str], log_path: Path, *, cwd: Optional[Path] = None,
          on_tick: Optional[Callable[[], None]] = None, tick: float = 1.0, grace: float = 10.0) -> int:
     """Run `argv` to completion and return its exit code (negative: killed by that signal).

@@ -269,9 +269,9 @@ def test_gpu_extra_resolves(repo_copy, tmp_path):
     python = fresh_venv(tmp_path / "venv")
     report = tmp_path / "report.json"
     out = subprocess.run([python, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--report", str(report),
-                          "-c", str(repo_copy / "constraints" / "gpu.txt"), "-e", f"{repo_copy}[gpu,test]"],
+                          "-c", str(repo_copy / "constraints" / "gpu.txt"), "-e", f"{repo_copy}[gpu,test,ray]"],
                          capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"pip cannot resolve .[gpu,test] (exit {out.returncode}):\n{pip_tail(out)}"
+    assert out.returncode == 0, f"pip cannot resolve .[gpu,test,ray] (exit {out.returncode}):\n{pip_tail(out)}"
     resolved = {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]
                 for item in json.loads(report.read_text())["install"]}
     versions = {name: meta["version"] for name, meta in resolved.items()}
@@ -282,7 +282,8 @@ def test_gpu_extra_resolves(repo_copy, tmp_path):
     assert "+cpu" not in torch["version"], f"the GPU extra resolved a CPU torch: {summary}"
     cuda_deps = [d for d in torch.get("requires_dist", []) if re.match(r"(nvidia-|cuda-)", d)]
     assert cuda_deps, f"torch {torch['version']} declares no CUDA libraries: not a CUDA build ({summary})"
-    for tool in ("pytest", "ruff", "mypy", "ms-swift"):
+    assert versions.get("ray", "").startswith("2.60."), f"ray {versions.get('ray')} ({summary})"
+    for tool in ("pytest", "ruff", "mypy", "ms-swift", "pyarrow"):
         assert tool in versions, f"{tool} missing from the resolution ({summary})"
 
 

@@ -344,17 +344,11 @@ def create_app(gw: Gateway) -> FastAPI:
         version = await gw.route_logged(body.model, key, Call(rid, ts, started, "extract", None, key, body.text))
         text = body.text
         common = Call(rid, ts, started, "extract", version.name, key, text)
-        problem = None
-        if not text.strip():
-            problem = "text is empty; send the text to extract from in 'text'"
-        elif version.max_length and len(text) > 16 * version.max_length:  # surely too long: not tokenized
-            problem = (f"text is {len(text)} characters; version '{version.name}' accepts at most "
-                       f"{version.max_length} tokens (train.max_length of recipe '{version.recipe}')")
-        elif version.max_length:
-            size, unit = version.length(text)
-            if size > version.max_length:
-                problem = (f"text is {size} {unit}; version '{version.name}' accepts at most {version.max_length} "
-                           f"{unit} (train.max_length of recipe '{version.recipe}')")
+        problem = flags.input_problem(text, max_length=version.max_length, length=version.length,
+                                      who=f"version '{version.name}'",
+                                      source=f"train.max_length of recipe '{version.recipe}'")
+        if problem == "text is empty":
+            problem += "; send the text to extract from in 'text'"
         if problem:
             await gw.record(common, status=400, error=problem)
             raise ApiError(400, problem, "invalid_request_error", id=rid)

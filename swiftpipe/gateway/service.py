@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from swiftpipe import console, envinfo, jsonl, messages, procs, render
+from swiftpipe import console, envinfo, jsonl, procs, render
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.upstream import Upstreams, Version
 from swiftpipe.recipe.schema import Recipe, ServeSection
+from swiftpipe.recipe.task import system_prompt, token_counter
 from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
 
 DEFAULT_DB = "serve/serve.sqlite"
@@ -124,35 +125,6 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in name)
-
-
-def system_prompt(recipe: Recipe, base: Path) -> Optional[str]:
-    """The recipe's system prompt, else the one of the first training row (rows carry their own)."""
-    if recipe.data.system_prompt:
-        return recipe.data.system_prompt
-    path = Path(recipe.data.train_files()[0])
-    path = path if path.is_absolute() else base / path
-    try:
-        for line, record in jsonl.read(path):
-            return messages.parse(record, line=line, require_answer=False, json_answer=False).system
-    except (SwiftpipeError, OSError, ValueError):
-        return None
-    return None
-
-
-def token_counter(model_dir: str) -> Optional[Callable[[str], int]]:
-    """Counts tokens with the model's tokenizer; None when it cannot be loaded (then characters)."""
-    if not (Path(model_dir) / "config.json").is_file():
-        return None
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as exc:  # noqa: BLE001 - any failure: fall back to counting characters
-        console.warn(f"could not load the tokenizer of {model_dir} ({type(exc).__name__}); the length limit "
-                     f"counts characters instead of tokens")
-        return None
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str]) -> Version:

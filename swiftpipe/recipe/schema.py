@@ -229,6 +229,17 @@ class EvalSection(Section):
     metric: Literal["exact_match", "ner_f1"] = Field("exact_match", description="how answers are scored")
 
 
+class ExtractSection(Section):
+    engine: Literal["offline", "server", "ray"] = Field(
+        "offline", description="how `swiftpipe extract` runs the model (vLLM here, --base-url servers, Ray actors)"
+    )
+    format: Literal["parquet", "jsonl"] = Field("parquet", description="file format of the output parts")
+    chunk_rows: int = Field(1000, ge=1, description="input rows per chunk: one output part, the unit of resume")
+    batch_size: int = Field(256, ge=1, description="rows the vLLM engine runs at once, its max_num_seqs (offline, ray)")
+    concurrency: int = Field(32, ge=1, description="requests in flight with the server engine")
+    replicas: Optional[int] = Field(None, ge=1, description="Ray actors, one engine each; none = one per GPU (1 on CPU)")
+
+
 class OutputSection(Section):
     root: str = Field("runs", description="run directories go to <root>/<recipe name>/<run id>")
 
@@ -244,6 +255,7 @@ class Recipe(Section):
     export: ExportSection = Field(default_factory=ExportSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    extract: ExtractSection = Field(default_factory=ExtractSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @field_validator("name")

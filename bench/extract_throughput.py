@@ -1,0 +1,204 @@
+"""Throughput and memory of `swiftpipe extract`, next to the engine's own limit.
+
+    python bench/extract_throughput.py --model RUN_DIR [--rows 2000] [--rss-rows 2000,50000] [--skip-server]
+
+Same rows (synthesized waybills, seed 5), same tuned model, same requests (the recipe's system
+prompt, greedy, thinking off, the recipe's schema as structured output):
+  1. bare: one `LLM.chat` call over every row with identical SamplingParams, in its own process
+     (the offline engine's own limit: no reading, checking or writing);
+  2. `swiftpipe extract --engine offline` (rows/s from its summary: engine ready → last part written);
+  3. `swiftpipe extract --engine server` against one vLLM server (`vllm serve`, started like `swiftpipe
+     serve` starts it), and a one-row-at-a-time client (the shared client, no concurrency), for scale;
+  4. peak RSS of `swiftpipe extract --engine offline` at each --rss-rows size: the swiftpipe process
+     alone and with vLLM's engine processes (sampled every 0.2 s from /proc).
+Prints a Markdown table and writes bench/results/extract_throughput-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from swiftpipe import client, envinfo, jsonl  # noqa: E402
+from swiftpipe.childguard import descendants  # noqa: E402
+from swiftpipe.data.synth import samples  # noqa: E402
+from swiftpipe.recipe.load import load_recipe  # noqa: E402
+from swiftpipe.recipe.task import system_prompt  # noqa: E402
+from swiftpipe.vllm_server import ServeTarget, VllmServer  # noqa: E402
+
+BARE = textwrap.dedent("""
+    import json, sys, time
+    from swiftpipe.extract.engines import OfflineEngine, OfflineSettings, Spec
+
+    def main():
+        cfg = json.load(open(sys.argv[1]))
+        texts = [json.loads(line)["text"] for line in open(cfg["input"], encoding="utf-8")]
+        spec = Spec(**cfg["spec"])
+        # The engine object only to load vLLM with the settings extract uses; the loop is vLLM's own.
+        engine = OfflineEngine(OfflineSettings(**cfg["settings"]), spec)
+        conversations = [spec.request("bare", t)["messages"] for t in texts]
+        started = time.perf_counter()
+        outputs = engine.llm.chat(conversations, engine.sampling, use_tqdm=False, **engine.chat_kwargs)
+        wall = time.perf_counter() - started
+        tokens = sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) for o in outputs)
+        print("RESULT " + json.dumps({"rows": len(outputs), "seconds": wall, "rows_per_s": len(outputs) / wall,
+                          "tokens_per_s": tokens / wall}))
+        engine.close()
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def write_texts(path: Path, n: int) -> Path:
+    jsonl.write_lines(path, ({"text": text} for text, _ in samples(n, seed=5)))
+    return path
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}"
+    return e
+
+
+def swiftpipe_extract(args: list[str], extra_env: dict | None = None, sample_rss: bool = False) -> dict:
+    """Run the CLI; returns its summary.json (plus peak RSS in MiB when asked)."""
+    cmd = [sys.executable, "-m", "swiftpipe.cli", "extract", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), **(extra_env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    peak_main = peak_tree = 0
+    while proc.poll() is None:
+        if sample_rss:
+            main = _rss_kib(proc.pid)
+            tree = main + sum(_rss_kib(p) for p in descendants(proc.pid))
+            peak_main, peak_tree = max(peak_main, main), max(peak_tree, tree)
+        time.sleep(0.2)
+    err = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"swiftpipe extract failed ({proc.returncode}):\n{err[-3000:]}")
+    out = Path(args[args.index("--out") + 1])
+    summary = json.loads((out / "summary.json").read_text())
+    if sample_rss:
+        summary["peak_rss_mib"] = round(peak_main / 1024, 1)
+        summary["peak_rss_tree_mib"] = round(peak_tree / 1024, 1)
+    return summary
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def one_at_a_time(server: VllmServer, spec, texts: list[str]) -> float:
+    async def go() -> float:
+        endpoint = client.Endpoint(server.base_url, server.target.served_name, server.api_key)
+        api = client.async_client(endpoint)
+        started = time.perf_counter()
+        for t in texts:
+            done = await client.chat(api, spec.request(endpoint.model, t), endpoint)
+            assert done.error is None, done.error
+        wall = time.perf_counter() - started
+        await api.close()
+        return len(texts) / wall
+
+    return asyncio.run(go())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a run directory with a final model (runs/demo-cpu/<id>)")
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--rss-rows", default="2000,50000", help="input sizes for the peak-RSS runs ('' to skip)")
+    ap.add_argument("--one-at-a-time", type=int, default=200, help="rows for the one-at-a-time client")
+    ap.add_argument("--skip-server", action="store_true")
+    args = ap.parse_args()
+
+    from swiftpipe.extract.command import _offline_settings
+    from swiftpipe.extract.engines import Spec
+    from swiftpipe.recipe.schema import ExtractSection
+
+    run_dir = Path(args.model).resolve()
+    info = json.loads((run_dir / "run.json").read_text())
+    recipe = load_recipe(str(run_dir / "resolved.yaml")).recipe
+    spec = Spec(system_prompt=system_prompt(recipe, Path(info["cwd"])), schema=recipe.data.json_schema(),
+                max_tokens=recipe.eval.max_tokens, verbatim_fields=tuple(recipe.data.verbatim_fields),
+                max_length=recipe.train.max_length, recipe=recipe.name)
+    settings = _offline_settings(info["final_model"], recipe, ExtractSection())
+    results: dict = {"machine": {"host": socket.gethostname(), "cpus": os.cpu_count(),
+                                 "gpus": envinfo.gpus(), "versions": envinfo.package_versions()},
+                     "rows": args.rows, "model": info["final_model"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        texts_path = write_texts(work / "texts.jsonl", args.rows)
+        cfg = work / "bare.json"
+        spec_json = {**spec.__dict__, "verbatim_fields": list(spec.verbatim_fields)}
+        cfg.write_text(json.dumps({"input": str(texts_path), "spec": spec_json, "settings": settings.__dict__}))
+        (work / "bare.py").write_text(BARE)
+        print("bare LLM.chat ...", flush=True)
+        bare = subprocess.run([sys.executable, str(work / "bare.py"), str(cfg)], cwd=REPO, env=env(),
+                              capture_output=True, text=True)
+        if bare.returncode != 0:
+            raise SystemExit(bare.stderr[-3000:])
+        results["bare"] = json.loads(next(line for line in bare.stdout.splitlines()
+                                          if line.startswith("RESULT "))[len("RESULT "):])
+        print("swiftpipe extract --engine offline ...", flush=True)
+        results["offline"] = swiftpipe_extract([str(texts_path), "--out", str(work / "offline"), "--model",
+                                                str(run_dir), "--no-text"])
+        results["offline_vs_bare"] = results["offline"]["rows_per_s"] / results["bare"]["rows_per_s"]
+        if not args.skip_server:
+            target = ServeTarget.for_run(recipe, which="finetuned", final_model=info["final_model"],
+                                         base=Path(info["cwd"]), run_name=info["name"], cpu=settings.cpu)
+            with VllmServer(target, work / "vllm.log", settings=recipe.serve) as server:
+                print("swiftpipe extract --engine server ...", flush=True)
+                results["server"] = swiftpipe_extract(
+                    [str(texts_path), "--out", str(work / "server"), "--model", str(run_dir), "--engine", "server",
+                     "--base-url", server.base_url, "--no-text"], {"OPENAI_API_KEY": server.api_key})
+                print("one at a time ...", flush=True)
+                texts = [r["text"] for r in jsonl.read_all(texts_path)][: args.one_at_a_time]
+                results["one_at_a_time_rows_per_s"] = one_at_a_time(server, spec, texts)
+        results["rss"] = {}
+        for size in [int(s) for s in args.rss_rows.split(",") if s.strip()]:
+            print(f"peak RSS at {size:,} rows ...", flush=True)
+            path = write_texts(work / f"rss{size}.jsonl", size)
+            s = swiftpipe_extract([str(path), "--out", str(work / f"rss{size}"), "--model", str(run_dir)],
+                                  sample_rss=True)
+            results["rss"][size] = {k: s[k] for k in ("peak_rss_mib", "peak_rss_tree_mib", "rows_per_s")}
+    print()
+    print("| what | rows/s | note |")
+    print("|---|---|---|")
+    print(f"| bare `LLM.chat` (one call) | {results['bare']['rows_per_s']:.1f} | the engine's own limit |")
+    print(f"| `swiftpipe extract --engine offline` | {results['offline']['rows_per_s']:.1f} | "
+          f"{results['offline_vs_bare']:.2f}x bare |")
+    if "server" in results:
+        print(f"| `swiftpipe extract --engine server` (1 vLLM server) | {results['server']['rows_per_s']:.1f} | "
+              f"concurrency 32 |")
+        print(f"| one row at a time (same server) | {results['one_at_a_time_rows_per_s']:.1f} | |")
+    for size, r in results["rss"].items():
+        print(f"| peak RSS, {size:,} rows | {r['rows_per_s']:.1f} | swiftpipe {r['peak_rss_mib']} MiB, "
+              f"with vLLM's processes {r['peak_rss_tree_mib']} MiB |")
+    dest = REPO / "bench" / "results" / f"extract_throughput-{socket.gethostname()}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    print(f"\nwritten: {dest.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

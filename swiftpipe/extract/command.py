@@ -1,0 +1,207 @@
+"""`swiftpipe extract`: plan (recipe, model, input, output), then run the pending chunks with the
+chosen engine and write the summary. Everything that can be wrong with the input or the output
+directory is found before a model is loaded."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from swiftpipe import console, envinfo, jsonl, procs, render
+from swiftpipe.extract import parts
+from swiftpipe.extract.engines import OfflineSettings, ServerEngine, Spec
+from swiftpipe.extract.inputs import Input, fingerprint, resolve
+from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress, Totals, check_fields, open_output
+from swiftpipe.recipe.schema import ExtractSection, Recipe
+from swiftpipe.recipe.task import system_prompt, token_counter
+
+
+def _load_recipe(path: str) -> Recipe:
+    from swiftpipe.recipe.load import load_recipe
+
+    return load_recipe(path).recipe
+
+
+def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path]:
+    """(model directory, recipe, base for the recipe's relative paths)."""
+    if model is None:
+        return None, (_load_recipe(recipe) if recipe else None), Path.cwd()
+    path = Path(model).resolve()
+    if not path.exists():
+        raise ExtractError(f"--model {model}: no such run or model directory")
+    info = jsonl.read_json(path / "run.json")
+    if info:
+        if recipe:
+            console.warn(f"--recipe {recipe} is ignored: the run directory {model} brings its own recipe")
+        if not info.get("final_model"):
+            raise ExtractError(f"{path}: the run has no final model yet (status: {info.get('status')}); finish it "
+                               f"with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
+        return info["final_model"], _load_recipe(str(path / "resolved.yaml")), Path(info.get("cwd", "."))
+    if not (path / "config.json").is_file():
+        raise ExtractError(f"--model {model}: not a run directory (no run.json) nor a model directory (no config.json); "
+                           f"pass runs/<recipe>/<run-id> or a merged model directory")
+    return str(path), (_load_recipe(recipe) if recipe else None), Path.cwd()
+
+
+def extract_command(input_spec: str, *, out: str, model: Optional[str], engine: Optional[str], base_urls: list[str],
+                    recipe: Optional[str], text_field: str, id_field: Optional[str], fmt: Optional[str], no_text: bool,
+                    retry_errors: bool, served_name: Optional[str], ray_address: Optional[str],
+                    replicas: Optional[int], chunk_rows: Optional[int], batch_size: Optional[int],
+                    concurrency: Optional[int]) -> dict:
+    model_dir, loaded, base = _model_and_recipe(model, recipe)
+    section = loaded.extract if loaded else ExtractSection()
+    given = {"engine": engine, "format": fmt, "chunk_rows": chunk_rows, "batch_size": batch_size,
+             "concurrency": concurrency, "replicas": replicas}
+    settings = ExtractSection.model_validate({**section.model_dump(), **{k: v for k, v in given.items() if v is not None}})
+    which = "server" if base_urls and engine is None and section.engine == "offline" else settings.engine
+    if which == "server" and not base_urls:
+        raise ExtractError("the server engine needs --base-url URL (an OpenAI-compatible server or the gateway)")
+    if which != "server" and base_urls:
+        raise ExtractError(f"--base-url is for --engine server; the {which} engine runs the model itself (--model)")
+    if which != "server" and model_dir is None:
+        raise ExtractError(f"the {which} engine needs --model RUN_DIR or MODEL_DIR (or use --engine server --base-url URL)")
+    if loaded is None:
+        console.warn("no recipe (--recipe, or --model RUN_DIR): requests carry no system prompt and no answer schema, "
+                     "and texts have no length limit; output rows keep the raw answer")
+    schema = loaded.data.json_schema() if loaded else None
+    spec = Spec(system_prompt=system_prompt(loaded, base) if loaded else None, schema=schema,
+                max_tokens=loaded.eval.max_tokens if loaded else 512,
+                verbatim_fields=tuple(loaded.data.verbatim_fields) if loaded else (),
+                max_length=loaded.train.max_length if loaded else None, recipe=loaded.name if loaded else None)
+    fields = list((schema or {}).get("properties") or {})
+    check_fields(fields)
+
+    files = resolve(input_spec)
+    inp = Input(files, text_field, id_field)
+    out_dir = Path(out)
+    identity = model_dir if which != "server" else (served_name or model_dir or base_urls[0])
+    manifest = {"swiftpipe_extract": MANIFEST_VERSION, "input": fingerprint(files), "text_field": text_field,
+                "id_field": id_field, "chunk_rows": settings.chunk_rows, "format": settings.format,
+                "keep_text": not no_text, "fields": fields, "model": identity, "recipe": loaded.name if loaded else None}
+    chunks = open_output(out_dir, manifest, inp, settings.chunk_rows)
+    stale = parts.clean_partial(out_dir)
+    if stale:
+        console.say(f"removed {stale} part(s) left half-written by an interrupted run")
+    job = Job(out=out_dir, input=inp, spec=spec, fmt=settings.format, keep_text=not no_text, fields=fields,
+              retry_errors=retry_errors)
+    done = parts.finished(out_dir, settings.format)
+    pending = [c for c in chunks if c.index not in done or (retry_errors and job.needs_retry(c))]
+    total_rows = sum(c.rows for c in chunks)
+    console.resume_hint(f"rerun the same `swiftpipe extract` command: the {len(done)}+ finished chunk(s) in {out_dir} "
+                        f"are kept and only the rest is extracted")
+    console.say(f"extract: {total_rows:,} rows in {len(chunks)} chunk(s) of {settings.chunk_rows}; "
+                f"{len(chunks) - len(pending)} done already, {len(pending)} to do ({which} engine)")
+    totals = Totals(chunks_skipped=len(chunks) - len(pending))
+    started = time.monotonic()
+    load_s = 0.0
+    if pending:
+        if which != "server":
+            procs.watch_descendants()  # vLLM's engine processes (and Ray's) end with this one, even on SIGKILL
+        pending_rows = sum(c.rows for c in pending) if not retry_errors else None
+        initial = total_rows - pending_rows if pending_rows is not None else 0
+        progress = Progress(total_rows if pending_rows is not None else sum(c.rows for c in pending), initial)
+        try:
+            if which == "ray":
+                load_s = _run_ray(job, model_dir, loaded, settings, pending, ray_address, totals, progress)
+            else:
+                load_s = _run_here(job, which, model_dir, loaded, settings, pending, base_urls, served_name,
+                                   totals, progress)
+        finally:
+            progress.close()
+    elapsed = time.monotonic() - started
+    summary = job.summary()
+    work_s = max(totals.work_s or elapsed - load_s, 1e-9)
+    summary.update(
+        engine=which, model=identity, recipe=loaded.name if loaded else None, input=[str(f) for f in files],
+        chunks=len(chunks), chunks_run=totals.chunks_run, chunks_skipped=totals.chunks_skipped,
+        rows_run=totals.rows, seconds=round(elapsed, 2), load_seconds=round(load_s, 2),
+        rows_per_s=round(totals.rows / work_s, 2) if totals.rows else None,
+        tokens_per_s=round((totals.prompt_tokens + totals.completion_tokens) / work_s, 1) if totals.rows else None,
+        prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
+        versions={**envinfo.package_versions(), **_extra_versions()},
+    )
+    jsonl.write_json(out_dir / "summary.json", summary)
+    console.resume_hint(None)
+    pct = f"{summary['valid_pct']}%" if summary["valid_pct"] is not None else "-"
+    speed = f", {summary['rows_per_s']} rows/s" if summary["rows_per_s"] else ""
+    console.say(f"extract: {summary['rows']:,} rows, {pct} valid, {summary['errors']:,} with an error{speed}; "
+                f"written: {out_dir} (summary.json)")
+    if summary["rows"] != total_rows:
+        raise ExtractError(f"{out_dir} has {summary['rows']} rows for {total_rows} input rows; rerun to finish it")
+    return summary
+
+
+def _extra_versions() -> dict:
+    from importlib import metadata
+
+    found: dict[str, Optional[str]] = {}
+    for name in ("ray", "pyarrow"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _offline_settings(model_dir: str, recipe: Optional[Recipe], settings: ExtractSection) -> OfflineSettings:
+    cpu = render.device_is_cpu(recipe, len(envinfo.gpus())) if recipe else not envinfo.gpus()
+    max_len = None
+    if recipe:
+        max_len = recipe.serve.max_model_len or recipe.train.max_length + recipe.eval.max_tokens
+    return OfflineSettings(model_dir=model_dir, cpu=cpu, max_model_len=max_len, batch_size=settings.batch_size,
+                           structured_outputs_backend=recipe.serve.structured_outputs_backend if recipe else "xgrammar",
+                           gpu_memory_utilization=recipe.serve.gpu_memory_utilization if recipe else 0.9,
+                           tensor_parallel_size=recipe.serve.tensor_parallel_size if recipe else 1)
+
+
+def _run_here(job: Job, which: str, model_dir: Optional[str], recipe: Optional[Recipe], settings: ExtractSection,
+              pending, base_urls: list[str], served_name: Optional[str], totals: Totals, progress: Progress) -> float:
+    loading = time.monotonic()
+    engine: object
+    if which == "offline":
+        from swiftpipe.extract.engines import OfflineEngine
+
+        assert model_dir is not None
+        console.say(f"loading {model_dir} into vLLM (offline engine)")
+        engine = OfflineEngine(_offline_settings(model_dir, recipe, settings), job.spec)
+    else:
+        key = os.environ.get("OPENAI_API_KEY", "EMPTY")
+        counter = token_counter(model_dir) if model_dir else None
+        if job.spec.max_length and counter is None:
+            console.warn("no local tokenizer (pass --model RUN_DIR|MODEL_DIR): the length limit counts characters")
+        engine = ServerEngine(base_urls, model=served_name, api_key=key, spec=job.spec,
+                              concurrency=settings.concurrency,
+                              timeout=recipe.eval.timeout if recipe else 120, count_tokens=counter)
+    load_s = time.monotonic() - loading
+    progress.restart()
+    try:
+        if hasattr(engine, "submit"):
+            job.run_pipelined(pending, engine, totals.add, progress)
+        else:
+            for chunk in pending:
+                totals.add(job.run_chunk(chunk, engine, progress))
+        totals.work_s = time.monotonic() - progress.started
+    finally:
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+    return load_s
+
+
+def _run_ray(job: Job, model_dir: Optional[str], recipe: Optional[Recipe], settings: ExtractSection, pending,
+             address: Optional[str], totals: Totals, progress: Progress) -> float:
+    from swiftpipe.extract import on_ray
+
+    assert model_dir is not None
+    offline = _offline_settings(model_dir, recipe, settings)
+    replicas = settings.replicas or (1 if offline.cpu else max(1, len(envinfo.gpus()) // offline.tensor_parallel_size))
+
+    def on_chunk(result) -> None:
+        totals.add(result)
+        progress(result.rows)
+
+    on_ray.run(job, offline, pending, address=address, replicas=replicas, on_chunk=on_chunk)
+    totals.work_s = time.monotonic() - progress.started  # the actors load their engines within this time
+    return 0.0

@@ -1,0 +1,252 @@
+"""The engines that answer extraction requests in bulk: `offline` (vLLM's in-process engine) and
+`server` (OpenAI-compatible servers through the shared client). The Ray engine runs `OfflineEngine`
+in actors (`swiftpipe.extract.on_ray`).
+
+Every engine builds its requests with `client.extraction_request` (the evaluator's and the
+gateway's): the recipe's system prompt, greedy decoding, thinking off, the answer schema as
+structured output. `run(texts)` returns one `Answer` per text, in order; a text that fails gets an
+error and never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from swiftpipe import client, console, flags
+from swiftpipe.errors import SwiftpipeError
+
+
+class EngineError(SwiftpipeError):
+    pass
+
+
+@dataclass
+class Answer:
+    raw: Optional[str] = None
+    error: Optional[str] = None
+    timed_out: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Spec:
+    """What every request carries: the task from the recipe (or nothing, for a bare model)."""
+
+    system_prompt: Optional[str]
+    schema: Optional[dict]
+    max_tokens: int
+    verbatim_fields: tuple[str, ...] = ()
+    max_length: Optional[int] = None  # tokens of input text (train.max_length)
+    recipe: Optional[str] = None
+
+    def request(self, model: str, text: str) -> dict[str, Any]:
+        return client.extraction_request(model, self.system_prompt, text, schema=self.schema,
+                                         max_tokens=self.max_tokens)
+
+
+Progress = Callable[[int], None]
+
+
+# ---------------------------------------------------------------- offline: vLLM in this process
+
+
+@dataclass
+class OfflineSettings:
+    model_dir: str
+    cpu: bool
+    max_model_len: Optional[int]  # none: the model's own
+    batch_size: int = 256  # sequences the engine runs at once (vLLM max_num_seqs)
+    structured_outputs_backend: str = "xgrammar"
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    seed: int = 0
+
+
+def offline_environment(cpu: bool) -> None:
+    """What vLLM must find in the environment before it is imported (as for `vllm serve`)."""
+    os.environ.setdefault("VLLM_PLUGINS", "")  # ms-swift's plugin needs torchvision, absent on CPU
+    if cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default check fails on small VMs
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model: a stray hub lookup fails fast
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would drown the progress
+
+
+class OfflineEngine:
+    """vLLM's `LLM` in this process. Requests are queued (`LLM.enqueue_chat`, the rendering of
+    `LLM.chat`) and the engine is stepped until a chunk's requests are done; the next chunk is
+    queued before that, so the engine never drains between chunks (`Job.run_pipelined`)."""
+
+    name = "offline"
+
+    def __init__(self, settings: OfflineSettings, spec: Spec):
+        offline_environment(settings.cpu)
+        from vllm import LLM
+
+        self.spec, self.settings = spec, settings
+        structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
+        kwargs: dict[str, Any] = {}
+        if settings.cpu:
+            structured["disable_any_whitespace"] = True  # a small model under a schema can loop on whitespace
+            kwargs["enforce_eager"] = True
+        else:
+            kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
+                          tensor_parallel_size=settings.tensor_parallel_size)
+        try:
+            self.llm = LLM(model=settings.model_dir, max_model_len=settings.max_model_len, seed=settings.seed,
+                           max_num_seqs=settings.batch_size, generation_config="vllm",
+                           structured_outputs_config=structured, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds at start-up
+            raise EngineError(f"vLLM could not load {settings.model_dir}: {type(exc).__name__}: {exc}") from None
+        self.tokenizer = self.llm.get_tokenizer()
+        self.sampling, self.chat_kwargs = self._params()
+        self._finished: dict[str, Answer] = {}  # answers of finished requests not collected yet
+
+    def _params(self):
+        """SamplingParams and chat arguments equal to what `extraction_request` asks a server for."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        request = self.spec.request("offline", "")
+        fmt = request.get("response_format")
+        structured = StructuredOutputsParams(json=fmt["json_schema"]["schema"]) if fmt else None
+        sampling = SamplingParams(temperature=request["temperature"], max_tokens=request["max_tokens"],
+                                  structured_outputs=structured)
+        return sampling, request["extra_body"]
+
+    def length(self, text: str) -> tuple[int, str]:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]), "tokens"
+
+    @staticmethod
+    def _answer(out) -> Answer:
+        done = out.outputs[0] if out.outputs else None
+        return Answer(raw=done.text if done else None, error=None if done else "no output",
+                      prompt_tokens=len(out.prompt_token_ids or []),
+                      completion_tokens=len(done.token_ids) if done else 0)
+
+    def submit(self, texts: list[str]) -> list:
+        """Queue `texts` in the engine without waiting; returns a ticket for `collect`. A text the
+        engine refuses (longer than its context, ...) gets its error here, alone."""
+        ticket: list = []
+        for text in texts:
+            try:
+                ids = self.llm.enqueue_chat([self.spec.request("offline", text)["messages"]], self.sampling,
+                                            use_tqdm=False, **self.chat_kwargs)
+                # vLLM returns its internal id ("<request id>-<8 random characters>"); outputs carry
+                # the request id (LLM's own counter, digits only).
+                ticket += [i.rsplit("-", 1)[0] for i in ids]
+            except Exception as exc:  # noqa: BLE001 - one bad row must not fail the others
+                ticket.append(Answer(error=f"engine error: {type(exc).__name__}: {exc}"))
+        return ticket
+
+    def collect(self, ticket: list, progress: Optional[Progress] = None) -> list[Answer]:
+        """Step the engine until every request of `ticket` is finished (requests queued later keep
+        the engine busy meanwhile); their answers in order."""
+        waiting = {t for t in ticket if isinstance(t, str)}
+        engine = self.llm.llm_engine
+        while waiting - self._finished.keys():
+            if not engine.has_unfinished_requests():
+                raise EngineError("vLLM lost requests: it has none unfinished but "
+                                  f"{len(waiting - self._finished.keys())} never finished")
+            for out in engine.step():
+                if out.finished:
+                    self._finished[out.request_id] = self._answer(out)
+                    if progress:
+                        progress(1)
+        return [self._finished.pop(t) if isinstance(t, str) else t for t in ticket]
+
+    def run(self, texts: list[str], progress: Optional[Progress] = None) -> list[Answer]:
+        return self.collect(self.submit(texts), progress)
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            self.llm = None  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------- server: OpenAI-compatible servers
+
+
+def served_model(base_url: str, api_key: str, timeout: float = 30) -> str:
+    """The model name to ask for: the server's only model, or the gateway's `auto` (its rollout)."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"},
+                             timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise EngineError(f"cannot reach {base_url} ({type(exc).__name__}: {exc}); is the server running? "
+                          f"Check --base-url") from None
+    if response.status_code == 401:
+        raise EngineError(f"{base_url} rejected the API key (HTTP 401); set OPENAI_API_KEY to the server's key")
+    try:
+        names = [m["id"] for m in response.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise EngineError(f"{base_url}/models did not answer a model list (HTTP {response.status_code}); "
+                          f"pass the model name with --served-name") from None
+    if len(names) == 1:
+        return names[0]
+    if "auto" in names:
+        console.say(f"{base_url} is a swiftpipe gateway: asking for 'auto' (its rollout); pin a version with "
+                    f"--served-name ({', '.join(n for n in names if n != 'auto')})")
+        return "auto"
+    raise EngineError(f"{base_url} serves {len(names)} models ({', '.join(names) or 'none'}); choose one "
+                      f"with --served-name")
+
+
+class ServerEngine:
+    """One or more OpenAI-compatible servers of the same model, `concurrency` requests in flight,
+    with the shared client's retries and backoff."""
+
+    name = "server"
+
+    def __init__(self, base_urls: list[str], *, model: Optional[str], api_key: str, spec: Spec, concurrency: int,
+                 timeout: float, count_tokens: Optional[Callable[[str], int]]):
+        self.spec, self.concurrency, self.count_tokens = spec, concurrency, count_tokens
+        name = model or served_model(base_urls[0], api_key)
+        self.endpoints = [client.Endpoint(url, name, api_key, timeout=timeout) for url in base_urls]
+        self.loop = asyncio.new_event_loop()
+        self.apis = [client.async_client(e) for e in self.endpoints]
+        self.sent = 0
+
+    def length(self, text: str) -> tuple[int, str]:
+        if self.count_tokens is not None:
+            return self.count_tokens(text), "tokens"
+        return len(text), "characters"
+
+    async def _run(self, texts: list[str], progress: Optional[Progress]) -> list[Answer]:
+        answers: list[Answer] = [Answer() for _ in texts]
+
+        async def ask(i: int) -> None:
+            which = (self.sent + i) % len(self.endpoints)
+            endpoint = self.endpoints[which]
+            done = await client.chat(self.apis[which], self.spec.request(endpoint.model, texts[i]), endpoint)
+            timed_out = bool(done.error and "Timeout" in done.error)
+            answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}", timed_out=timed_out,
+                                prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens)
+            if progress:
+                progress(1)
+
+        await client.for_each_concurrently(range(len(texts)), ask, self.concurrency)
+        self.sent += len(texts)
+        return answers
+
+    def run(self, texts: list[str], progress: Optional[Progress] = None) -> list[Answer]:
+        return self.loop.run_until_complete(self._run(texts, progress))
+
+    def close(self) -> None:
+        for api in self.apis:
+            self.loop.run_until_complete(api.close())
+        self.loop.close()
+
+
+def upstream_flag(answer: Answer) -> str:
+    return flags.TIMEOUT if answer.timed_out else flags.UPSTREAM_ERROR

@@ -1,0 +1,331 @@
+"""One batch extraction into an output directory: the chunks, what is done, what is left, the
+per-row results and the summary. Engine-independent: the offline loop, the server loop and each
+Ray actor call `Job.run_chunk` for a chunk.
+
+OUT holds:
+- `manifest.json`: the input (paths, sizes, mtimes), the columns, the chunking, the format and the
+  model; a rerun with other settings is refused instead of mixing two extractions;
+- `chunks.jsonl`: where each chunk starts in the input (see `inputs`);
+- `part-NNNNNN.parquet|jsonl`: a finished chunk (see `parts`);
+- `summary.json`: rows, valid %, flag and error counts, speed, versions.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from swiftpipe import console, flags, jsonl
+from swiftpipe.errors import SwiftpipeError
+from swiftpipe.extract import parts
+from swiftpipe.extract.engines import Answer, Spec, upstream_flag
+from swiftpipe.extract.inputs import Chunk, Input, InputError, Row
+
+MANIFEST_VERSION = 1
+# Settings that must stay the same for a rerun to continue an output directory.
+RESUME_KEYS = ("input", "text_field", "id_field", "chunk_rows", "format", "keep_text", "fields", "model")
+
+
+class ExtractError(SwiftpipeError):
+    pass
+
+
+def error_kind(error: str) -> str:
+    """A short name for a row's error, for the summary's counts."""
+    for prefix, kind in (("text is empty", "empty_text"), ("server error", "server_error"),
+                         ("engine error", "engine_error"), ("the answer is not JSON", flags.INVALID_JSON),
+                         ("the answer does not fit", flags.SCHEMA_VIOLATION)):
+        if error.startswith(prefix):
+            return kind
+    if "accepts at most" in error:
+        return "too_long"
+    if "not text" in error:
+        return "not_text"
+    return "other"
+
+
+@dataclass
+class ChunkResult:
+    chunk: int
+    rows: int = 0  # rows sent through the engine or refused this time
+    skipped: bool = False
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Prepared:
+    """A chunk read and checked: the rows to answer (`todo`) and those already decided (`out`)."""
+
+    chunk: Chunk
+    rows: list[Row]
+    out: list[Optional[dict]]
+    todo: list[int]
+    old: Optional[list[dict]]  # the finished part's rows, when only its errors are redone
+
+
+@dataclass
+class Job:
+    out: Path
+    input: Input
+    spec: Spec
+    fmt: str
+    keep_text: bool
+    fields: list[str]
+    retry_errors: bool = False
+
+    # ------------------------------------------------------------ one chunk
+
+    def _row(self, row: Row, *, answer: Optional[Answer] = None, error: Optional[str] = None) -> dict:
+        out: dict[str, Any] = {"id": row.id}
+        if self.keep_text:
+            out["text"] = row.text if isinstance(row.text, str) else None
+        values: dict = {}
+        valid, row_flags, raw = False, [], None
+        if answer is not None and error is None:
+            if answer.error:
+                error, row_flags = answer.error, [upstream_flag(answer)]
+            else:
+                checked = flags.check(row.text, answer.raw, schema=self.spec.schema,
+                                      verbatim_fields=self.spec.verbatim_fields)
+                valid, row_flags = checked.valid, checked.flags
+                values = checked.fields if isinstance(checked.fields, dict) else {}
+                if checked.fields is None:
+                    error = "the answer is not JSON"
+                elif not checked.valid:
+                    error = "the answer does not fit the schema: " + "; ".join(checked.problems[:3])
+                raw = answer.raw if (not valid or not self.fields) else None
+        for name in self.fields:
+            out[name] = parts.cell(values.get(name))
+        out.update(valid=valid, flags=row_flags, error=error, raw=raw)
+        return out
+
+    def _problems(self, rows: list[Row], engine) -> tuple[list[Optional[dict]], list[int]]:
+        """Rows that cannot be sent (empty, not text, too long) become error rows at once; the
+        indexes of the others are returned to be answered."""
+        out: list[Optional[dict]] = [None] * len(rows)
+        todo = []
+        for i, row in enumerate(rows):
+            if not isinstance(row.text, str):
+                problem: Optional[str] = (f"'{self.input.text_field}' is {type(row.text).__name__}, not text "
+                                          f"({row.where})")
+            else:
+                problem = flags.input_problem(row.text, max_length=self.spec.max_length, length=engine.length,
+                                              who="the model", source=f"train.max_length of recipe '{self.spec.recipe}'")
+            if problem:
+                out[i] = self._row(row, error=problem)
+            else:
+                todo.append(i)
+        return out, todo
+
+    def prepare(self, chunk: Chunk, engine) -> Optional[Prepared]:
+        """What a chunk needs answered, or None when its part is finished (and nothing is retried)."""
+        path = self.part(chunk)
+        old = None
+        if path.exists():
+            if not self.retry_errors:
+                return None
+            old = parts.read(path)
+            again = {r["id"] for r in old if r["error"]}
+            if not again:
+                return None
+            rows = [r for r in self.input.read_chunk(chunk) if r.id in again]  # joined by id
+        else:
+            rows = self.input.read_chunk(chunk)
+        out, todo = self._problems(rows, engine)
+        return Prepared(chunk, rows, out, todo, old)
+
+    def finish(self, p: Prepared, answers: list[Answer]) -> ChunkResult:
+        """Turn the answers into rows and write the chunk's part (atomically)."""
+        result = ChunkResult(chunk=p.chunk.index, rows=len(p.rows))
+        for i, answer in zip(p.todo, answers):
+            p.out[i] = self._row(p.rows[i], answer=answer)
+            result.prompt_tokens += answer.prompt_tokens
+            result.completion_tokens += answer.completion_tokens
+        new = [r for r in p.out if r is not None]
+        result.errors = sum(1 for r in new if r["error"])
+        if p.old is not None:
+            by_id = {r["id"]: r for r in new}
+            new = [by_id.get(r["id"], r) for r in p.old]
+        parts.write(self.part(p.chunk), new, fmt=self.fmt, fields=self.fields, keep_text=self.keep_text)
+        return result
+
+    def part(self, chunk: Chunk) -> Path:
+        return parts.part_path(self.out, chunk.index, self.fmt)
+
+    def needs_retry(self, chunk: Chunk) -> bool:
+        return any(r["error"] for r in parts.read(self.part(chunk), ["error"]))
+
+    def run_chunk(self, chunk: Chunk, engine, progress: Optional[Callable[[int], None]] = None) -> ChunkResult:
+        """Extract one chunk into its part; a finished part is kept (with retry_errors: only its rows
+        with an error are redone, and joined back by id)."""
+        p = self.prepare(chunk, engine)
+        if p is None:
+            return ChunkResult(chunk=chunk.index, skipped=True)
+        if progress and len(p.todo) < len(p.rows):
+            progress(len(p.rows) - len(p.todo))
+        answers = engine.run([p.rows[i].text for i in p.todo], progress) if p.todo else []
+        return self.finish(p, answers)
+
+    def run_pipelined(self, chunks: list[Chunk], engine, on_result: Callable[[ChunkResult], None],
+                      progress: Optional[Callable[[int], None]] = None) -> None:
+        """Like run_chunk over `chunks`, with the next chunk queued in the engine while the current
+        one finishes: the engine never drains between chunks (for engines with submit/collect)."""
+        queue: collections.deque = collections.deque()
+
+        def finish_first() -> None:
+            p, ticket = queue.popleft()
+            on_result(self.finish(p, engine.collect(ticket, progress)))
+
+        for chunk in chunks:
+            p = self.prepare(chunk, engine)
+            if p is None:
+                on_result(ChunkResult(chunk=chunk.index, skipped=True))
+                continue
+            if progress and len(p.todo) < len(p.rows):
+                progress(len(p.rows) - len(p.todo))
+            queue.append((p, engine.submit([p.rows[i].text for i in p.todo])))
+            if len(queue) > 1:
+                finish_first()
+        while queue:
+            finish_first()
+
+    # ------------------------------------------------------------ the whole output
+
+    def summary(self) -> dict:
+        """Counts over every finished part (read one at a time, three columns each)."""
+        rows = valid = errors = 0
+        flag_counts: collections.Counter = collections.Counter()
+        error_counts: collections.Counter = collections.Counter()
+        chunks = 0
+        for _, part_rows in parts.iter_rows(self.out, self.fmt, ["valid", "flags", "error"]):
+            chunks += 1
+            for r in part_rows:
+                rows += 1
+                valid += bool(r["valid"])
+                flag_counts.update(r["flags"] or [])
+                if r["error"]:
+                    errors += 1
+                    error_counts[error_kind(r["error"])] += 1
+        return {"rows": rows, "valid": valid, "valid_pct": round(100 * valid / rows, 2) if rows else None,
+                "errors": errors, "errors_by_kind": dict(error_counts.most_common()),
+                "flags": dict(sorted(flag_counts.items())), "finished_chunks": chunks}
+
+
+# ---------------------------------------------------------------- manifest and index
+
+
+def open_output(out: Path, manifest: dict, inp: Input, chunk_rows: int) -> list[Chunk]:
+    """Create OUT or check that it continues the same extraction; returns the chunks."""
+    stored = jsonl.read_json(out / "manifest.json") if out.is_dir() else None
+    index_path = out / "chunks.jsonl"
+    if stored is not None:
+        changed = [k for k in RESUME_KEYS if stored.get(k) != manifest.get(k)]
+        if changed:
+            lines = []
+            for k in changed:
+                was, now = stored.get(k), manifest.get(k)
+                if k == "input":
+                    was, now = _describe_input(was), _describe_input(now)
+                lines.append(f"  {k}: was {was}, now {now}")
+            raise ExtractError(f"{out} holds another extraction; these settings differ:\n" + "\n".join(lines)
+                               + f"\nRerun with the settings it was started with to continue it, or extract into a "
+                                 f"new --out (or delete {out})")
+        if index_path.exists():
+            try:
+                return [Chunk.from_json(c) for c in jsonl.read_all(index_path)]
+            except (jsonl.JsonlError, KeyError, TypeError):
+                pass  # rebuilt below
+    elif out.is_dir() and any(out.iterdir()):
+        raise ExtractError(f"{out} is not empty and is not a `swiftpipe extract` output; choose a new or empty --out")
+    elif out.exists():
+        raise ExtractError(f"--out {out} is a file; name a directory")
+    chunks = inp.index(chunk_rows)  # every input problem is reported before OUT is created
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {**manifest, "chunks": len(chunks), "rows": sum(c.rows for c in chunks)}
+    jsonl.write_json(out / "manifest.json", manifest)  # first: a kill in between leaves a rebuildable index
+    jsonl.write_lines(index_path, (c.to_json() for c in chunks))
+    return chunks
+
+
+def _describe_input(files: Any) -> str:
+    if not isinstance(files, list):
+        return str(files)
+    return "; ".join(f"{f.get('path')} ({f.get('size')} bytes)" for f in files[:3]) + (" ..." if len(files) > 3 else "")
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """A tqdm bar (rows/s, ETA) on a terminal; a line every `every` seconds otherwise (logs)."""
+
+    def __init__(self, total: int, initial: int, *, every: float = 10.0):
+        self.total, self.count, self.every = total, initial, every
+        self.started = self.last = time.monotonic()
+        self.start_count = initial
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="extract", unit="row", dynamic_ncols=True)
+
+    def restart(self) -> None:
+        """Count speed from now (the engine is loaded)."""
+        self.started = self.last = time.monotonic()
+        self.start_count = self.count
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            console.say(self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = (self.count - self.start_count) / elapsed
+        left = self.total - self.count
+        eta = f", ETA {left / rate:.0f}s" if rate > 0 and left > 0 else ""
+        pct = 100 * self.count / self.total if self.total else 100
+        return f"extract: {self.count:,}/{self.total:,} rows ({pct:.0f}%), {rate:.1f} rows/s{eta}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class Totals:
+    rows: int = 0
+    chunks_run: int = 0
+    chunks_skipped: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    work_s: float = 0.0  # from the engine being ready to the last chunk written
+
+    def add(self, r: ChunkResult) -> None:
+        if r.skipped:
+            self.chunks_skipped += 1
+            return
+        self.chunks_run += 1
+        self.rows += r.rows
+        self.errors += r.errors
+        self.prompt_tokens += r.prompt_tokens
+        self.completion_tokens += r.completion_tokens
+
+
+def check_fields(fields: list[str]) -> None:
+    clash = [f for f in fields if f in parts.FIXED]
+    if clash:
+        raise InputError(f"the answer schema has field(s) named {', '.join(clash)}, which are output columns of "
+                         f"`swiftpipe extract` ({', '.join(parts.FIXED)}); rename them in data.output_schema")
