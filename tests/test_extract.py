@@ -198,3 +198,12 @@ def test_watcher_stops_what_a_killed_process_started(tmp_path):
     finally:
         if _stat(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_cli_unwritable_out_is_a_message_not_a_traceback(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    done = run_cli(str(src), "--out", str(blocker / "out"), *NO_SERVER)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and f"{blocker / 'out'}: Not a directory" in done.stderr

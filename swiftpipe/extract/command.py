@@ -45,7 +45,16 @@ def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Opti
     return str(path), (_load_recipe(recipe) if recipe else None), Path.cwd()
 
 
-def extract_command(input_spec: str, *, out: str, model: Optional[str], engine: Optional[str], base_urls: list[str],
+def extract_command(input_spec: str, *, out: str, **options) -> dict:
+    try:
+        return _extract(input_spec, out=out, **options)
+    except OSError as exc:  # OUT not writable, a full disk, a file gone meanwhile: what, where, no traceback
+        where = exc.filename or out
+        raise ExtractError(f"{where}: {exc.strerror or exc}; finished parts in {out} are kept: fix this and rerun "
+                           f"the same command") from None
+
+
+def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optional[str], base_urls: list[str],
                     recipe: Optional[str], text_field: str, id_field: Optional[str], fmt: Optional[str], no_text: bool,
                     retry_errors: bool, served_name: Optional[str], ray_address: Optional[str],
                     replicas: Optional[int], chunk_rows: Optional[int], batch_size: Optional[int],

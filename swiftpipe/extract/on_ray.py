@@ -64,10 +64,16 @@ def run(job: Job, settings: OfflineSettings, pending: list[Chunk], *, address: O
         ds = items.map_batches(ChunkWorker, fn_constructor_kwargs={"job": job, "settings": settings, "chunks": chunks},
                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=replicas), num_cpus=1,
                             num_gpus=0 if settings.cpu else settings.tensor_parallel_size)
-        for row in ds.iter_rows():
-            on_chunk(ChunkResult(chunk=int(row["chunk"]), rows=int(row["rows"]), skipped=bool(row["skipped"]),
-                                 errors=int(row["errors"]), prompt_tokens=int(row["prompt_tokens"]),
-                                 completion_tokens=int(row["completion_tokens"])))
+        try:
+            for row in ds.iter_rows():
+                on_chunk(ChunkResult(chunk=int(row["chunk"]), rows=int(row["rows"]), skipped=bool(row["skipped"]),
+                                     errors=int(row["errors"]), prompt_tokens=int(row["prompt_tokens"]),
+                                     completion_tokens=int(row["completion_tokens"])))
+        except ray.exceptions.RayError as exc:  # an actor failed: say its own error, not Ray's traceback
+            cause = getattr(exc, "cause", None) or exc
+            lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+            raise RayError(f"a Ray actor failed: {lines[-1] if lines else type(cause).__name__}; finished parts "
+                           f"are kept, rerun to continue; actor logs: {_log_dir(ray)}") from None
     finally:
         if started_here:
             ray.shutdown()

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -274,7 +275,7 @@ def test_https_and_weights_checked_before_start(tmp_path, scripted):
                  "--ssl-keyfile", str(key), scheme="https")
     try:
         assert "https://127.0.0.1" in gw.output()
-        response = gw.post("/v1/extract", {"text": "张三"}, verify=str(cert))
+        response = gw.post("/v1/extract", {"text": "张三"}, verify=ssl.create_default_context(cafile=str(cert)))
         assert response.status_code == 200 and response.json()["valid"]
         with pytest.raises(httpx.HTTPError):
             httpx.post(gw.url.replace("https", "http") + "/v1/extract", json={"text": "a"}, timeout=5)
