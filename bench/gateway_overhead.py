@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from swiftpipe import client, messages, procs  # noqa: E402
 from swiftpipe.recipe.load import load_recipe  # noqa: E402
+from swiftpipe.stats import percentile  # noqa: E402
 from swiftpipe.tasks import ADDRESS_SYSTEM_PROMPT  # noqa: E402
 from swiftpipe.vllm_server import free_port  # noqa: E402
 
@@ -83,16 +84,6 @@ class Outcome:
     @property
     def sent(self) -> int:
         return sum(self.statuses.values()) + sum(self.errors.values())
-
-
-def percentile(values: list[float], pct: float) -> Optional[float]:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def rounded(value: Optional[float], digits: int = 2) -> Optional[float]:
@@ -144,8 +135,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
         "requests": out.sent,
         "wall_s": round(out.wall_s, 3),
         "requests_per_s": round(out.sent / out.wall_s, 1) if out.wall_s else None,
-        "latency_ms": {"p50": rounded(percentile(out.latencies_ms, 50)), "p95": rounded(percentile(out.latencies_ms, 95)),
-                       "p99": rounded(percentile(out.latencies_ms, 99)),
+        "latency_ms": {"p50": rounded(percentile(out.latencies_ms, 0.5)), "p95": rounded(percentile(out.latencies_ms, 0.95)),
+                       "p99": rounded(percentile(out.latencies_ms, 0.99)),
                        "mean": rounded(statistics.fmean(out.latencies_ms)) if out.latencies_ms else None},
         "status": {str(k): v for k, v in sorted(out.statuses.items())},
         "non_200": answered - out.statuses.get(200, 0),
@@ -220,7 +211,7 @@ def db_check(db: Path, modes: dict[str, Mode], passes: list[tuple[str, bool, Out
     for name in ("gateway-chat", "gateway-extract"):
         measured = {i for n, warm, out in passes if n == name and not warm for i in out.ids}
         values = [by_id[i][3] for i in measured if i in by_id and by_id[i][3] is not None]
-        logged_latency[name] = {"p50": rounded(percentile(values, 50)), "p95": rounded(percentile(values, 95))}
+        logged_latency[name] = {"p50": rounded(percentile(values, 0.5)), "p95": rounded(percentile(values, 0.95))}
     return {
         "gateway_requests_sent": total_sent,
         "rows": len(rows),

@@ -25,9 +25,11 @@ from swiftpipe import console, envinfo, hub, jsonl, messages, procs, render, run
 from swiftpipe.console import say as echo
 from swiftpipe.errors import RecipeError, StageFailed, SwiftpipeError
 from swiftpipe.jsonl import read_json, write_atomic, write_json
+from swiftpipe.recipe.derived import absolute, device_is_cpu
 from swiftpipe.recipe.load import LoadedRecipe, resolved_yaml
 from swiftpipe.recipe.schema import Recipe
 from swiftpipe.rundir import STAGES, RunDir, new_run_id
+from swiftpipe.shell import Command
 
 # Recipe keys that legitimately differ between the machines of one multi-node run sharing
 # output.root: they do not make a different recipe.
@@ -44,7 +46,7 @@ class RunPlan:
     run_id: str
     base: Path  # relative recipe paths are resolved against this (the working directory)
     gpu_count: int
-    commands: list[render.Command] = field(default_factory=list)
+    commands: list[Command] = field(default_factory=list)
     allow_cpu: bool = False
 
     def resume_command(self) -> str:
@@ -64,7 +66,7 @@ def plan(loaded: LoadedRecipe, *, run_id: Optional[str], base: Path, allow_cpu: 
     run_id = run_id or new_run_id()
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise RecipeError(f"--run-id {run_id!r}: use a plain name such as 20261122-101500")
-    root = Path(render.absolute(recipe.output.root, base))
+    root = Path(absolute(recipe.output.root, base))
     run = RunDir(root / loaded.name / run_id)
     gpu_count = len(envinfo.gpus())
     commands = render.render_all(recipe, run.path, base=base, gpu_count=gpu_count)
@@ -129,7 +131,7 @@ def input_problems(p: RunPlan) -> list[str]:
     a CPU-only machine."""
     recipe, problems = p.loaded.recipe, []
     for key, value in data_inputs(recipe):
-        path = Path(render.absolute(value, p.base))
+        path = Path(absolute(value, p.base))
         if key == "data.test" and not evaluates(recipe):
             # Not read by this run: only its presence is checked, as the recipe names it.
             problems += [f"{key}: file not found: {path}"] if not path.is_file() else []
@@ -138,7 +140,7 @@ def input_problems(p: RunPlan) -> list[str]:
         # the gold JSON the evaluation scores against.
         json_answer = key == "data.test" or bool(recipe.data.output_schema)
         problems += data_file_problems(key, path, json_answer=json_answer)
-    model_dir = Path(render.absolute(recipe.model.id, p.base))
+    model_dir = Path(absolute(recipe.model.id, p.base))
     if recipe.offline and not recipe.model.is_local:
         problems.append(
             f"model.id: '{recipe.model.id}' is a hub id, but offline is set; download it where there is "
@@ -309,7 +311,7 @@ def last_checkpoint_from_log(train_dir: Path) -> str:
 def stage_model(p: RunPlan) -> dict:
     from swiftpipe.tiny_model import build_tiny_model  # torch: only when this stage runs
 
-    model_dir = Path(render.absolute(p.loaded.recipe.model.id, p.base))
+    model_dir = Path(absolute(p.loaded.recipe.model.id, p.base))
     if (model_dir / "config.json").is_file():
         echo(f"  tiny model already at {model_dir}")
     else:
@@ -377,10 +379,10 @@ def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
     out = p.run.path / "eval" / which
     if fresh and out.exists():
         shutil.rmtree(out)
-    rows = evaluate.read_test_rows(Path(render.absolute(recipe.data.test or "", p.base)), recipe.data.system_prompt)
+    rows = evaluate.read_test_rows(Path(absolute(recipe.data.test or "", p.base)), recipe.data.system_prompt)
     schema = recipe.data.json_schema() or scoring.schema_from_gold(rows)
     target = ServeTarget.for_run(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
-                                 run_name=p.loaded.name, cpu=render.device_is_cpu(recipe, p.gpu_count))
+                                 run_name=p.loaded.name, cpu=device_is_cpu(recipe, p.gpu_count))
     log = p.run.log("eval" if which == "finetuned" else "eval-base")
     echo(f"  starting vLLM for {target.model_dir} (log: {log})")
     with VllmServer(target, log, settings=recipe.serve) as server:

@@ -6,16 +6,14 @@ metadata so flag names follow it (3.x `--train_type`, 4.x `--tuner_type`); 4.x w
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe.errors import RecipeError
+from swiftpipe.recipe.derived import absolute, device_is_cpu, model_ref, visible_devices
 from swiftpipe.recipe.schema import Recipe
+from swiftpipe.shell import Command, cli_flags
 
 # The export command reads the checkpoint that sft reports in the summary line of logging.jsonl,
 # so commands.sh is re-runnable as a script, the same way the runner finds it.
@@ -23,30 +21,6 @@ LAST_CHECKPOINT_SNIPPET = (
     "import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])"
     "['last_model_checkpoint'])"
 )
-
-
-@dataclass
-class Command:
-    stage: str
-    argv: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    prelude: list[str] = field(default_factory=list)  # shell lines run before, in commands.sh
-    skip_if_exists: Optional[str] = None  # the command is skipped when this path exists
-
-    def shell(self) -> str:
-        """One shell line: `VAR=value ... argv`, each piece quoted."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-        line = f"{env} {' '.join(_quote_arg(a) for a in self.argv)}".strip()
-        if self.skip_if_exists:
-            line = f"[ -e {shlex.quote(self.skip_if_exists)} ] || {line}"
-        return "\n".join(self.prelude + [line])
-
-
-def _quote_arg(arg: str) -> str:
-    # Leave "$LAST_CHECKPOINT"-style references expandable in the shell script.
-    if arg.startswith('"$') and arg.endswith('"'):
-        return arg
-    return shlex.quote(arg)
 
 
 def swift_version() -> Optional[str]:
@@ -63,62 +37,6 @@ def swift_major(version: Optional[str]) -> int:
         return int(version.split(".")[0])
     except ValueError:
         return 4
-
-
-def _flag_value(value: Any) -> list[str]:
-    if isinstance(value, bool):
-        return ["true" if value else "false"]
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    if isinstance(value, dict):
-        return [json.dumps(value, ensure_ascii=False)]
-    return [str(value)]
-
-
-def cli_flags(pairs: dict[str, Any]) -> list[str]:
-    argv: list[str] = []
-    for name, value in pairs.items():
-        if value is None:
-            continue
-        argv += [f"--{name}", *_flag_value(value)]
-    return argv
-
-
-def absolute(path: str, base: Path) -> str:
-    p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def model_ref(recipe: Recipe, base: Path) -> str:
-    return absolute(recipe.model.id, base) if recipe.model.is_local else recipe.model.id
-
-
-def device_is_cpu(recipe: Recipe, gpu_count: Optional[int]) -> bool:
-    if recipe.hardware.device == "cpu":
-        return True
-    if recipe.hardware.device == "cuda":
-        return False
-    return not gpu_count
-
-
-def visible_devices(gpus: list[int]) -> str:
-    """CUDA_VISIBLE_DEVICES for the recipe's `hardware.gpus` indices.
-
-    When CUDA_VISIBLE_DEVICES is already set (a scheduler's GPU UUIDs or MIG ids, say), the
-    indices pick from that list, as CUDA numbers the visible devices: `gpus: [0]` with
-    CUDA_VISIBLE_DEVICES=GPU-8f3c... keeps GPU-8f3c..., never the machine's physical GPU 0.
-    """
-    outer = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if outer is None:
-        return ",".join(str(g) for g in gpus)
-    entries = [e.strip() for e in outer.split(",") if e.strip()]
-    missing = [g for g in gpus if g >= len(entries)]
-    if missing:
-        raise RecipeError(
-            f"hardware.gpus {gpus}: index {missing[0]} is out of range: CUDA_VISIBLE_DEVICES={outer!r} makes "
-            f"{len(entries)} device(s) visible, numbered from 0; set hardware.gpus to indices into that list"
-        )
-    return ",".join(entries[g] for g in gpus)
 
 
 def stage_env(recipe: Recipe, *, cpu: bool, distributed: bool) -> dict[str, str]:

@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 
 from swiftpipe import ner
 from swiftpipe.messages import Example
+from swiftpipe.stats import percentile
 
 
 def _json_type(value: Any) -> str:
@@ -49,15 +50,6 @@ def score(gold: Any, prediction: Any) -> tuple[bool, dict[str, bool]]:
         pred = prediction if isinstance(prediction, dict) else {}
         fields = {k: k in pred and pred[k] == v for k, v in gold.items()}
     return gold == prediction, fields
-
-
-def percentile(values: list[float], q: float) -> Optional[float]:
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None, sent: int = 0,

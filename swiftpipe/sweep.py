@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console, procs, render
+from swiftpipe import console, procs
 from swiftpipe.errors import RecipeError, SwiftpipeError
 from swiftpipe.jsonl import read_json, write_json
+from swiftpipe.recipe.derived import absolute
 
 
 def split_values(text: str) -> list[str]:
@@ -102,7 +103,7 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
     if problems or loaded is None:
         raise RecipeError("sweep points that are not valid recipes:\n" + "\n".join(problems))
     # Root and name as the points see them (a fixed axis such as output.root=... applies to all).
-    root = Path(render.absolute(loaded.recipe.output.root, Path.cwd())) / loaded.name
+    root = Path(absolute(loaded.recipe.output.root, Path.cwd())) / loaded.name
     sweep_id = sweep_id or time.strftime("sweep-%Y%m%d-%H%M%S")
     state_path = root / "sweeps" / f"{sweep_id}.json"
     state = read_json(state_path) or {"recipe": recipe_path, "axes": axes_specs, "points": {}}

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import procs, render
+from swiftpipe import procs
 from swiftpipe.errors import SwiftpipeError
+from swiftpipe.recipe.derived import context_length, model_ref, visible_devices
 from swiftpipe.recipe.schema import Recipe, ServeSection
-from swiftpipe.render import Command, cli_flags
+from swiftpipe.shell import Command, cli_flags
 
 
 class ServerError(SwiftpipeError):
@@ -45,7 +46,7 @@ class ServeTarget:
     def from_recipe(cls, recipe: Recipe, model_dir: str, *, served_name: str, cpu: bool,
                     hub: Optional[str] = None) -> "ServeTarget":
         return cls(model_dir=model_dir, served_name=served_name, cpu=cpu, gpus=recipe.hardware.gpus, hub=hub,
-                   max_model_len=recipe.serve.max_model_len or recipe.train.max_length + recipe.eval.max_tokens)
+                   max_model_len=context_length(recipe))
 
     @classmethod
     def for_run(cls, recipe: Recipe, *, which: str, final_model: Optional[str], base: Path, run_name: str,
@@ -58,7 +59,7 @@ class ServeTarget:
                 raise ServerError(f"the run has no final model yet; finish its training first (recipe {run_name})")
             return cls.from_recipe(recipe, final_model, served_name=name, cpu=cpu)
         hub = None if recipe.model.is_local else recipe.model.hub
-        return cls.from_recipe(recipe, render.model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)
+        return cls.from_recipe(recipe, model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -115,7 +116,7 @@ def render_serve(target: ServeTarget, settings: ServeSection, port: int) -> Comm
         if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the default check fails on small VMs
     elif target.gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = render.visible_devices(target.gpus)
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices(target.gpus)
     if target.hub == "modelscope":
         env["VLLM_USE_MODELSCOPE"] = "True"
     elif target.hub is None:

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swiftpipe import compare, pipeline, render, sweep
+from swiftpipe import compare, pipeline, sweep
 from swiftpipe import leaderboard as runs
 from swiftpipe.errors import RecipeError
+from swiftpipe.recipe import derived
 from swiftpipe.recipe.load import load_recipe
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
@@ -90,7 +91,7 @@ def test_unknown_cuda_device_entries_count_as_no_gpu(fake_gpu_machine, monkeypat
     assert envinfo.gpus() == ["NVIDIA H100 80GB HBM3, 81559 MiB"]  # CUDA stops at the first unknown entry
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", UUID)
     with pytest.raises(RecipeError, match="index 1 is out of range"):
-        render.visible_devices([1])
+        derived.visible_devices([1])
 
 
 def _run_dir(root: Path, name: str, output_root: str) -> Path:

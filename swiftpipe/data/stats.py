@@ -9,6 +9,7 @@ from typing import Optional
 from swiftpipe import jsonl, messages
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.messages import Example
+from swiftpipe.stats import percentile
 
 
 class DataError(SwiftpipeError):
@@ -20,11 +21,6 @@ def read_rows(path: Path) -> tuple[list[Example], list[str]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     return messages.scan(path, json_answer=False)
-
-
-def percentile(values: list[int], q: float) -> int:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else 0
 
 
 def suggest_max_length(total_lengths: list[int]) -> int:
@@ -61,7 +57,7 @@ def histogram_png(prompts: list[int], answers: list[int], out: Path, title: str)
                                 ("prompt", "answer", "prompt + answer")):
         ax.hist(values, bins=40, color="#4477aa")
         ax.set_title(f"{name} tokens")
-        ax.axvline(percentile(values, 0.99), color="#cc3311", linestyle="--", label="p99")
+        ax.axvline(percentile(values, 0.99) or 0, color="#cc3311", linestyle="--", label="p99")
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -70,8 +66,8 @@ def histogram_png(prompts: list[int], answers: list[int], out: Path, title: str)
 
 
 def describe(values: list[int]) -> dict:
-    return {"min": min(values), "p50": percentile(values, 0.5), "p95": percentile(values, 0.95),
-            "p99": percentile(values, 0.99), "max": max(values), "mean": round(sum(values) / len(values), 1)}
+    q = {name: round(percentile(values, level) or 0, 1) for name, level in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+    return {"min": min(values), **q, "max": max(values), "mean": round(sum(values) / len(values), 1)}
 
 
 def stats(path: Path, model: Optional[str], png: Optional[Path]) -> dict:

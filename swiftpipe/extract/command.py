@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console, envinfo, jsonl, procs, render
+from swiftpipe import console, envinfo, jsonl, procs
 from swiftpipe.extract import parts
 from swiftpipe.extract.engines import OfflineSettings, ServerEngine, Spec
 from swiftpipe.extract.inputs import Input, fingerprint, resolve
 from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress, Totals, check_fields, open_output
+from swiftpipe.recipe.derived import context_length, device_is_cpu
 from swiftpipe.recipe.schema import ExtractSection, Recipe
 from swiftpipe.recipe.task import system_prompt, token_counter
 
@@ -155,10 +156,8 @@ def _extra_versions() -> dict:
 
 
 def _offline_settings(model_dir: str, recipe: Optional[Recipe], settings: ExtractSection) -> OfflineSettings:
-    cpu = render.device_is_cpu(recipe, len(envinfo.gpus())) if recipe else not envinfo.gpus()
-    max_len = None
-    if recipe:
-        max_len = recipe.serve.max_model_len or recipe.train.max_length + recipe.eval.max_tokens
+    cpu = device_is_cpu(recipe, len(envinfo.gpus())) if recipe else not envinfo.gpus()
+    max_len = context_length(recipe) if recipe else None
     return OfflineSettings(model_dir=model_dir, cpu=cpu, max_model_len=max_len, batch_size=settings.batch_size,
                            structured_outputs_backend=recipe.serve.structured_outputs_backend if recipe else "xgrammar",
                            gpu_memory_utilization=recipe.serve.gpu_memory_utilization if recipe else 0.9,

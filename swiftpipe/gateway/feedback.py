@@ -14,7 +14,7 @@ import time
 from typing import Any, Optional
 
 from swiftpipe import flags
-from swiftpipe.scoring import percentile
+from swiftpipe.stats import percentile
 
 
 class FeedbackError(Exception):

@@ -80,7 +80,7 @@ def versions_of(db: str) -> list[str]:
 def version_table(frame, names: list[str]) -> list[dict[str, Any]]:
     """Per version: requests, share answered, invalid-JSON rate, flagged rate, each flag's rate,
     latency p50/p95 (of answered requests)."""
-    from swiftpipe.scoring import percentile
+    from swiftpipe.stats import percentile
 
     rows = []
     for name in names:

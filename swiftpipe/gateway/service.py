@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from swiftpipe import console, envinfo, jsonl, procs, render
+from swiftpipe import console, envinfo, jsonl, procs
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.upstream import Upstreams, Version
+from swiftpipe.recipe.derived import device_is_cpu, model_ref
 from swiftpipe.recipe.schema import Recipe, ServeSection
 from swiftpipe.recipe.task import system_prompt, token_counter
 from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
@@ -83,7 +84,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
             if not base and not info.get("final_model"):
                 raise ServeError(f"{path}: the run has no final model yet (status: {info.get('status')}); finish it "
                                  f"with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
-            cpu = render.device_is_cpu(run_recipe, gpu_count)
+            cpu = device_is_cpu(run_recipe, gpu_count)
             what = ServeTarget.for_run(run_recipe, which="base" if base else "finetuned",
                                        final_model=info.get("final_model"), base=Path(info.get("cwd", ".")),
                                        run_name=info.get("name"), cpu=cpu)
@@ -99,7 +100,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
                 what = ServeTarget(model_dir=str(path), served_name=version, cpu=not gpu_count)
             else:
                 what = ServeTarget.from_recipe(given, str(path), served_name=version,
-                                               cpu=render.device_is_cpu(given, gpu_count))
+                                               cpu=device_is_cpu(given, gpu_count))
             planned.append(Planned(version, given, Path.cwd(), what, log_dir / f"{_safe(version)}.vllm.log",
                                    source=str(path)))
         assert planned[-1].target is not None
@@ -129,7 +130,7 @@ def _safe(name: str) -> str:
 
 def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str]) -> Version:
     r = p.recipe
-    model_dir = p.target.model_dir if p.target else (render.model_ref(r, p.recipe_base) if r else None)
+    model_dir = p.target.model_dir if p.target else (model_ref(r, p.recipe_base) if r else None)
     counter = token_counter(model_dir) if model_dir else None
     if r is None:
         return Version(name=p.name, base_url=base_url, model=model, api_key=api_key, source=p.source,
