@@ -74,6 +74,7 @@ def backoff(attempt: int) -> float:
 class Completion:
     text: Optional[str] = None
     error: Optional[str] = None  # after the retries: connection / timeout / 5xx / 4xx message
+    timed_out: bool = False  # the last attempt got no answer in time
     latency_s: Optional[float] = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -127,6 +128,7 @@ async def chat(client, kwargs: dict, endpoint: Endpoint) -> Completion:
         except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
                 openai.RateLimitError) as exc:
             result.error = f"{type(exc).__name__}: {exc}"
+            result.timed_out = isinstance(exc, openai.APITimeoutError)
             if attempt < endpoint.retries:
                 await asyncio.sleep(backoff(attempt))
             continue
@@ -136,7 +138,7 @@ async def chat(client, kwargs: dict, endpoint: Endpoint) -> Completion:
                 f"pass the served name with --model"
             ) from None
         except openai.APIStatusError as exc:  # 4xx for this row (prompt too long, ...): not retried
-            result.error = f"HTTP {exc.status_code}: {exc.message}"
+            result.error, result.timed_out = f"HTTP {exc.status_code}: {exc.message}", False
             return result
         choice = response.choices[0]
         usage = response.usage

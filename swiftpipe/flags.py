@@ -77,8 +77,23 @@ def check(text: str, raw: Optional[str], *, schema: Optional[dict], verbatim_fie
     return Checked(fields=parsed, valid=not problems, flags=flags, problems=problems)
 
 
+# Why a text is not sent to the model (`InputProblem.kind`): counted by kind in extract's summary.
+EMPTY_TEXT = "empty_text"
+TOO_LONG = "too_long"
+NOT_TEXT = "not_text"
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    kind: str  # EMPTY_TEXT | TOO_LONG | NOT_TEXT
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def input_problem(text: Any, *, max_length: Optional[int], length: Callable[[str], tuple[int, str]], who: str,
-                  source: str) -> Optional[str]:
+                  source: str) -> Optional[InputProblem]:
     """Why `text` cannot be sent to the model (empty, or longer than the recipe allows), or None.
 
     `length(text)` is (size, unit): tokens with the model's tokenizer, else characters. `who` and
@@ -86,11 +101,12 @@ def input_problem(text: Any, *, max_length: Optional[int], length: Callable[[str
     recipe 'address'"). Shared by the gateway (a 400) and batch extraction (a row's error).
     """
     if not isinstance(text, str) or not text.strip():
-        return "text is empty"
+        return InputProblem(EMPTY_TEXT, "text is empty")
     if max_length and len(text) > 16 * max_length:  # surely too long: not worth tokenizing
-        return f"text is {len(text)} characters; {who} accepts at most {max_length} tokens ({source})"
+        return InputProblem(TOO_LONG, f"text is {len(text)} characters; {who} accepts at most {max_length} tokens "
+                                      f"({source})")
     if max_length:
         size, unit = length(text)
         if size > max_length:
-            return f"text is {size} {unit}; {who} accepts at most {max_length} {unit} ({source})"
+            return InputProblem(TOO_LONG, f"text is {size} {unit}; {who} accepts at most {max_length} {unit} ({source})")
     return None

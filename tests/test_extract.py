@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from swiftpipe.extract import parts
-from swiftpipe.extract.inputs import Input, InputError, resolve
-from swiftpipe.extract.job import error_kind
+from swiftpipe.extract.engines import SERVER_ERROR, Answer, Spec
+from swiftpipe.extract.inputs import Input, InputError, Row, resolve
+from swiftpipe.extract.job import Job
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 
@@ -89,26 +90,43 @@ def test_non_utf8_and_missing_inputs(tmp_path):
 
 def test_parts_round_trip_and_atomic_names(tmp_path):
     rows = [{"id": 1, "text": "t", "a": "x", "b": parts.cell({"k": [1]}), "valid": True, "flags": [], "error": None,
-             "raw": None},
+             "error_kind": None, "raw": None},
             {"id": 2, "text": "u", "a": None, "b": None, "valid": False, "flags": ["invalid_json"],
-             "error": "the answer is not JSON", "raw": "{"}]
+             "error": "the answer is not JSON", "error_kind": "invalid_json", "raw": "{"}]
     for fmt in ("parquet", "jsonl"):
         path = parts.part_path(tmp_path / fmt, 3, fmt)
         parts.write(path, rows, fmt=fmt, fields=["a", "b"], keep_text=True)
         assert parts.read(path) == rows
         assert parts.finished(tmp_path / fmt, fmt) == {3}
         assert not list((tmp_path / fmt).glob(".part-*"))
+    older = tmp_path / "older.parquet"  # a part written before error_kind existed
+    pq.write_table(pa.Table.from_pylist([{"id": 1, "error": "x"}]), older)
+    assert parts.read(older, ["error", "error_kind"]) == [{"error": "x", "error_kind": None}]
     (tmp_path / "parquet" / ".part-000004.parquet.tmp123").write_bytes(b"half")
     assert parts.clean_partial(tmp_path / "parquet") == 1
     assert rows[0]["b"] == '{"k": [1]}'
 
 
-def test_error_kinds():
-    assert error_kind("text is empty") == "empty_text"
-    assert error_kind("text is 900 tokens; the model accepts at most 512 tokens (x)") == "too_long"
-    assert error_kind("server error: APIConnectionError: x") == "server_error"
-    assert error_kind("the answer is not JSON") == "invalid_json"
-    assert error_kind("the answer does not fit the schema: a") == "schema_violation"
+def test_error_kinds_come_with_the_error():
+    from swiftpipe import flags
+
+    problem = flags.input_problem("  ", max_length=10, length=lambda t: (len(t), "characters"), who="w", source="s")
+    assert (problem.kind, problem.message) == (flags.EMPTY_TEXT, "text is empty")
+    long = flags.input_problem("x" * 11, max_length=10, length=lambda t: (len(t), "tokens"), who="the model", source="s")
+    assert long.kind == flags.TOO_LONG and long.message == "text is 11 tokens; the model accepts at most 10 tokens (s)"
+    assert flags.input_problem("ok", max_length=10, length=lambda t: (2, "tokens"), who="w", source="s") is None
+    spec = Spec(system_prompt=None, schema={"type": "object", "properties": {"a": {"type": "string"}},
+                                            "required": ["a"], "additionalProperties": False}, max_tokens=8)
+    job = Job(out=Path("."), input=None, spec=spec, fmt="jsonl", keep_text=False, fields=["a"])  # type: ignore[arg-type]
+    row = Row(id=1, text="t", where="x:1")
+    kinds = {"server": job._row(row, answer=Answer(error="server error: x", error_kind=SERVER_ERROR, timed_out=True)),
+             "not json": job._row(row, answer=Answer(raw="nope")),
+             "schema": job._row(row, answer=Answer(raw='{"b": 1}')),
+             "valid": job._row(row, answer=Answer(raw='{"a": "v"}'))}
+    assert {k: r["error_kind"] for k, r in kinds.items()} == {"server": SERVER_ERROR, "not json": flags.INVALID_JSON,
+                                                             "schema": flags.SCHEMA_VIOLATION, "valid": None}
+    assert kinds["server"]["flags"] == [flags.TIMEOUT] and kinds["valid"]["a"] == "v"
+
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -4,12 +4,13 @@ limits, the group-committed request log, `--since` parsing, version planning err
 import asyncio
 import json
 import sqlite3
+import time
 
 import pytest
 
 from swiftpipe import flags
-from swiftpipe.gateway import keys, rollout, store
-from swiftpipe.gateway.report import parse_since, version_table
+from swiftpipe.gateway import keys, rollout, stats, store
+from swiftpipe.gateway.report import compare_table, parse_since
 from tests.conftest import REPO
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "phone": {"type": "string"},
@@ -125,21 +126,38 @@ def test_register_keeps_a_rollout_across_restarts(tmp_path):
     assert events.count("rollout") == 1 and events.count("serve") == 4
 
 
-def test_since_and_compare():
+def test_since_and_compare(tmp_path):
     assert parse_since("2h", now=10_000) == 10_000 - 7200
     assert parse_since("30m", now=10_000) == 10_000 - 1800
     with pytest.raises(store.StoreError, match="--since 'yesterday'"):
         parse_since("yesterday")
-    import pandas as pd
-
-    frame = pd.DataFrame({"version": ["a", "a", "b", "b"], "status": [200, 200, 200, 503],
-                          "latency_ms": [10.0, 20.0, 30.0, 5000.0],
-                          "flags": [[], ["invalid_json"], ["empty:x"], ["upstream_error"]],
-                          "review": ["correct", "corrected", None, None]})
-    table = {r["version"]: r for r in version_table(frame, ["a", "b"])}
+    db = tmp_path / "g.sqlite"
+    conn = store.connect(db)
+    rows = [("a", 200, 10.0, [], "correct"), ("a", 200, 20.0, ["invalid_json"], "corrected"),
+            ("b", 200, 30.0, ["empty:x"], None), ("b", 503, 5000.0, ["upstream_error"], None)]
+    for i, (version, status, latency, flag_list, verdict) in enumerate(rows):
+        conn.execute("INSERT INTO requests (id, ts, version, endpoint, status, latency_ms, flags) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (f"req_{i}", time.time(), version, "extract", status, latency, json.dumps(flag_list)))
+        if verdict:
+            conn.execute("INSERT INTO feedback (request_id, verdict, fields, ts) VALUES (?, ?, '{}', ?)",
+                         (f"req_{i}", verdict, time.time()))
+    conn.close()
+    table = {r["version"]: r for r in compare_table(str(db), ["a", "b", "c"], version=None, since=None, flagged=False)}
     assert table["a"]["requests"] == 2 and table["a"]["invalid_json"] == 0.5 and table["a"]["flagged"] == 0.5
     assert table["a"]["reviewed"] == 2 and table["a"]["reviewed_accuracy"] == 0.5 and table["b"]["reviewed"] == 0
     assert table["b"]["answered"] == 1 and table["b"]["p50_ms"] == 30.0 and table["b"]["upstream_error"] == 0.5
+    assert table["c"]["requests"] == 0 and table["c"]["flagged"] is None
+    # The dashboard's numbers are the same numbers, per day and in total.
+    conn = store.connect(db)
+    board = stats.dashboard(conn, days=1)
+    total = board["versions"]["a"]["total"]
+    assert {k: total[k] for k in ("requests", "invalid_json", "reviewed_accuracy")} == \
+        {"requests": 2, "invalid_json": 0.5, "reviewed_accuracy": 0.5}
+    [day] = board["versions"]["b"]["days"].values()
+    assert day["p95_ms"] == 30.0 and day["flag_rates"] == {"empty:x": 0.5, "upstream_error": 0.5}
+    flagged = stats.version_stats(conn, flagged=True)
+    assert flagged["a"]["all"]["requests"] == 1 and flagged["b"]["all"]["requests"] == 2
+    conn.close()
 
 
 def test_version_planning_errors(tmp_path):

@@ -23,13 +23,24 @@ class EngineError(SwiftpipeError):
     pass
 
 
+# Why an engine has no answer for a text (`Answer.error_kind`), counted by kind in the summary.
+ENGINE_ERROR = "engine_error"  # the offline engine refused or lost the request
+SERVER_ERROR = "server_error"  # the server answered with an error, or not at all
+
+
 @dataclass
 class Answer:
     raw: Optional[str] = None
     error: Optional[str] = None
+    error_kind: Optional[str] = None  # ENGINE_ERROR | SERVER_ERROR when `error` is set
     timed_out: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    @property
+    def flag(self) -> str:
+        """The flag of a text without an answer."""
+        return flags.TIMEOUT if self.timed_out else flags.UPSTREAM_ERROR
 
 
 @dataclass
@@ -124,8 +135,8 @@ class OfflineEngine:
     @staticmethod
     def _answer(out) -> Answer:
         done = out.outputs[0] if out.outputs else None
-        return Answer(raw=done.text if done else None, error=None if done else "no output",
-                      prompt_tokens=len(out.prompt_token_ids or []),
+        return Answer(raw=done.text if done else None, error=None if done else "engine error: no output",
+                      error_kind=None if done else ENGINE_ERROR, prompt_tokens=len(out.prompt_token_ids or []),
                       completion_tokens=len(done.token_ids) if done else 0)
 
     def submit(self, texts: list[str]) -> list:
@@ -140,7 +151,7 @@ class OfflineEngine:
                 # the request id (LLM's own counter, digits only).
                 ticket += [i.rsplit("-", 1)[0] for i in ids]
             except Exception as exc:  # noqa: BLE001 - one bad row must not fail the others
-                ticket.append(Answer(error=f"engine error: {type(exc).__name__}: {exc}"))
+                ticket.append(Answer(error=f"engine error: {type(exc).__name__}: {exc}", error_kind=ENGINE_ERROR))
         return ticket
 
     def collect(self, ticket: list, progress: Optional[Progress] = None) -> list[Answer]:
@@ -229,8 +240,8 @@ class ServerEngine:
             which = (self.sent + i) % len(self.endpoints)
             endpoint = self.endpoints[which]
             done = await client.chat(self.apis[which], self.spec.request(endpoint.model, texts[i]), endpoint)
-            timed_out = bool(done.error and "Timeout" in done.error)
-            answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}", timed_out=timed_out,
+            answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}",
+                                error_kind=SERVER_ERROR if done.error else None, timed_out=done.timed_out,
                                 prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens)
             if progress:
                 progress(1)
@@ -247,6 +258,3 @@ class ServerEngine:
             self.loop.run_until_complete(api.close())
         self.loop.close()
 
-
-def upstream_flag(answer: Answer) -> str:
-    return flags.TIMEOUT if answer.timed_out else flags.UPSTREAM_ERROR

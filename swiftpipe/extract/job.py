@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 from swiftpipe import console, flags, jsonl
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.extract import parts
-from swiftpipe.extract.engines import Answer, Spec, upstream_flag
+from swiftpipe.extract.engines import Answer, Spec
 from swiftpipe.extract.inputs import Chunk, Input, InputError, Row
 
 MANIFEST_VERSION = 1
@@ -32,20 +32,6 @@ RESUME_KEYS = ("input", "text_field", "id_field", "chunk_rows", "format", "keep_
 
 class ExtractError(SwiftpipeError):
     pass
-
-
-def error_kind(error: str) -> str:
-    """A short name for a row's error, for the summary's counts."""
-    for prefix, kind in (("text is empty", "empty_text"), ("server error", "server_error"),
-                         ("engine error", "engine_error"), ("the answer is not JSON", flags.INVALID_JSON),
-                         ("the answer does not fit", flags.SCHEMA_VIOLATION)):
-        if error.startswith(prefix):
-            return kind
-    if "accepts at most" in error:
-        return "too_long"
-    if "not text" in error:
-        return "not_text"
-    return "other"
 
 
 @dataclass
@@ -81,28 +67,31 @@ class Job:
 
     # ------------------------------------------------------------ one chunk
 
-    def _row(self, row: Row, *, answer: Optional[Answer] = None, error: Optional[str] = None) -> dict:
+    def _row(self, row: Row, *, answer: Optional[Answer] = None,
+             problem: Optional[flags.InputProblem] = None) -> dict:
         out: dict[str, Any] = {"id": row.id}
         if self.keep_text:
             out["text"] = row.text if isinstance(row.text, str) else None
         values: dict = {}
         valid, row_flags, raw = False, [], None
-        if answer is not None and error is None:
+        error, kind = (problem.message, problem.kind) if problem else (None, None)
+        if answer is not None:
             if answer.error:
-                error, row_flags = answer.error, [upstream_flag(answer)]
+                error, kind, row_flags = answer.error, answer.error_kind, [answer.flag]
             else:
                 checked = flags.check(row.text, answer.raw, schema=self.spec.schema,
                                       verbatim_fields=self.spec.verbatim_fields)
                 valid, row_flags = checked.valid, checked.flags
                 values = checked.fields if isinstance(checked.fields, dict) else {}
                 if checked.fields is None:
-                    error = "the answer is not JSON"
+                    error, kind = "the answer is not JSON", flags.INVALID_JSON
                 elif not checked.valid:
                     error = "the answer does not fit the schema: " + "; ".join(checked.problems[:3])
+                    kind = flags.SCHEMA_VIOLATION
                 raw = answer.raw if (not valid or not self.fields) else None
         for name in self.fields:
             out[name] = parts.cell(values.get(name))
-        out.update(valid=valid, flags=row_flags, error=error, raw=raw)
+        out.update(valid=valid, flags=row_flags, error=error, error_kind=kind, raw=raw)
         return out
 
     def _problems(self, rows: list[Row], engine) -> tuple[list[Optional[dict]], list[int]]:
@@ -112,13 +101,13 @@ class Job:
         todo = []
         for i, row in enumerate(rows):
             if not isinstance(row.text, str):
-                problem: Optional[str] = (f"'{self.input.text_field}' is {type(row.text).__name__}, not text "
-                                          f"({row.where})")
+                problem: Optional[flags.InputProblem] = flags.InputProblem(
+                    flags.NOT_TEXT, f"'{self.input.text_field}' is {type(row.text).__name__}, not text ({row.where})")
             else:
                 problem = flags.input_problem(row.text, max_length=self.spec.max_length, length=engine.length,
                                               who="the model", source=f"train.max_length of recipe '{self.spec.recipe}'")
             if problem:
-                out[i] = self._row(row, error=problem)
+                out[i] = self._row(row, problem=problem)
             else:
                 todo.append(i)
         return out, todo
@@ -203,7 +192,7 @@ class Job:
         flag_counts: collections.Counter = collections.Counter()
         error_counts: collections.Counter = collections.Counter()
         chunks = 0
-        for _, part_rows in parts.iter_rows(self.out, self.fmt, ["valid", "flags", "error"]):
+        for _, part_rows in parts.iter_rows(self.out, self.fmt, ["valid", "flags", "error", "error_kind"]):
             chunks += 1
             for r in part_rows:
                 rows += 1
@@ -211,7 +200,7 @@ class Job:
                 flag_counts.update(r["flags"] or [])
                 if r["error"]:
                     errors += 1
-                    error_counts[error_kind(r["error"])] += 1
+                    error_counts[r["error_kind"] or "other"] += 1
         return {"rows": rows, "valid": valid, "valid_pct": round(100 * valid / rows, 2) if rows else None,
                 "errors": errors, "errors_by_kind": dict(error_counts.most_common()),
                 "flags": dict(sorted(flag_counts.items())), "finished_chunks": chunks}

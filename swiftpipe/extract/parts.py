@@ -2,8 +2,9 @@
 
 `OUT/part-000042.parquet` (or `.jsonl`) holds chunk 42's rows: `id`, `text` (unless --no-text),
 one column per answer field (strings; a non-string value as JSON text), `valid`, `flags` (a list),
-`error` (why the row has no valid answer, else null) and `raw` (the model's answer when it was not
-valid). A part exists only when its chunk is finished: it is written beside its final name and
+`error` (why the row has no valid answer, else null), `error_kind` (that reason as a name: empty_text,
+too_long, not_text, server_error, engine_error, invalid_json, schema_violation) and `raw` (the model's
+answer when it was not valid). A part exists only when its chunk is finished: it is written beside its final name and
 renamed, so a kill leaves either the whole part or none.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Iterator, Optional
 
 from swiftpipe import jsonl
 
-FIXED = ("id", "text", "valid", "flags", "error", "raw")
+FIXED = ("id", "text", "valid", "flags", "error", "error_kind", "raw")
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl"}
 
 
@@ -57,7 +58,8 @@ def _arrow_schema(fields: list[str], keep_text: bool, int_ids: bool):
     if keep_text:
         columns.append(("text", pa.string()))
     columns += [(name, pa.string()) for name in fields]
-    columns += [("valid", pa.bool_()), ("flags", pa.list_(pa.string())), ("error", pa.string()), ("raw", pa.string())]
+    columns += [("valid", pa.bool_()), ("flags", pa.list_(pa.string())), ("error", pa.string()),
+                ("error_kind", pa.string()), ("raw", pa.string())]
     return pa.schema(columns)
 
 
@@ -78,12 +80,17 @@ def write(path: Path, rows: list[dict], *, fmt: str, fields: list[str], keep_tex
 
 
 def read(path: Path, columns: Optional[list[str]] = None) -> list[dict]:
+    """A part's rows (only `columns`, when given; a column a part of an older swiftpipe lacks reads as None)."""
     if path.suffix == ".jsonl":
         rows = jsonl.read_all(path)
         return rows if columns is None else [{c: r.get(c) for c in columns} for r in rows]
     import pyarrow.parquet as pq
 
-    return pq.read_table(path, columns=columns).to_pylist()
+    if columns is None:
+        return pq.read_table(path).to_pylist()
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in columns if c in present])
+    return [{c: r.get(c) for c in columns} for r in table.to_pylist()]
 
 
 def iter_rows(out: Path, fmt: str, columns: Optional[list[str]] = None) -> Iterator[tuple[int, list[dict]]]:

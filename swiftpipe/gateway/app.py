@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from swiftpipe import client, flags, pages
 from swiftpipe.answers import strict_loads
 from swiftpipe.gateway import feedback, keys, rollout, store
+from swiftpipe.gateway import stats as stats_of
 from swiftpipe.gateway.metrics import Metrics
 from swiftpipe.gateway.upstream import (
     UpstreamResult,
@@ -279,7 +280,7 @@ class Gateway:
 
 
 def _upstream_failure(result: UpstreamResult, version: Version) -> ApiError:
-    if result.flag == "timeout":
+    if result.flag == flags.TIMEOUT:
         return ApiError(503, f"version '{version.name}' did not answer in time ({result.error}; "
                              f"{result.attempts} attempt(s))", "upstream_timeout")
     if result.status is None or result.status >= 500 or result.status == 429:
@@ -287,7 +288,7 @@ def _upstream_failure(result: UpstreamResult, version: Version) -> ApiError:
                         "upstream_unavailable")
     if result.status == 400:
         return ApiError(400, f"version '{version.name}' refused the request: {result.error}", "invalid_request_error")
-    return ApiError(502, f"version '{version.name}' gave an unusable answer: {result.error}", "upstream_error")
+    return ApiError(502, f"version '{version.name}' gave an unusable answer: {result.error}", flags.UPSTREAM_ERROR)
 
 
 def create_app(gw: Gateway) -> FastAPI:
@@ -347,11 +348,11 @@ def create_app(gw: Gateway) -> FastAPI:
         problem = flags.input_problem(text, max_length=version.max_length, length=version.length,
                                       who=f"version '{version.name}'",
                                       source=f"train.max_length of recipe '{version.recipe}'")
-        if problem == "text is empty":
-            problem += "; send the text to extract from in 'text'"
         if problem:
-            await gw.record(common, status=400, error=problem)
-            raise ApiError(400, problem, "invalid_request_error", id=rid)
+            message = problem.message + ("; send the text to extract from in 'text'" if problem.kind == flags.EMPTY_TEXT
+                                         else "")
+            await gw.record(common, status=400, error=message)
+            raise ApiError(400, message, "invalid_request_error", id=rid)
         try:
             model = await model_name(version)
         except ApiError as exc:
@@ -363,7 +364,7 @@ def create_app(gw: Gateway) -> FastAPI:
         content, missing = message_content(result.body) if result.error is None else (None, None)
         if result.error is not None or missing:
             failure = _upstream_failure(result, version) if result.error else \
-                ApiError(502, f"version '{version.name}' gave an unusable answer: {missing}", "upstream_error")
+                ApiError(502, f"version '{version.name}' gave an unusable answer: {missing}", flags.UPSTREAM_ERROR)
             await gw.record(common, status=failure.status, upstream=result, error=result.error or missing,
                             extra_flags=(result.flag or flags.UPSTREAM_ERROR,))
             failure.extra["id"] = rid
@@ -408,7 +409,7 @@ def create_app(gw: Gateway) -> FastAPI:
         content, missing = message_content(answer)
         if missing:
             await gw.record(common, status=502, upstream=result, error=missing, extra_flags=(flags.UPSTREAM_ERROR,))
-            raise ApiError(502, f"version '{version.name}' gave an unusable answer: {missing}", "upstream_error")
+            raise ApiError(502, f"version '{version.name}' gave an unusable answer: {missing}", flags.UPSTREAM_ERROR)
         checked = flags.check(text, content, schema=version.schema, verbatim_fields=version.verbatim_fields)
         await gw.record(common, status=200, output=content, checked=checked, upstream=result,
                         tokens=usage(answer))
@@ -463,7 +464,7 @@ def create_app(gw: Gateway) -> FastAPI:
     async def stats(days: int = 30, key: keys.Key = Depends(authenticate)) -> JSONResponse:
         if not 1 <= days <= 3660:
             raise ApiError(400, f"days must be from 1 to 3660 (got {days})", "invalid_request_error")
-        return JSONResponse(await asyncio.to_thread(feedback.stats, gw.conn, days=days))
+        return JSONResponse(await asyncio.to_thread(stats_of.dashboard, gw.conn, days=days))
 
     pages.mount(app)
 
@@ -545,7 +546,7 @@ class Relay:
             error = f"{type(exc).__name__}: {exc}"
         message = f"version '{self.version.name}' broke off the answer: {error}"
         await self.log(502, message)
-        yield f"data: {json.dumps({'error': {'message': message, 'type': 'upstream_error', 'code': 502}})}\n\n"
+        yield f"data: {json.dumps({'error': {'message': message, 'type': flags.UPSTREAM_ERROR, 'code': 502}})}\n\n"
 
     async def finish(self) -> None:
         await self.response.aclose()

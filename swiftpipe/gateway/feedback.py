@@ -1,9 +1,6 @@
-"""Reviews of answers: corrections and confirmations (`POST /v1/feedback`), the review queue
-(flagged requests first, then a random sample of the others), and the numbers the dashboard draws
-(per version and day: requests, latency, flag rates, reviewed accuracy).
-
-Reviewed accuracy = confirmed / reviewed: the share of reviewed answers a person found right. A
-correction equal to the answer counts as a confirmation.
+"""Reviews of answers: corrections and confirmations (`POST /v1/feedback`) and the review queue
+(flagged requests first, then a random sample of the others). A correction equal to the answer
+counts as a confirmation. The numbers the dashboard draws are `gateway.stats`.
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import time
 from typing import Any, Optional
 
 from swiftpipe import flags
-from swiftpipe.stats import percentile
 
 
 class FeedbackError(Exception):
@@ -99,41 +95,3 @@ def request_view(row: sqlite3.Row) -> dict:
     return {"id": row["id"], "version": row["version"], "ts": row["ts"], "endpoint": row["endpoint"],
             "input": row["input"], "fields": _answer(row), "valid": bool(row["valid"]) if row["valid"] is not None else None,
             "flags": json.loads(row["flags"] or "[]"), "latency_ms": row["latency_ms"]}
-
-
-def stats(conn: sqlite3.Connection, *, days: int = 30) -> dict:
-    """Per version and UTC day: requests, answered, latency p50/p95, flagged and invalid-JSON
-    rates, reviewed count and reviewed accuracy; and the same per version over the whole period."""
-    since = time.time() - days * 86400
-    rows = conn.execute(
-        "SELECT r.version, date(r.ts, 'unixepoch') AS day, r.status, r.latency_ms, r.flags, f.verdict "
-        "FROM requests r LEFT JOIN feedback f ON f.request_id = r.id WHERE r.ts >= ? AND r.version IS NOT NULL",
-        (since,)).fetchall()
-    groups: dict[tuple[str, str], list] = {}
-    for row in rows:
-        groups.setdefault((row["version"], row["day"]), []).append(row)
-        groups.setdefault((row["version"], "all"), []).append(row)
-    out: dict[str, Any] = {"days": days, "versions": {}}
-    for (version, day), items in sorted(groups.items()):
-        latencies = [r["latency_ms"] for r in items if r["status"] == 200 and r["latency_ms"] is not None]
-        reviewed = [r["verdict"] for r in items if r["verdict"]]
-        entry = {
-            "requests": len(items),
-            "answered": sum(r["status"] == 200 for r in items),
-            "p50_ms": _round(percentile(latencies, 0.5)),
-            "p95_ms": _round(percentile(latencies, 0.95)),
-            "flagged": round(sum(r["flags"] != "[]" for r in items) / len(items), 4),
-            "invalid_json": round(sum('"invalid_json"' in r["flags"] for r in items) / len(items), 4),
-            "reviewed": len(reviewed),
-            "reviewed_accuracy": round(reviewed.count("correct") / len(reviewed), 4) if reviewed else None,
-        }
-        target = out["versions"].setdefault(version, {"days": {}, "total": None})
-        if day == "all":
-            target["total"] = entry
-        else:
-            target["days"][day] = entry
-    return out
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    return round(value, 1) if value is not None else None

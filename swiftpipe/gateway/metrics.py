@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from swiftpipe.flags import TIMEOUT, UPSTREAM_ERROR
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -29,7 +31,7 @@ class Metrics:
         self.latency.labels(version, endpoint).observe(latency_s)
         for flag in flags:
             self.flags.labels(version, flag).inc()
-            if flag in ("upstream_error", "timeout"):
+            if flag in (UPSTREAM_ERROR, TIMEOUT):
                 self.upstream_errors.labels(version, flag).inc()
 
     def render(self) -> tuple[bytes, str]:

@@ -1,5 +1,6 @@
 """`swiftpipe requests`: the request log, filtered (table, CSV or JSONL), and versions compared
-side by side (request count, invalid-JSON and flag rates, latency p50/p95) for a canary decision."""
+side by side (request count, invalid-JSON and flag rates, latency p50/p95, reviewed accuracy; the
+numbers of `gateway.stats`, as the dashboard shows them) for a canary decision."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe import console
+from swiftpipe.flags import INVALID_JSON
 from swiftpipe.gateway import store
+from swiftpipe.gateway.stats import ALL, empty_entry, version_stats
+
+# The numbers `requests --compare` shows for each version, in this order (then one column per flag).
+COMPARED = ("requests", "answered", "invalid_json", "flagged", "p50_ms", "p95_ms", "reviewed", "reviewed_accuracy")
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -77,53 +83,28 @@ def versions_of(db: str) -> list[str]:
     return names
 
 
-def version_table(frame, names: list[str]) -> list[dict[str, Any]]:
-    """Per version: requests, share answered, invalid-JSON rate, flagged rate, each flag's rate,
-    latency p50/p95 (of answered requests)."""
-    from swiftpipe.stats import percentile
-
+def compare_table(db: str, names: list[str], *, version: Optional[str], since: Optional[str],
+                  flagged: bool) -> list[dict[str, Any]]:
+    """Per version (in `names`' order): the numbers of `gateway.stats`, each flag's rate a column."""
+    conn = store.connect(Path(db), create=False)
+    try:
+        numbers = version_stats(conn, since=parse_since(since) if since else None,
+                                versions=[version] if version else names, flagged=flagged)
+    finally:
+        conn.close()
     rows = []
     for name in names:
-        part = frame[frame["version"] == name]
-        n = len(part)
-        answered = part[part["status"] == 200]
-        flag_counts: dict[str, int] = {}
-        for flags in part["flags"]:
-            for flag in flags:
-                flag_counts[flag] = flag_counts.get(flag, 0) + 1
-        latencies = [float(x) for x in answered["latency_ms"] if x == x]
-        reviews = [v for v in part["review"] if isinstance(v, str)]
-        row: dict[str, Any] = {
-            "version": name,
-            "requests": n,
-            "answered": len(answered),
-            "invalid_json": _rate(flag_counts.get("invalid_json", 0), n),
-            "flagged": _rate(sum(1 for f in part["flags"] if f), n),
-            "p50_ms": _round(percentile(latencies, 0.5)),
-            "p95_ms": _round(percentile(latencies, 0.95)),
-            "reviewed": len(reviews),
-            "reviewed_accuracy": _rate(reviews.count("correct"), len(reviews)),
-        }
-        for flag in sorted(flag_counts):
-            if flag != "invalid_json":
-                row[flag] = _rate(flag_counts[flag], n)
+        entry = numbers.get(name, {}).get(ALL) or empty_entry()
+        row: dict[str, Any] = {"version": name, **{k: entry[k] for k in COMPARED}}
+        row.update({flag: rate for flag, rate in entry["flag_rates"].items() if flag != INVALID_JSON})
         rows.append(row)
     return rows
-
-
-def _rate(count: int, n: int) -> Optional[float]:
-    return round(count / n, 4) if n else None
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    return round(value, 1) if value is not None else None
 
 
 def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str], fmt: str,
          limit: Optional[int], compare: bool = False, compare_versions: Optional[list[str]] = None) -> None:
     import pandas as pd
 
-    frame = load(db, flagged=flagged, version=version, since=since, limit=None if compare else limit)
     if compare:
         known = versions_of(db)
         compare_versions = compare_versions or known
@@ -131,9 +112,10 @@ def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str]
         if unknown:
             raise store.StoreError(f"--compare: no version {', '.join(unknown)} in {db}; versions: "
                                    f"{', '.join(known) or 'none yet'}")
-        table = pd.DataFrame(version_table(frame, compare_versions))
-        _print(table, fmt)
+        rows = compare_table(db, compare_versions, version=version, since=since, flagged=flagged)
+        _print(pd.DataFrame(rows), fmt)
         return
+    frame = load(db, flagged=flagged, version=version, since=since, limit=limit)
     if frame.empty:
         console.say("no requests match")
         return

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Optional
 
-from swiftpipe import client
+from swiftpipe import client, flags
 from swiftpipe.answers import strict_loads
 
 MAX_BODY = 16 * 1024 * 1024  # bytes of an upstream answer; more is an upstream error
@@ -52,7 +52,7 @@ class UpstreamResult:
     status: Optional[int] = None  # the upstream's HTTP status, None when there was no answer
     body: Optional[Any] = None  # the parsed JSON answer
     error: Optional[str] = None
-    flag: Optional[str] = None  # "upstream_error" | "timeout" when there is no usable answer
+    flag: Optional[str] = None  # flags.UPSTREAM_ERROR | flags.TIMEOUT when there is no usable answer
     attempts: int = 0
 
 
@@ -104,11 +104,11 @@ class Upstreams:
         try:
             response = await self.http.get(version.base_url + path, headers=self._headers(version), timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - any failure means: not reachable
-            return UpstreamResult(error=f"{type(exc).__name__}: {exc}", flag="upstream_error")
+            return UpstreamResult(error=f"{type(exc).__name__}: {exc}", flag=flags.UPSTREAM_ERROR)
         try:
             return UpstreamResult(status=response.status_code, body=strict_loads(response.content))
         except (ValueError, RecursionError):
-            return UpstreamResult(status=response.status_code, error="the answer is not JSON", flag="upstream_error")
+            return UpstreamResult(status=response.status_code, error="the answer is not JSON", flag=flags.UPSTREAM_ERROR)
 
     async def post(self, version: Version, path: str, body: dict) -> UpstreamResult:
         """POST JSON (retried as `stream` says); returns the parsed answer or why there is none."""
@@ -120,14 +120,14 @@ class Upstreams:
         try:
             raw = await _read_limited(response.aiter_bytes())
         except _TooLarge:
-            return UpstreamResult(status=200, error=f"the answer is larger than {MAX_BODY} bytes", flag="upstream_error",
+            return UpstreamResult(status=200, error=f"the answer is larger than {MAX_BODY} bytes", flag=flags.UPSTREAM_ERROR,
                                   attempts=opened.attempts)
         except httpx2.TimeoutException as exc:
-            return UpstreamResult(status=200, error=f"the answer stopped coming ({type(exc).__name__})", flag="timeout",
+            return UpstreamResult(status=200, error=f"the answer stopped coming ({type(exc).__name__})", flag=flags.TIMEOUT,
                                   attempts=opened.attempts)
         except (httpx2.HTTPError, OSError) as exc:  # cut off mid-body
             return UpstreamResult(status=200, error=f"the answer was cut off ({type(exc).__name__}: {exc})",
-                                  flag="upstream_error", attempts=opened.attempts)
+                                  flag=flags.UPSTREAM_ERROR, attempts=opened.attempts)
         finally:
             await response.aclose()
         result = _parse(200, raw)
@@ -149,9 +149,9 @@ class Upstreams:
                 response = await self.http.send(request, stream=True)
             except httpx2.TimeoutException as exc:
                 result = UpstreamResult(error=f"no answer within {self.timeout:g}s ({type(exc).__name__})",
-                                        flag="timeout", attempts=attempt + 1)
+                                        flag=flags.TIMEOUT, attempts=attempt + 1)
             except (httpx2.HTTPError, OSError) as exc:
-                result = UpstreamResult(error=f"{type(exc).__name__}: {exc}", flag="upstream_error",
+                result = UpstreamResult(error=f"{type(exc).__name__}: {exc}", flag=flags.UPSTREAM_ERROR,
                                         attempts=attempt + 1)
             else:
                 if response.status_code == 200:
@@ -161,7 +161,7 @@ class Upstreams:
                     result = _parse(response.status_code, raw)
                 except (_TooLarge, httpx2.HTTPError, OSError) as exc:
                     result = UpstreamResult(status=response.status_code, error=f"{type(exc).__name__}: {exc}",
-                                            flag="upstream_error")
+                                            flag=flags.UPSTREAM_ERROR)
                 finally:
                     await response.aclose()
                 result.attempts = attempt + 1
@@ -192,12 +192,12 @@ def _parse(status: int, raw: bytes) -> UpstreamResult:
     except (ValueError, RecursionError):
         snippet = raw[:200].decode("utf-8", "replace")
         return UpstreamResult(status=status, error=f"HTTP {status}, the answer is not JSON: {snippet!r}",
-                              flag="upstream_error")
+                              flag=flags.UPSTREAM_ERROR)
     if status != 200:
         message = body.get("error", body) if isinstance(body, dict) else body
         if isinstance(message, dict):
             message = message.get("message", message)
-        return UpstreamResult(status=status, body=body, error=f"HTTP {status}: {message}", flag="upstream_error")
+        return UpstreamResult(status=status, body=body, error=f"HTTP {status}: {message}", flag=flags.UPSTREAM_ERROR)
     return UpstreamResult(status=status, body=body)
 
 
