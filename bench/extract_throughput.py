@@ -35,22 +35,24 @@ from swiftpipe import client, envinfo, jsonl  # noqa: E402
 from swiftpipe.childguard import descendants  # noqa: E402
 from swiftpipe.data.synth import samples  # noqa: E402
 from swiftpipe.recipe.load import load_recipe  # noqa: E402
-from swiftpipe.recipe.task import system_prompt  # noqa: E402
+from swiftpipe.recipe.task import task_of  # noqa: E402
 from swiftpipe.vllm_server import ServeTarget, VllmServer  # noqa: E402
 
 BARE = textwrap.dedent("""
     import json, sys, time
-    from swiftpipe.extract.engines import OfflineEngine, OfflineSettings, Spec
+    from swiftpipe.extract.engines import OfflineEngine, OfflineSettings
+    from swiftpipe.recipe.task import Task
 
     def main():
         cfg = json.load(open(sys.argv[1]))
         texts = [json.loads(line)["text"] for line in open(cfg["input"], encoding="utf-8")]
-        spec = Spec(**cfg["spec"])
+        task = Task.from_stored(cfg["task"])
         # The engine object only to load vLLM with the settings extract uses; the loop is vLLM's own.
-        engine = OfflineEngine(OfflineSettings(**cfg["settings"]), spec)
-        conversations = [spec.request("bare", t)["messages"] for t in texts]
+        engine = OfflineEngine(OfflineSettings(**cfg["settings"]), task)
+        conversations = [task.messages(t) for t in texts]
         started = time.perf_counter()
-        outputs = engine.llm.chat(conversations, engine.sampling, use_tqdm=False, **engine.chat_kwargs)
+        outputs = engine.llm.chat(conversations, engine.sampling, use_tqdm=False,
+                                  chat_template_kwargs=task.chat_template_kwargs)
         wall = time.perf_counter() - started
         tokens = sum(len(o.prompt_token_ids) + len(o.outputs[0].token_ids) for o in outputs)
         print("RESULT " + json.dumps({"rows": len(outputs), "seconds": wall, "rows_per_s": len(outputs) / wall,
@@ -107,13 +109,13 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def one_at_a_time(server: VllmServer, spec, texts: list[str]) -> float:
+def one_at_a_time(server: VllmServer, task, texts: list[str]) -> float:
     async def go() -> float:
         endpoint = client.Endpoint(server.base_url, server.target.served_name, server.api_key)
         api = client.async_client(endpoint)
         started = time.perf_counter()
         for t in texts:
-            done = await client.chat(api, spec.request(endpoint.model, t), endpoint)
+            done = await client.chat(api, task.sdk_kwargs(endpoint.model, t), endpoint)
             assert done.error is None, done.error
         wall = time.perf_counter() - started
         await api.close()
@@ -132,15 +134,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from swiftpipe.extract.command import _offline_settings
-    from swiftpipe.extract.engines import Spec
     from swiftpipe.recipe.schema import ExtractSection
 
     run_dir = Path(args.model).resolve()
     info = json.loads((run_dir / "run.json").read_text())
     recipe = load_recipe(str(run_dir / "resolved.yaml")).recipe
-    spec = Spec(system_prompt=system_prompt(recipe, Path(info["cwd"])), schema=recipe.data.json_schema(),
-                max_tokens=recipe.eval.max_tokens, verbatim_fields=tuple(recipe.data.verbatim_fields),
-                max_length=recipe.train.max_length, recipe=recipe.name)
+    task = task_of(recipe, Path(info["cwd"]))
     settings = _offline_settings(info["final_model"], recipe, ExtractSection())
     results: dict = {"machine": {"host": socket.gethostname(), "cpus": os.cpu_count(),
                                  "gpus": envinfo.gpus(), "versions": envinfo.package_versions()},
@@ -149,8 +148,7 @@ def main() -> None:
         work = Path(tmp)
         texts_path = write_texts(work / "texts.jsonl", args.rows)
         cfg = work / "bare.json"
-        spec_json = {**spec.__dict__, "verbatim_fields": list(spec.verbatim_fields)}
-        cfg.write_text(json.dumps({"input": str(texts_path), "spec": spec_json, "settings": settings.__dict__}))
+        cfg.write_text(json.dumps({"input": str(texts_path), "task": task.stored(), "settings": settings.__dict__}))
         (work / "bare.py").write_text(BARE)
         print("bare LLM.chat ...", flush=True)
         bare = subprocess.run([sys.executable, str(work / "bare.py"), str(cfg)], cwd=REPO, env=env(),
@@ -173,7 +171,7 @@ def main() -> None:
                      "--base-url", server.base_url, "--no-text"], {"OPENAI_API_KEY": server.api_key})
                 print("one at a time ...", flush=True)
                 texts = [r["text"] for r in jsonl.read_all(texts_path)][: args.one_at_a_time]
-                results["one_at_a_time_rows_per_s"] = one_at_a_time(server, spec, texts)
+                results["one_at_a_time_rows_per_s"] = one_at_a_time(server, task, texts)
         results["rss"] = {}
         for size in [int(s) for s in args.rss_rows.split(",") if s.strip()]:
             print(f"peak RSS at {size:,} rows ...", flush=True)

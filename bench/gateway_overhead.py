@@ -11,7 +11,7 @@ logs in a temporary directory, or --work), and sends the same --requests extract
 --concurrency three ways, after a warm-up of --warmup requests each:
 
   direct           POST upstream /v1/chat/completions with the body the gateway itself sends
-                   (client.extraction_request + request_body: system prompt, schema, max_tokens);
+                   (Task.request_body: system prompt, schema, max_tokens);
   gateway-chat     the same body through the gateway's /v1/chat/completions (model "auto");
   gateway-extract  {"text": ...} through the gateway's /v1/extract.
 
@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from swiftpipe import client, messages, procs  # noqa: E402
 from swiftpipe.recipe.load import load_recipe  # noqa: E402
+from swiftpipe.recipe.task import task_of  # noqa: E402
 from swiftpipe.stats import percentile  # noqa: E402
 from swiftpipe.tasks import ADDRESS_SYSTEM_PROMPT  # noqa: E402
 from swiftpipe.vllm_server import free_port  # noqa: E402
@@ -290,12 +291,12 @@ def main() -> None:
         parser.error("--requests must be at least 2, --concurrency and --rounds at least 1, --warmup at least 0")
 
     recipe = load_recipe(str(REPO / RECIPE)).recipe
-    schema = recipe.data.json_schema()
-    system = recipe.data.system_prompt or ADDRESS_SYSTEM_PROMPT
+    task = task_of(recipe, REPO)
+    system = task.system_prompt
     if system != ADDRESS_SYSTEM_PROMPT:
         print(f"note: {RECIPE}'s system prompt differs from tasks.ADDRESS_SYSTEM_PROMPT; the recipe's is used "
               f"(it is what the gateway sends)", file=sys.stderr)
-    max_tokens = recipe.eval.max_tokens
+    max_tokens = task.max_tokens
     texts = [row.user for row in messages.read(Path(args.data))]
     upstream_key = os.environ.get("SWIFTPIPE_UPSTREAM_API_KEY", "EMPTY")
     gateway_key = "sk-bench-" + secrets.token_hex(8)
@@ -342,8 +343,7 @@ def main() -> None:
             json_headers = {"Content-Type": "application/json"}
             chat_bodies, gw_chat_bodies, extract_bodies = [], [], []
             for text in texts:
-                body = client.request_body(client.extraction_request(model, system, text, schema=schema,
-                                                                     max_tokens=max_tokens))
+                body = task.request_body(model, text)
                 chat_bodies.append(json.dumps(body, ensure_ascii=False).encode("utf-8"))
                 gw_chat_bodies.append(json.dumps({**body, "model": "auto"}, ensure_ascii=False).encode("utf-8"))
                 extract_bodies.append(json.dumps({"text": text}, ensure_ascii=False).encode("utf-8"))

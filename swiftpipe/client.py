@@ -1,10 +1,6 @@
-"""The one OpenAI client of swiftpipe: building an extraction request, sending it with retries,
-and running many of them concurrently. Used by `eval`, `data label`, the gateway (its upstream
-calls) and batch extraction.
-
-Every extraction request is the same: the system prompt, the text, temperature 0, Qwen3 thinking
-off, and the answer's JSON schema as `response_format` json_schema — never the `guided_json` field
-that vLLM 0.12 removed (it is ignored silently, with HTTP 200 and unconstrained text).
+"""The one OpenAI client of swiftpipe: sending a request with retries and running many of them
+concurrently. Used by `eval`, `data label`, the gateway (its upstream calls) and batch extraction.
+What an extraction request holds is the task's to say (`swiftpipe.recipe.task.Task.sdk_kwargs`).
 """
 
 from __future__ import annotations
@@ -14,7 +10,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
-from swiftpipe import messages
 from swiftpipe.errors import SwiftpipeError
 
 
@@ -38,31 +33,6 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
-
-
-def extraction_request(model: str, system: Optional[str], text: str, *, schema: Optional[dict],
-                       max_tokens: int, extra_body: Optional[dict] = None) -> dict[str, Any]:
-    """The keyword arguments of `client.chat.completions.create` for one extraction."""
-    kwargs: dict[str, Any] = {
-        "model": model,
-        "messages": messages.request(system, text),
-        "temperature": 0,
-        "max_tokens": max_tokens,
-        "extra_body": {"chat_template_kwargs": {"enable_thinking": False}, **(extra_body or {})},
-    }
-    if schema:
-        kwargs["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "schema": schema, "strict": True},
-        }
-    return kwargs
-
-
-def request_body(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The JSON body an SDK call with `kwargs` sends (extra_body merged in): for raw HTTP callers."""
-    body = {k: v for k, v in kwargs.items() if k != "extra_body"}
-    body.update(kwargs.get("extra_body") or {})
-    return body
 
 
 def backoff(attempt: int) -> float:

@@ -1,7 +1,7 @@
 """Evaluate a served model on a messages JSONL test set (`swiftpipe eval`, and the run's eval stages).
 
-Requests go through swiftpipe.client (the same extraction request as everywhere: temperature 0,
-thinking off, the answer schema as `response_format`), concurrently. Every finished row is
+Requests are the task's (`Task.sdk_kwargs`: the same extraction request as everywhere: temperature
+0, thinking off, the answer schema as `response_format`), sent through swiftpipe.client concurrently. Every finished row is
 appended to predictions.jsonl at once, so an interrupted evaluation resumes where it stopped,
 losing and repeating nothing. Scoring is swiftpipe.scoring, the Markdown swiftpipe.reports.
 """
@@ -20,6 +20,7 @@ from swiftpipe.answers import parse_answer
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.messages import Example
 from swiftpipe.recipe.schema import EvalSection
+from swiftpipe.recipe.task import Task
 
 
 class EvalError(SwiftpipeError):
@@ -31,9 +32,8 @@ def read_test_rows(path: Path, default_system: Optional[str] = None) -> list[Exa
     return messages.read(path, default_system=default_system)
 
 
-async def _ask(api, endpoint: client.Endpoint, row: Example, schema: Optional[dict], max_tokens: int) -> dict:
-    request = client.extraction_request(endpoint.model, row.system, row.user, schema=schema, max_tokens=max_tokens)
-    done = await client.chat(api, request, endpoint)
+async def _ask(api, endpoint: client.Endpoint, row: Example, task: Task) -> dict:
+    done = await client.chat(api, task.sdk_kwargs(endpoint.model, row.user, system=row.system), endpoint)
     prediction, think = parse_answer(done.text)
     correct, fields = scoring.score(row.answer, prediction)
     return {
@@ -69,7 +69,7 @@ def load_done(path: Path, rows: Sequence[Example]) -> dict[int, dict]:
     return done
 
 
-async def _evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Path, *, schema: Optional[dict],
+async def _evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Path, *, task: Task,
                     settings: EvalSection, progress: bool) -> tuple[list[dict], float, int]:
     predictions = out / "predictions.jsonl"
     done = load_done(predictions, rows)
@@ -88,7 +88,7 @@ async def _evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], o
 
         async def ask(row: Example) -> None:
             which = row.index % len(endpoints)  # spread over the replicas
-            record = await _ask(apis[which], endpoints[which], row, schema, settings.max_tokens)
+            record = await _ask(apis[which], endpoints[which], row, task)
             jsonl.append(sink, record)
             done[row.index] = record
             if bar:
@@ -111,7 +111,9 @@ def evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Pat
     `endpoints`: one or more servers of the same model; rows alternate between them.
     """
     out.mkdir(parents=True, exist_ok=True)
-    records, wall, sent = asyncio.run(_evaluate(endpoints, rows, out, schema=schema, settings=settings,
+    # Each row carries its system prompt (its own, else the recipe's): the task brings the rest.
+    task = Task(schema=schema, max_tokens=settings.max_tokens, metric=settings.metric)
+    records, wall, sent = asyncio.run(_evaluate(endpoints, rows, out, task=task, settings=settings,
                                                 progress=progress))
     # Final form: one line per row, in test-file order.
     jsonl.write_lines(out / "predictions.jsonl", records)

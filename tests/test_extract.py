@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from swiftpipe.extract import parts
-from swiftpipe.extract.engines import SERVER_ERROR, Answer, Spec
+from swiftpipe.extract.engines import SERVER_ERROR, Answer
 from swiftpipe.extract.inputs import Input, InputError, Row, resolve
 from swiftpipe.extract.job import Job
+from swiftpipe.recipe.task import Task
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 
@@ -115,9 +116,9 @@ def test_error_kinds_come_with_the_error():
     long = flags.input_problem("x" * 11, max_length=10, length=lambda t: (len(t), "tokens"), who="the model", source="s")
     assert long.kind == flags.TOO_LONG and long.message == "text is 11 tokens; the model accepts at most 10 tokens (s)"
     assert flags.input_problem("ok", max_length=10, length=lambda t: (2, "tokens"), who="w", source="s") is None
-    spec = Spec(system_prompt=None, schema={"type": "object", "properties": {"a": {"type": "string"}},
-                                            "required": ["a"], "additionalProperties": False}, max_tokens=8)
-    job = Job(out=Path("."), input=None, spec=spec, fmt="jsonl", keep_text=False, fields=["a"])  # type: ignore[arg-type]
+    task = Task(schema={"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+                        "additionalProperties": False}, max_tokens=8)
+    job = Job(out=Path("."), input=None, task=task, fmt="jsonl", keep_text=False, fields=["a"])  # type: ignore[arg-type]
     row = Row(id=1, text="t", where="x:1")
     kinds = {"server": job._row(row, answer=Answer(error="server error: x", error_kind=SERVER_ERROR, timed_out=True)),
              "not json": job._row(row, answer=Answer(raw="nope")),

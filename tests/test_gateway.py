@@ -11,6 +11,7 @@ import pytest
 from swiftpipe import flags
 from swiftpipe.gateway import keys, rollout, stats, store
 from swiftpipe.gateway.report import compare_table, parse_since
+from swiftpipe.recipe.task import Task
 from tests.conftest import REPO
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "phone": {"type": "string"},
@@ -222,7 +223,7 @@ def test_corrections_export_dedupes_splits_and_summarises(tmp_path):
     for i in range(10):
         body = {"verdict": "correct"} if i % 3 else {"fields": {"name": "b", "phone": "1", "city": "c"}}
         feedback.record(conn, request_id=f"req_{i}", fields=body.get("fields"), verdict=body.get("verdict"),
-                        schema=SCHEMA, key_id="key_1")
+                        task=Task(schema=SCHEMA), key_id="key_1")
     with pytest.raises(SwiftpipeError, match="--holdout-out"):
         export(str(db), str(tmp_path / "o.jsonl"), version=None, since=None, holdout=0.25, holdout_out=None, seed=0)
     result = export(str(db), str(tmp_path / "o.jsonl"), version="v1", since=None, holdout=0.25,

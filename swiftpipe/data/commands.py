@@ -62,6 +62,7 @@ def label(inputs: Optional[str], out: Optional[str], base_url: Optional[str], mo
           max_tokens: int, verbatim: Optional[str], check: Optional[str]) -> None:
     from swiftpipe import client, jsonl
     from swiftpipe.data import label as lab
+    from swiftpipe.recipe.task import Task
 
     data = _recipe_data(recipe)
     fields = tuple(v.strip() for v in verbatim.split(",")) if verbatim else tuple(data.verbatim_fields if data else ())
@@ -76,8 +77,8 @@ def label(inputs: Optional[str], out: Optional[str], base_url: Optional[str], mo
     if not (inputs and out and base_url and model):
         raise click.UsageError("labelling needs INPUT, --out, --base-url and --model (or use --check FILE)")
     schema = jsonl.read_json(schema_file) if schema_file else (data.json_schema() if data else None)
-    task = lab.Task(system_prompt=system_prompt or (data.system_prompt if data else None), schema=schema,
-                    max_tokens=max_tokens, verbatim=fields)
+    task = Task(system_prompt=system_prompt or (data.system_prompt if data else None), schema=schema,
+                max_tokens=max_tokens, verbatim_fields=fields)
     endpoint = client.Endpoint(base_url, model, os.environ.get("OPENAI_API_KEY", "EMPTY"))
     console.resume_hint(f"rerun the same `swiftpipe data label` command: the answers received so far are cached in "
                         f"{lab.Paths(Path(out)).cache} and not asked again")

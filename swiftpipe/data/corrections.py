@@ -16,6 +16,7 @@ from typing import Any, Optional
 from swiftpipe import console, jsonl, messages
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.gateway import store
+from swiftpipe.recipe.task import Task
 
 
 def reviewed(db: str, *, version: Optional[str] = None, since: Optional[str] = None) -> list[dict[str, Any]]:
@@ -34,11 +35,11 @@ def reviewed(db: str, *, version: Optional[str] = None, since: Optional[str] = N
         conn.close()
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:
-        task = json.loads(row["task"]) if row["task"] else {}
+        task = Task.from_stored(json.loads(row["task"]) if row["task"] else None)
         latest[row["input"]] = {"id": row["id"], "version": row["version"], "text": row["input"],
                                 "answer": json.loads(row["answer"]) if row["answer"] else None,
                                 "right": json.loads(row["right"]), "verdict": row["verdict"],
-                                "system": task.get("system_prompt")}
+                                "system": task.system_prompt}
     return list(latest.values())
 
 

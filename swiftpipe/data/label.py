@@ -16,25 +16,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from swiftpipe import client, jsonl, messages
 from swiftpipe.answers import parse_answer
 from swiftpipe.errors import SwiftpipeError
+from swiftpipe.recipe.task import Task
 
 
 class LabelError(SwiftpipeError):
     pass
-
-
-@dataclass(frozen=True)
-class Task:
-    """What the teacher is asked: the same for every text, and part of every cache key."""
-
-    system_prompt: Optional[str]
-    schema: Optional[dict] = None
-    max_tokens: int = 512
-    verbatim: tuple[str, ...] = ()
 
 
 @dataclass
@@ -135,9 +126,7 @@ async def _request_all(endpoint: client.Endpoint, task: Task, todo: list[tuple[s
 
         async def ask(item: tuple[str, str]) -> None:
             key, text = item
-            request = client.extraction_request(endpoint.model, task.system_prompt, text, schema=task.schema,
-                                                max_tokens=task.max_tokens)
-            done = await client.chat(api, request, endpoint)
+            done = await client.chat(api, task.sdk_kwargs(endpoint.model, text), endpoint)
             if done.error is not None:
                 errors[key] = done.error
             else:
@@ -183,7 +172,7 @@ def label(endpoint: client.Endpoint, task: Task, inputs: Path, out: Path, *, con
             continue
         entry = cache[key]
         answer, _ = parse_answer(entry["raw"])
-        reasons = problems(answer, text, task.verbatim, validator)
+        reasons = problems(answer, text, task.verbatim_fields, validator)
         if entry.get("finish_reason") == "length":
             reasons.append("the answer was cut off at max_tokens")
         if reasons:

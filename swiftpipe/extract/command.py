@@ -11,12 +11,12 @@ from typing import Optional
 
 from swiftpipe import console, envinfo, jsonl, procs
 from swiftpipe.extract import parts
-from swiftpipe.extract.engines import OfflineSettings, ServerEngine, Spec
+from swiftpipe.extract.engines import OfflineSettings, ServerEngine
 from swiftpipe.extract.inputs import Input, fingerprint, resolve
 from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress, Totals, check_fields, open_output
 from swiftpipe.recipe.derived import context_length, device_is_cpu
 from swiftpipe.recipe.schema import ExtractSection, Recipe
-from swiftpipe.recipe.task import system_prompt, token_counter
+from swiftpipe.recipe.task import Task, task_of, token_counter
 
 
 def _load_recipe(path: str) -> Recipe:
@@ -75,12 +75,8 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
     if loaded is None:
         console.warn("no recipe (--recipe, or --model RUN_DIR): requests carry no system prompt and no answer schema, "
                      "and texts have no length limit; output rows keep the raw answer")
-    schema = loaded.data.json_schema() if loaded else None
-    spec = Spec(system_prompt=system_prompt(loaded, base) if loaded else None, schema=schema,
-                max_tokens=loaded.eval.max_tokens if loaded else 512,
-                verbatim_fields=tuple(loaded.data.verbatim_fields) if loaded else (),
-                max_length=loaded.train.max_length if loaded else None, recipe=loaded.name if loaded else None)
-    fields = list((schema or {}).get("properties") or {})
+    task = task_of(loaded, base) if loaded else Task()
+    fields = task.fields
     check_fields(fields)
 
     files = resolve(input_spec)
@@ -94,7 +90,7 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
     stale = parts.clean_partial(out_dir)
     if stale:
         console.say(f"removed {stale} part(s) left half-written by an interrupted run")
-    job = Job(out=out_dir, input=inp, spec=spec, fmt=settings.format, keep_text=not no_text, fields=fields,
+    job = Job(out=out_dir, input=inp, task=task, fmt=settings.format, keep_text=not no_text, fields=fields,
               retry_errors=retry_errors)
     done = parts.finished(out_dir, settings.format)
     pending = [c for c in chunks if c.index not in done or (retry_errors and job.needs_retry(c))]
@@ -173,15 +169,15 @@ def _run_here(job: Job, which: str, model_dir: Optional[str], recipe: Optional[R
 
         assert model_dir is not None
         console.say(f"loading {model_dir} into vLLM (offline engine)")
-        engine = OfflineEngine(_offline_settings(model_dir, recipe, settings), job.spec)
+        engine = OfflineEngine(_offline_settings(model_dir, recipe, settings), job.task)
     else:
         key = os.environ.get("OPENAI_API_KEY", "EMPTY")
         counter = token_counter(model_dir) if model_dir else None
-        if job.spec.max_length and counter is None:
+        if job.task.max_length and counter is None:
             console.warn("no local tokenizer (pass --model RUN_DIR|MODEL_DIR): the length limit counts characters")
-        engine = ServerEngine(base_urls, model=served_name, api_key=key, spec=job.spec,
-                              concurrency=settings.concurrency,
-                              timeout=recipe.eval.timeout if recipe else 120, count_tokens=counter)
+        job.task = job.task.with_counter(counter)
+        engine = ServerEngine(base_urls, model=served_name, api_key=key, task=job.task,
+                              concurrency=settings.concurrency, timeout=recipe.eval.timeout if recipe else 120)
     load_s = time.monotonic() - loading
     progress.restart()
     try:

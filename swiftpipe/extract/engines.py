@@ -2,9 +2,9 @@
 `server` (OpenAI-compatible servers through the shared client). The Ray engine runs `OfflineEngine`
 in actors (`swiftpipe.extract.on_ray`).
 
-Every engine builds its requests with `client.extraction_request` (the evaluator's and the
-gateway's): the recipe's system prompt, greedy decoding, thinking off, the answer schema as
-structured output. `run(texts)` returns one `Answer` per text, in order; a text that fails gets an
+Every engine asks the task for its requests (`Task.sdk_kwargs`, `Task.sampling_params`, as the
+evaluator and the gateway do): the recipe's system prompt, greedy decoding, thinking off, the answer
+schema as structured output. `run(texts)` returns one `Answer` per text, in order; a text that fails gets an
 error and never stops the others.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from swiftpipe import client, console, flags
 from swiftpipe.errors import SwiftpipeError
+from swiftpipe.recipe.task import Task
 
 
 class EngineError(SwiftpipeError):
@@ -41,22 +42,6 @@ class Answer:
     def flag(self) -> str:
         """The flag of a text without an answer."""
         return flags.TIMEOUT if self.timed_out else flags.UPSTREAM_ERROR
-
-
-@dataclass
-class Spec:
-    """What every request carries: the task from the recipe (or nothing, for a bare model)."""
-
-    system_prompt: Optional[str]
-    schema: Optional[dict]
-    max_tokens: int
-    verbatim_fields: tuple[str, ...] = ()
-    max_length: Optional[int] = None  # tokens of input text (train.max_length)
-    recipe: Optional[str] = None
-
-    def request(self, model: str, text: str) -> dict[str, Any]:
-        return client.extraction_request(model, self.system_prompt, text, schema=self.schema,
-                                         max_tokens=self.max_tokens)
 
 
 Progress = Callable[[int], None]
@@ -94,11 +79,11 @@ class OfflineEngine:
 
     name = "offline"
 
-    def __init__(self, settings: OfflineSettings, spec: Spec):
+    def __init__(self, settings: OfflineSettings, task: Task):
         offline_environment(settings.cpu)
         from vllm import LLM
 
-        self.spec, self.settings = spec, settings
+        self.task, self.settings = task, settings
         structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
         kwargs: dict[str, Any] = {}
         if settings.cpu:
@@ -114,20 +99,8 @@ class OfflineEngine:
         except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds at start-up
             raise EngineError(f"vLLM could not load {settings.model_dir}: {type(exc).__name__}: {exc}") from None
         self.tokenizer = self.llm.get_tokenizer()
-        self.sampling, self.chat_kwargs = self._params()
+        self.sampling = task.sampling_params()
         self._finished: dict[str, Answer] = {}  # answers of finished requests not collected yet
-
-    def _params(self):
-        """SamplingParams and chat arguments equal to what `extraction_request` asks a server for."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
-        request = self.spec.request("offline", "")
-        fmt = request.get("response_format")
-        structured = StructuredOutputsParams(json=fmt["json_schema"]["schema"]) if fmt else None
-        sampling = SamplingParams(temperature=request["temperature"], max_tokens=request["max_tokens"],
-                                  structured_outputs=structured)
-        return sampling, request["extra_body"]
 
     def length(self, text: str) -> tuple[int, str]:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]), "tokens"
@@ -144,9 +117,10 @@ class OfflineEngine:
         engine refuses (longer than its context, ...) gets its error here, alone."""
         ticket: list = []
         for text in texts:
+            conversation: Any = self.task.messages(text)  # OpenAI-shaped messages, as vLLM takes them
             try:
-                ids = self.llm.enqueue_chat([self.spec.request("offline", text)["messages"]], self.sampling,
-                                            use_tqdm=False, **self.chat_kwargs)
+                ids = self.llm.enqueue_chat([conversation], self.sampling, use_tqdm=False,
+                                            chat_template_kwargs=self.task.chat_template_kwargs)
                 # vLLM returns its internal id ("<request id>-<8 random characters>"); outputs carry
                 # the request id (LLM's own counter, digits only).
                 ticket += [i.rsplit("-", 1)[0] for i in ids]
@@ -219,9 +193,9 @@ class ServerEngine:
 
     name = "server"
 
-    def __init__(self, base_urls: list[str], *, model: Optional[str], api_key: str, spec: Spec, concurrency: int,
-                 timeout: float, count_tokens: Optional[Callable[[str], int]]):
-        self.spec, self.concurrency, self.count_tokens = spec, concurrency, count_tokens
+    def __init__(self, base_urls: list[str], *, model: Optional[str], api_key: str, task: Task, concurrency: int,
+                 timeout: float):
+        self.task, self.concurrency = task, concurrency
         name = model or served_model(base_urls[0], api_key)
         self.endpoints = [client.Endpoint(url, name, api_key, timeout=timeout) for url in base_urls]
         self.loop = asyncio.new_event_loop()
@@ -229,9 +203,7 @@ class ServerEngine:
         self.sent = 0
 
     def length(self, text: str) -> tuple[int, str]:
-        if self.count_tokens is not None:
-            return self.count_tokens(text), "tokens"
-        return len(text), "characters"
+        return self.task.length(text)
 
     async def _run(self, texts: list[str], progress: Optional[Progress]) -> list[Answer]:
         answers: list[Answer] = [Answer() for _ in texts]
@@ -239,7 +211,7 @@ class ServerEngine:
         async def ask(i: int) -> None:
             which = (self.sent + i) % len(self.endpoints)
             endpoint = self.endpoints[which]
-            done = await client.chat(self.apis[which], self.spec.request(endpoint.model, texts[i]), endpoint)
+            done = await client.chat(self.apis[which], self.task.sdk_kwargs(endpoint.model, texts[i]), endpoint)
             answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}",
                                 error_kind=SERVER_ERROR if done.error else None, timed_out=done.timed_out,
                                 prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens)

@@ -22,8 +22,9 @@ from typing import Any, Callable, Optional
 from swiftpipe import console, flags, jsonl
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.extract import parts
-from swiftpipe.extract.engines import Answer, Spec
+from swiftpipe.extract.engines import Answer
 from swiftpipe.extract.inputs import Chunk, Input, InputError, Row
+from swiftpipe.recipe.task import Task
 
 MANIFEST_VERSION = 1
 # Settings that must stay the same for a rerun to continue an output directory.
@@ -59,7 +60,7 @@ class Prepared:
 class Job:
     out: Path
     input: Input
-    spec: Spec
+    task: Task
     fmt: str
     keep_text: bool
     fields: list[str]
@@ -79,8 +80,7 @@ class Job:
             if answer.error:
                 error, kind, row_flags = answer.error, answer.error_kind, [answer.flag]
             else:
-                checked = flags.check(row.text, answer.raw, schema=self.spec.schema,
-                                      verbatim_fields=self.spec.verbatim_fields)
+                checked = self.task.check(row.text, answer.raw)
                 valid, row_flags = checked.valid, checked.flags
                 values = checked.fields if isinstance(checked.fields, dict) else {}
                 if checked.fields is None:
@@ -104,8 +104,7 @@ class Job:
                 problem: Optional[flags.InputProblem] = flags.InputProblem(
                     flags.NOT_TEXT, f"'{self.input.text_field}' is {type(row.text).__name__}, not text ({row.where})")
             else:
-                problem = flags.input_problem(row.text, max_length=self.spec.max_length, length=engine.length,
-                                              who="the model", source=f"train.max_length of recipe '{self.spec.recipe}'")
+                problem = self.task.input_problem(row.text, who="the model", length=engine.length)
             if problem:
                 out[i] = self._row(row, problem=problem)
             else:

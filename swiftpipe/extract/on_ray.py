@@ -27,7 +27,7 @@ class ChunkWorker:
     def __init__(self, job: Job, settings: OfflineSettings, chunks: dict[int, Chunk]):
         offline_environment(settings.cpu)
         self.job, self.chunks = job, chunks
-        self.engine = OfflineEngine(settings, job.spec)
+        self.engine = OfflineEngine(settings, job.task)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         results: list[ChunkResult] = []

@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from swiftpipe import client, flags, pages
+from swiftpipe import flags, pages
 from swiftpipe.answers import strict_loads
 from swiftpipe.gateway import feedback, keys, rollout, store
 from swiftpipe.gateway import stats as stats_of
@@ -39,6 +39,7 @@ from swiftpipe.gateway.upstream import (
     upstream_lines,
     usage,
 )
+from swiftpipe.recipe.task import Task
 
 ALIAS = "auto"  # the model name that means "route by the rollout weights"
 REFRESH_S = 1.0  # how often keys and weights are reread from the database
@@ -65,12 +66,6 @@ class FeedbackBody(BaseModel):
     id: Any = Field(description="the request's id")
     fields: Any = Field(None, description="the corrected answer")
     verdict: Any = Field(None, description="'correct' to confirm the answer")
-
-
-def _saved_schema(gw: "Gateway", version: Optional[str]) -> Optional[dict]:
-    """The schema of a version that is not served now (from the tasks table)."""
-    task = store.task(gw.conn, version)
-    return task.get("schema") if task else None
 
 
 class ChatBody(BaseModel):
@@ -212,6 +207,13 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - a locked or broken file must not stop serving
                 print(f"warning: could not reread keys and weights from {self.db}: {exc}", file=sys.stderr)
 
+    def task_of(self, version: Optional[str]) -> Optional[Task]:
+        """The task of a version: the served one's, else what the database kept of it (None: unknown)."""
+        if version in self.versions:
+            return self.versions[version].task
+        stored = store.task(self.conn, version)
+        return Task.from_stored(stored) if stored is not None else None
+
     # -- per request ------------------------------------------------------------------------
     def authenticate(self, request: Request) -> keys.Key:
         header = request.headers.get("authorization", "")
@@ -345,9 +347,7 @@ def create_app(gw: Gateway) -> FastAPI:
         version = await gw.route_logged(body.model, key, Call(rid, ts, started, "extract", None, key, body.text))
         text = body.text
         common = Call(rid, ts, started, "extract", version.name, key, text)
-        problem = flags.input_problem(text, max_length=version.max_length, length=version.length,
-                                      who=f"version '{version.name}'",
-                                      source=f"train.max_length of recipe '{version.recipe}'")
+        problem = version.task.input_problem(text, who=f"version '{version.name}'")
         if problem:
             message = problem.message + ("; send the text to extract from in 'text'" if problem.kind == flags.EMPTY_TEXT
                                          else "")
@@ -358,9 +358,7 @@ def create_app(gw: Gateway) -> FastAPI:
         except ApiError as exc:
             await gw.record(common, status=503, error=exc.message, extra_flags=(flags.UPSTREAM_ERROR,))
             raise ApiError(503, exc.message, exc.kind, id=rid)
-        kwargs = client.extraction_request(model, version.system_prompt, text, schema=version.schema,
-                                           max_tokens=version.max_tokens)
-        result = await gw.upstreams.post(version, "/chat/completions", client.request_body(kwargs))
+        result = await gw.upstreams.post(version, "/chat/completions", version.task.request_body(model, text))
         content, missing = message_content(result.body) if result.error is None else (None, None)
         if result.error is not None or missing:
             failure = _upstream_failure(result, version) if result.error else \
@@ -369,7 +367,7 @@ def create_app(gw: Gateway) -> FastAPI:
                             extra_flags=(result.flag or flags.UPSTREAM_ERROR,))
             failure.extra["id"] = rid
             raise failure
-        checked = flags.check(text, content, schema=version.schema, verbatim_fields=version.verbatim_fields)
+        checked = version.task.check(text, content)
         latency = await gw.record(common, status=200, output=content, checked=checked, upstream=result,
                                   tokens=usage(result.body))
         return JSONResponse({"id": rid, "version": version.name, "fields": checked.fields, "valid": checked.valid,
@@ -410,7 +408,7 @@ def create_app(gw: Gateway) -> FastAPI:
         if missing:
             await gw.record(common, status=502, upstream=result, error=missing, extra_flags=(flags.UPSTREAM_ERROR,))
             raise ApiError(502, f"version '{version.name}' gave an unusable answer: {missing}", flags.UPSTREAM_ERROR)
-        checked = flags.check(text, content, schema=version.schema, verbatim_fields=version.verbatim_fields)
+        checked = version.task.check(text, content)
         await gw.record(common, status=200, output=content, checked=checked, upstream=result,
                         tokens=usage(answer))
         answer["id"], answer["model"] = rid, version.name
@@ -420,8 +418,8 @@ def create_app(gw: Gateway) -> FastAPI:
     async def models(key: keys.Key = Depends(authenticate)) -> JSONResponse:
         weights = dict(gw.weights)
         data = [{"id": name, "object": "model", "owned_by": "swiftpipe", "created": 0,
-                 "weight": weights.get(name, 0.0), "source": v.source, "recipe": v.recipe,
-                 "schema": v.schema, "verbatim_fields": list(v.verbatim_fields), "metric": v.metric}
+                 "weight": weights.get(name, 0.0), "source": v.source, "recipe": v.task.recipe,
+                 "schema": v.task.schema, "verbatim_fields": list(v.task.verbatim_fields), "metric": v.task.metric}
                 for name, v in gw.versions.items()]
         data.append({"id": ALIAS, "object": "model", "owned_by": "swiftpipe", "created": 0,
                      "description": "the version the rollout weights pick for this key"})
@@ -433,11 +431,10 @@ def create_app(gw: Gateway) -> FastAPI:
         """A review of an answer: {"id", "fields"} corrects it, {"id", "verdict": "correct"} confirms it."""
         row = gw.conn.execute("SELECT version FROM requests WHERE id = ?", (body.id,)).fetchone() \
             if isinstance(body.id, str) else None
-        version = gw.versions.get(row["version"]) if row and row["version"] else None
-        schema = version.schema if version else _saved_schema(gw, row["version"] if row else None)
+        task = gw.task_of(row["version"] if row else None)
         try:
             stored = await asyncio.to_thread(feedback.record, gw.conn, request_id=body.id, fields=body.fields,
-                                             verdict=body.verdict, schema=schema, key_id=key.id)
+                                             verdict=body.verdict, task=task, key_id=key.id)
         except feedback.FeedbackError as exc:
             raise ApiError(exc.status, exc.message, "invalid_request_error" if exc.status == 400 else "not_found_error")
         return JSONResponse(stored)
@@ -510,8 +507,7 @@ class Relay:
     async def log(self, status: int, error: Optional[str] = None) -> None:
         self.logged = True
         content = "".join(self.parts)
-        checked = None if error else flags.check(self.call.input, content, schema=self.version.schema,
-                                                 verbatim_fields=self.version.verbatim_fields)
+        checked = None if error else self.version.task.check(self.call.input, content)
         await self.gw.record(self.call, status=status, output=content, checked=checked, upstream=self.opened,
                              error=error, extra_flags=(flags.UPSTREAM_ERROR,) if error and status != 499 else (),
                              tokens=self.tokens)

@@ -11,6 +11,7 @@ import time
 from typing import Any, Optional
 
 from swiftpipe import flags
+from swiftpipe.recipe.task import Task
 
 
 class FeedbackError(Exception):
@@ -23,7 +24,7 @@ def _answer(row: sqlite3.Row) -> Optional[Any]:
     return json.loads(row["fields"]) if row["fields"] else None
 
 
-def record(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any, schema: Optional[dict],
+def record(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any, task: Optional[Task],
            key_id: str) -> dict:
     """Validate and store one review; raises FeedbackError(400|404) and changes nothing when wrong."""
     if not isinstance(request_id, str) or not request_id:
@@ -43,12 +44,12 @@ def record(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: A
     else:
         if not isinstance(fields, dict):
             raise FeedbackError(400, f"'fields' must be an object of the answer's fields (got {type(fields).__name__})")
-        if schema:
-            known = list(schema.get("properties") or {})
+        if task is not None and task.schema:
+            known = task.fields
             unknown = [name for name in fields if name not in known]
             if unknown:
                 raise FeedbackError(400, f"fields not in the schema: {', '.join(unknown)}; the fields are {', '.join(known)}")
-            checked = flags.check("", json.dumps(fields, ensure_ascii=False), schema=schema)
+            checked = flags.check("", json.dumps(fields, ensure_ascii=False), schema=task.schema)
             if checked.problems:
                 raise FeedbackError(400, "the corrected answer does not fit the schema: " + "; ".join(checked.problems))
         right = fields

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +22,7 @@ from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.upstream import Upstreams, Version
 from swiftpipe.recipe.derived import device_is_cpu, model_ref
 from swiftpipe.recipe.schema import Recipe, ServeSection
-from swiftpipe.recipe.task import system_prompt, token_counter
+from swiftpipe.recipe.task import Task, task_of, token_counter
 from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
 
 DEFAULT_DB = "serve/serve.sqlite"
@@ -44,6 +44,7 @@ class Planned:
     log: Optional[Path] = None
     url: Optional[str] = None  # an upstream that already runs
     source: str = ""
+    task: Task = field(default_factory=Task)  # its recipe's; none: no system prompt, schema or length limit
 
 
 def split_name(spec: str) -> tuple[Optional[str], str]:
@@ -116,6 +117,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
         planned.append(Planned(name, given, Path.cwd(), url=url if url.endswith("/v1") else url + "/v1", source=url))
     seen: set[str] = set()
     for p in planned:
+        p.task = task_of(p.recipe, p.recipe_base) if p.recipe else Task()
         if p.name in seen:
             raise ServeError(f"two targets are both named '{p.name}'; name them apart with NAME=PATH")
         if p.name == "auto" or not p.name.strip():
@@ -129,30 +131,14 @@ def _safe(name: str) -> str:
 
 
 def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str]) -> Version:
-    r = p.recipe
-    model_dir = p.target.model_dir if p.target else (model_ref(r, p.recipe_base) if r else None)
+    """The running version of a planned one: its task counts input tokens with its model's tokenizer."""
+    model_dir = p.target.model_dir if p.target else (model_ref(p.recipe, p.recipe_base) if p.recipe else None)
     counter = token_counter(model_dir) if model_dir else None
-    if r is None:
-        return Version(name=p.name, base_url=base_url, model=model, api_key=api_key, source=p.source,
-                       count_tokens=counter)
-    if counter is None:
-        console.warn(f"version '{p.name}': no local tokenizer (model {r.model.id}); its length limit "
-                     f"(train.max_length={r.train.max_length}) counts characters instead of tokens")
-    return Version(name=p.name, base_url=base_url, model=model, api_key=api_key,
-                   system_prompt=system_prompt(r, p.recipe_base), schema=r.data.json_schema(),
-                   verbatim_fields=tuple(r.data.verbatim_fields), max_length=r.train.max_length,
-                   max_tokens=r.eval.max_tokens, source=p.source, recipe=r.name, metric=r.eval.metric,
-                   count_tokens=counter)
-
-
-def task_of(p: Planned) -> dict:
-    """What the database keeps of a version's recipe: enough to turn its reviewed answers into
-    training rows (`swiftpipe data corrections`) and to draw them (the pages)."""
-    r = p.recipe
-    if r is None:
-        return {"recipe": None, "system_prompt": None, "schema": None, "verbatim_fields": [], "metric": "exact_match"}
-    return {"recipe": r.name, "system_prompt": system_prompt(r, p.recipe_base), "schema": r.data.json_schema(),
-            "verbatim_fields": list(r.data.verbatim_fields), "metric": r.eval.metric}
+    if p.recipe is not None and counter is None:
+        console.warn(f"version '{p.name}': no local tokenizer (model {p.recipe.model.id}); its length limit "
+                     f"(train.max_length={p.recipe.train.max_length}) counts characters instead of tokens")
+    return Version(name=p.name, base_url=base_url, model=model, api_key=api_key, task=p.task.with_counter(counter),
+                   source=p.source)
 
 
 def ensure_key(conn) -> Optional[str]:
@@ -195,7 +181,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                      f"or a TLS reverse proxy (README 'Deploying'); /health and /metrics need a key from there")
     conn = store.connect(db_path)
     new_weights = rollout.register(conn, [(p.name, p.source) for p in planned], given_weights,
-                                   {p.name: task_of(p) for p in planned})
+                                   {p.name: p.task.stored() for p in planned})
     shown_key = ensure_key(conn)
     if keep_days is not None:
         store.prune(conn, keep_days)

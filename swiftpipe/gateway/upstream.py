@@ -12,39 +12,29 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Optional
 
 from swiftpipe import client, flags
 from swiftpipe.answers import strict_loads
+from swiftpipe.recipe.task import Task
 
 MAX_BODY = 16 * 1024 * 1024  # bytes of an upstream answer; more is an upstream error
 
 
 @dataclass
 class Version:
-    """One version the gateway serves: where it is, and what the recipe says about its answers."""
+    """One version the gateway serves: where it is, and its task (what its recipe says about the
+    requests and answers)."""
 
     name: str
     base_url: str  # .../v1
     model: Optional[str]  # the upstream's model name; None = ask its /v1/models on first use
     api_key: str
-    system_prompt: Optional[str] = None
-    schema: Optional[dict] = None
-    verbatim_fields: tuple[str, ...] = ()
-    max_length: Optional[int] = None  # tokens of input text (the recipe's train.max_length)
-    max_tokens: int = 512
+    task: Task = field(default_factory=Task)
     source: str = ""  # what it serves: a run directory, a model directory or a URL
-    recipe: Optional[str] = None  # the recipe's name
-    metric: str = "exact_match"  # the recipe's eval.metric: ner_f1 answers are {type: [entities]}
-    count_tokens: Optional[Callable[[str], int]] = field(default=None, repr=False)  # None = count characters
     resolving: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     lookup_failed_at: float = -1e9
     lookup_error: Optional[str] = None
-
-    def length(self, text: str) -> tuple[int, str]:
-        if self.count_tokens is not None:
-            return self.count_tokens(text), "tokens"
-        return len(text), "characters"
 
 
 @dataclass

@@ -1,14 +1,141 @@
-"""What answering with a recipe's model needs besides the model: the system prompt and a way to
-count a text's tokens for the length limit. Shared by the gateway and batch extraction."""
+"""The task: what every extraction request carries and how its answers are checked.
+
+Built once — from a recipe (`task_of`), from the gateway's `tasks` table (`Task.from_stored`), or
+from flags (`swiftpipe eval --schema`, `data label --system-prompt`) — and asked for its views
+wherever a model is asked (the evaluator, teacher labelling, the gateway, batch extraction), the
+way vLLM's request models convert themselves (`to_sampling_params`):
+
+- `sdk_kwargs(model, text)`: the OpenAI SDK's `chat.completions.create` arguments;
+- `request_body(model, text)`: the same request as the raw JSON body (the gateway's upstream calls);
+- `sampling_params()` and `chat_template_kwargs`: the same request for vLLM's offline engine;
+- `input_problem(text)`: why a text cannot be sent (empty, too long), or None;
+- `check(text, raw)`: the answer's fields, validity and flags (`swiftpipe.flags`);
+- `stored()` / `from_stored()`: what the gateway's database keeps of it.
+
+Every request is the same: the system prompt, the text, temperature 0, Qwen3 thinking off, and the
+answer's JSON schema as `response_format` json_schema — never the `guided_json` field that vLLM
+0.12 removed (it is ignored silently, with HTTP 200 and unconstrained text).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
-from swiftpipe import console, jsonl, messages
+from swiftpipe import console, flags, jsonl, messages
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.recipe.schema import Recipe
+
+_DEFAULT: Any = object()  # "the task's own system prompt"
+
+
+@dataclass(frozen=True)
+class Task:
+    system_prompt: Optional[str] = None
+    schema: Optional[dict] = None  # the answer's JSON schema; None: unconstrained answers
+    verbatim_fields: tuple[str, ...] = ()  # fields always copied from the text (data.verbatim_fields)
+    max_length: Optional[int] = None  # tokens of input text (train.max_length); None: no limit
+    max_tokens: int = 512  # new tokens per answer (eval.max_tokens)
+    metric: str = "exact_match"  # eval.metric: ner_f1 answers are {type: [entities]}
+    recipe: Optional[str] = None  # the recipe's name, for messages
+    count_tokens: Optional[Callable[[str], int]] = field(default=None, compare=False, repr=False)  # None: characters
+
+    # Qwen3 thinking off, on every request (the template's `enable_thinking`).
+    chat_template_kwargs: ClassVar[dict[str, Any]] = {"enable_thinking": False}
+
+    @property
+    def fields(self) -> list[str]:
+        """The answer's top-level fields, in schema order."""
+        return list((self.schema or {}).get("properties") or {})
+
+    # ------------------------------------------------------------ the request
+
+    def messages(self, text: str, *, system: Optional[str] = _DEFAULT) -> list[dict]:
+        """The chat messages for `text`; `system` (a row's own system prompt) wins over the task's."""
+        return messages.request(self.system_prompt if system is _DEFAULT else system, text)
+
+    def _response_format(self) -> Optional[dict[str, Any]]:
+        if not self.schema:
+            return None
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": self.schema, "strict": True}}
+
+    def sdk_kwargs(self, model: str, text: str, *, system: Optional[str] = _DEFAULT) -> dict[str, Any]:
+        """The keyword arguments of the OpenAI SDK's `client.chat.completions.create` for one extraction."""
+        kwargs: dict[str, Any] = {
+            "model": model,
+            "messages": self.messages(text, system=system),
+            "temperature": 0,
+            "max_tokens": self.max_tokens,
+            "extra_body": {"chat_template_kwargs": dict(self.chat_template_kwargs)},
+        }
+        if self.schema:
+            kwargs["response_format"] = self._response_format()
+        return kwargs
+
+    def request_body(self, model: str, text: str, *, system: Optional[str] = _DEFAULT) -> dict[str, Any]:
+        """The JSON body the SDK call of `sdk_kwargs` sends (extra_body merged in): for raw HTTP callers."""
+        kwargs = self.sdk_kwargs(model, text, system=system)
+        body = {k: v for k, v in kwargs.items() if k != "extra_body"}
+        body.update(kwargs["extra_body"])
+        return body
+
+    def sampling_params(self):
+        """vLLM's SamplingParams for the offline engine: the same decoding as `sdk_kwargs` asks a
+        server for (greedy, max_tokens, the schema as structured output). Imports vLLM."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=self.schema) if self.schema else None
+        return SamplingParams(temperature=0, max_tokens=self.max_tokens, structured_outputs=structured)
+
+    # ------------------------------------------------------------ the checks
+
+    def length(self, text: str) -> tuple[int, str]:
+        """(size, unit) of a text for the length limit: tokens with the model's tokenizer, else characters."""
+        if self.count_tokens is not None:
+            return self.count_tokens(text), "tokens"
+        return len(text), "characters"
+
+    def input_problem(self, text: Any, *, who: str,
+                      length: Optional[Callable[[str], tuple[int, str]]] = None) -> Optional[flags.InputProblem]:
+        """Why `text` cannot be sent (empty, longer than train.max_length), or None; `who` names the
+        model in the message, `length` counts with another tokenizer (the offline engine's own)."""
+        return flags.input_problem(text, max_length=self.max_length, length=length or self.length, who=who,
+                                   source=f"train.max_length of recipe '{self.recipe}'")
+
+    def check(self, text: str, raw: Optional[str]) -> flags.Checked:
+        """The model's raw answer to `text`, parsed and checked against the schema and verbatim fields."""
+        return flags.check(text, raw, schema=self.schema, verbatim_fields=self.verbatim_fields)
+
+    # ------------------------------------------------------------ stored form
+
+    def stored(self) -> dict[str, Any]:
+        """What the gateway's `tasks` table keeps of a served version: enough to check corrections and
+        turn reviewed answers into training rows after the version is no longer served."""
+        return {"recipe": self.recipe, "system_prompt": self.system_prompt, "schema": self.schema,
+                "verbatim_fields": list(self.verbatim_fields), "metric": self.metric, "max_length": self.max_length,
+                "max_tokens": self.max_tokens}
+
+    @classmethod
+    def from_stored(cls, data: Optional[dict[str, Any]]) -> "Task":
+        data = data or {}
+        return cls(system_prompt=data.get("system_prompt"), schema=data.get("schema"),
+                   verbatim_fields=tuple(data.get("verbatim_fields") or ()), max_length=data.get("max_length"),
+                   max_tokens=data.get("max_tokens") or 512, metric=data.get("metric") or "exact_match",
+                   recipe=data.get("recipe"))
+
+    def with_counter(self, count_tokens: Optional[Callable[[str], int]]) -> "Task":
+        """The same task, counting input length with this tokenizer."""
+        return dataclasses.replace(self, count_tokens=count_tokens)
+
+
+def task_of(recipe: Recipe, base: Path) -> Task:
+    """A recipe's task (relative paths of the recipe against `base`)."""
+    return Task(system_prompt=system_prompt(recipe, base), schema=recipe.data.json_schema(),
+                verbatim_fields=tuple(recipe.data.verbatim_fields), max_length=recipe.train.max_length,
+                max_tokens=recipe.eval.max_tokens, metric=recipe.eval.metric, recipe=recipe.name)
 
 
 def system_prompt(recipe: Recipe, base: Path) -> Optional[str]:

