@@ -222,7 +222,7 @@ def test_corrections_export_dedupes_splits_and_summarises(tmp_path):
         export(str(db), str(tmp_path / "o.jsonl"), version=None, since=None, holdout=0, holdout_out=None, seed=0)
     for i in range(10):
         body = {"verdict": "correct"} if i % 3 else {"fields": {"name": "b", "phone": "1", "city": "c"}}
-        feedback.record(conn, request_id=f"req_{i}", fields=body.get("fields"), verdict=body.get("verdict"),
+        feedback.save(conn, request_id=f"req_{i}", fields=body.get("fields"), verdict=body.get("verdict"),
                         task=Task(schema=SCHEMA), key_id="key_1")
     with pytest.raises(SwiftpipeError, match="--holdout-out"):
         export(str(db), str(tmp_path / "o.jsonl"), version=None, since=None, holdout=0.25, holdout_out=None, seed=0)

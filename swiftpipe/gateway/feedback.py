@@ -24,7 +24,7 @@ def _answer(row: sqlite3.Row) -> Optional[Any]:
     return json.loads(row["fields"]) if row["fields"] else None
 
 
-def record(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any, task: Optional[Task],
+def save(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any, task: Optional[Task],
            key_id: str) -> dict:
     """Validate and store one review; raises FeedbackError(400|404) and changes nothing when wrong."""
     if not isinstance(request_id, str) or not request_id:

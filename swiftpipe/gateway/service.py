@@ -205,7 +205,8 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                 servers[p.name] = server.launch()
         import uvicorn  # after the launch: vLLM loads while these import
 
-        from swiftpipe.gateway.app import Gateway, create_app
+        from swiftpipe.gateway.app import create_app
+        from swiftpipe.gateway.state import Gateway
 
         for server in servers.values():
             server.wait_ready()

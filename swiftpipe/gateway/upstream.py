@@ -199,26 +199,3 @@ async def upstream_lines(response) -> AsyncIterator[str]:
         if size > MAX_BODY:
             raise _TooLarge(f"the streamed answer is larger than {MAX_BODY} characters")
         yield line
-
-
-def message_content(body: Any) -> tuple[Optional[str], Optional[str]]:
-    """(choices[0].message.content, why there is none) of a chat completion body of any shape."""
-    try:
-        content = body["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return None, "the answer has no choices[0].message.content"
-    if content is not None and not isinstance(content, str):
-        return None, f"choices[0].message.content is {type(content).__name__}, not text"
-    return content, None
-
-
-def usage(body: Any) -> tuple[Optional[int], Optional[int]]:
-    u = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(u, dict):
-        return None, None
-    p, c = u.get("prompt_tokens"), u.get("completion_tokens")
-    return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
-
-
-def now_ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)

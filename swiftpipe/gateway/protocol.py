@@ -1,0 +1,88 @@
+"""The gateway's HTTP protocol: the request bodies it accepts, the OpenAI-shaped error it answers
+every failure with (`{"error": {"message", "type", "code", ...}}`), and the reading of OpenAI-shaped
+answers from upstreams (their content, their token usage)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from swiftpipe import flags
+
+ALIAS = "auto"  # the model name that means "route by the rollout weights"
+
+# OpenAI's error `type`s, and the gateway's own for upstream failures.
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+RATE_LIMIT = "rate_limit_error"
+NOT_FOUND = "not_found_error"
+SERVER = "server_error"
+UPSTREAM_TIMEOUT = "upstream_timeout"
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+UPSTREAM = flags.UPSTREAM_ERROR  # the upstream's answer is unusable
+
+
+class ApiError(Exception):
+    """What a client gets when its request is not answered: an HTTP status and an OpenAI-shaped body."""
+
+    def __init__(self, status: int, message: str, kind: str, *, headers: Optional[dict] = None, **extra: Any):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.headers, self.extra = status, message, kind, headers, extra
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "code": self.status, **self.extra}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+class ExtractBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="the text to extract from")
+    model: Optional[str] = Field(None, description=f"a version name; none or '{ALIAS}' = by the rollout weights")
+
+
+class ChatBody(BaseModel):
+    model_config = ConfigDict(extra="allow")  # every other OpenAI field is passed through as sent
+    model: Optional[str] = None
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Any = Field(description="the request's id")
+    fields: Any = Field(None, description="the corrected answer")
+    verdict: Any = Field(None, description="'correct' to confirm the answer")
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of a chat request's last user message (what its log row keeps as input)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def message_content(body: Any) -> tuple[Optional[str], Optional[str]]:
+    """(choices[0].message.content, why there is none) of a chat completion body of any shape."""
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None, "the answer has no choices[0].message.content"
+    if content is not None and not isinstance(content, str):
+        return None, f"choices[0].message.content is {type(content).__name__}, not text"
+    return content, None
+
+
+def usage(body: Any) -> tuple[Optional[int], Optional[int]]:
+    """(prompt_tokens, completion_tokens) of an answer, None where it does not say."""
+    u = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(u, dict):
+        return None, None
+    p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+    return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
