@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe import leaderboard as runs
-from swiftpipe import runlock
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.evaluate import read_records
-from swiftpipe.jsonl import read_json, write_atomic
+from swiftpipe.jsonl import write_atomic
 from swiftpipe.recipe.explain import format_value
 from swiftpipe.reports import pct
+from swiftpipe.rundir import NotARun, RunDir
 
 
 class CompareError(SwiftpipeError):
@@ -20,9 +20,10 @@ class CompareError(SwiftpipeError):
 
 
 def check_run(run: Path) -> Path:
-    if not runs.is_run_dir(run):
-        raise CompareError(f"{run} is not a run directory (no run.json / resolved.yaml); pass runs/<recipe>/<run id>")
-    return run
+    try:
+        return RunDir.open(run).path
+    except NotARun as exc:
+        raise CompareError(str(exc)) from None
 
 
 def param_diff(a: Path, b: Path) -> list[tuple[str, Any, Any]]:
@@ -37,7 +38,7 @@ def _param(value: Any) -> Any:
 
 
 def _records(run: Path) -> dict[str, dict]:
-    out = run / "eval" / "finetuned"
+    out = RunDir(run).eval_dir("finetuned")
     return {r["key"]: r for r in read_records(out)} if (out / "predictions.jsonl").exists() else {}
 
 
@@ -49,13 +50,13 @@ def flipped(a: Path, b: Path) -> list[tuple[dict, dict]]:
 
 def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
     a, b = check_run(a), check_run(b)
-    status = {run: runlock.effective_status(read_json(run / "run.json") or {}) for run in (a, b)}
+    status = {run: RunDir(run).status() for run in (a, b)}
     lines = [f"# {a.name} vs {b.name}", "", f"- A: {a} ({status[a]})", f"- B: {b} ({status[b]})", "",
              "## Parameters that differ", ""]
     diff = param_diff(a, b)
     lines += ["| parameter | A | B |", "|---|---|---|"] + [f"| {k} | {_param(va)} | {_param(vb)} |" for k, va, vb in diff] \
         if diff else ["(none: same resolved recipe)"]
-    ma, mb = runs.metrics(a) or {}, runs.metrics(b) or {}
+    ma, mb = RunDir(a).metrics() or {}, RunDir(b).metrics() or {}
     lines += ["", "## Metrics", "", "| metric | A | B | B − A |", "|---|---|---|---|"]
     rows: list[tuple[str, Optional[float], Optional[float]]] = [("exact match", ma.get("exact_match"), mb.get("exact_match"))]
     if ma.get("ner") or mb.get("ner"):
@@ -91,10 +92,10 @@ def plot(a: Path, b: Path, out: Path) -> None:
     left.set_title("training loss")
     left.set_xlabel("step")
     left.legend()
-    fields = sorted(set((runs.metrics(a) or {}).get("per_field", {})) | set((runs.metrics(b) or {}).get("per_field", {})))
+    fields = sorted(set((RunDir(a).metrics() or {}).get("per_field", {})) | set((RunDir(b).metrics() or {}).get("per_field", {})))
     width = 0.4
     for i, (run, color) in enumerate(((a, "#4477aa"), (b, "#ee6677"))):
-        per_field = (runs.metrics(run) or {}).get("per_field", {})
+        per_field = (RunDir(run).metrics() or {}).get("per_field", {})
         right.bar([x + (i - 0.5) * width for x in range(len(fields))], [per_field.get(f, 0) for f in fields],
                   width, label=run.name, color=color)
     right.set_xticks(range(len(fields)), fields, rotation=30, ha="right")

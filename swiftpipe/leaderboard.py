@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from swiftpipe import console, jsonl, runlock
+from swiftpipe import console, jsonl
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.jsonl import read_json
 from swiftpipe.recipe.explain import format_value
+from swiftpipe.rundir import RunDir
 
 # Parameters every leaderboard shows; parameters that differ between the listed runs are added.
 KEY_PARAMS = ["model.id", "train.tuner", "lora.rank", "lora.alpha", "train.lr", "train.epochs", "train.max_steps",
@@ -23,17 +21,6 @@ METRICS = ["exact_match", "base_exact_match", "ner_micro_f1", "invalid_json", "a
 
 class RunsError(SwiftpipeError):
     pass
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "run.json").is_file() and (path / "resolved.yaml").is_file()
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories at or below `root` (a runs root, a recipe's folder, or one run)."""
-    if is_run_dir(root):
-        return [root]
-    return sorted(p.parent for p in root.rglob("run.json") if is_run_dir(p.parent))
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -49,11 +36,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def params(run: Path) -> dict[str, Any]:
-    return flatten(yaml.safe_load((run / "resolved.yaml").read_text(encoding="utf-8")))
-
-
-def metrics(run: Path, which: str = "finetuned") -> Optional[dict]:
-    return read_json(run / "eval" / which / "metrics.json")
+    return flatten(RunDir(run).params())
 
 
 def loss_curve(run: Path) -> list[tuple[int, float]]:
@@ -71,15 +54,14 @@ def loss_curve(run: Path) -> list[tuple[int, float]]:
 
 def record(run: Path) -> dict[str, Any]:
     """One leaderboard row."""
-    info = read_json(run / "run.json") or {}
-    env = read_json(run / "env.json") or {}
-    packages = env.get("packages", {})
-    row: dict[str, Any] = {"run": f"{info.get('name', run.parent.name)}/{info.get('run_id', run.name)}",
-                           "status": runlock.effective_status(info), "path": str(run)}
+    rundir = RunDir(run)
+    info = rundir.info()
+    packages = rundir.env().get("packages", {})
+    row: dict[str, Any] = {"run": f"{rundir.name}/{rundir.run_id}", "status": rundir.status(), "path": str(run)}
     # A list-valued parameter (data.train with several files, lora.target_modules) is one cell, written
     # as in a recipe or an override ([a.jsonl, b.jsonl]): readable, and it sorts and filters as text.
     row.update({k: format_value(v) if isinstance(v, list) else v for k, v in params(run).items()})
-    tuned, base = metrics(run, "finetuned"), metrics(run, "base")
+    tuned, base = rundir.metrics("finetuned"), rundir.metrics("base")
     row["exact_match"] = tuned["exact_match"] if tuned else None
     row["base_exact_match"] = base["exact_match"] if base else None
     row["ner_micro_f1"] = tuned["ner"]["micro"]["f1"] if tuned and tuned.get("ner") else None
@@ -89,9 +71,7 @@ def record(run: Path) -> dict[str, Any]:
         row[f"field.{name}"] = value
     losses = loss_curve(run)
     row["final_loss"] = losses[-1][1] if losses else None
-    seconds = {}
-    for marker in sorted((run / "stages").glob("*.done")):
-        seconds[marker.stem] = (read_json(marker) or {}).get("seconds")
+    seconds = rundir.stage_seconds()
     row["sft_s"] = seconds.get("sft")
     row["total_s"] = round(sum(v for v in seconds.values() if v), 1) if seconds else None
     row["created_at"] = info.get("created_at")
@@ -106,9 +86,9 @@ def leaderboard(root: Path, *, sort: Optional[str] = "exact_match", where: Optio
     """A pandas DataFrame of the runs below `root`: key and varying parameters, metrics, durations, versions."""
     import pandas as pd
 
-    runs = find_runs(root)
+    runs = [r.path for r in RunDir.find(root)]
     if not runs:
-        raise RunsError(f"no run directories below {root} (a run directory holds run.json and resolved.yaml)")
+        raise RunsError(f"no run directories below {root} (see `swiftpipe run`)")
     frame = pd.DataFrame([record(r) for r in runs])
     param_cols = [c for c in frame.columns if "." in c and not c.startswith("field.") and c not in LOCATION_KEYS]
     varying = [c for c in param_cols if frame[c].astype(str).nunique() > 1]

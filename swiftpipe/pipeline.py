@@ -24,7 +24,7 @@ import yaml
 from swiftpipe import console, envinfo, hub, jsonl, messages, procs, render, runlock
 from swiftpipe.console import say as echo
 from swiftpipe.errors import RecipeError, StageFailed, SwiftpipeError
-from swiftpipe.jsonl import read_json, write_atomic, write_json
+from swiftpipe.jsonl import write_atomic
 from swiftpipe.recipe.derived import absolute, device_is_cpu
 from swiftpipe.recipe.load import LoadedRecipe, resolved_yaml
 from swiftpipe.recipe.schema import Recipe
@@ -203,9 +203,8 @@ def _same_recipe_text(text: str) -> str:
 def prepare_run_dir(p: RunPlan) -> bool:
     """Create (or re-open) the run directory. Returns True when re-opening an existing run."""
     resolved = resolved_yaml(p.loaded.recipe)
-    stored_path = p.run.path / "resolved.yaml"
-    if stored_path.exists():
-        stored = stored_path.read_text(encoding="utf-8")
+    if p.run.resolved.exists():
+        stored = p.run.resolved.read_text(encoding="utf-8")
         if _same_recipe_text(stored) != _same_recipe_text(resolved):
             raise RecipeError(
                 f"run {p.run.path} was made with a different recipe:\n{_diff_lines(stored, resolved)}\n"
@@ -213,32 +212,19 @@ def prepare_run_dir(p: RunPlan) -> bool:
             )
         _warn_version_drift(p)
         return True
-    write_atomic(p.run.path / "recipe.yaml", p.loaded.text)
-    write_atomic(stored_path, resolved)
-    write_json(p.run.path / "env.json", envinfo.environment(p.base, seed=p.loaded.recipe.train.seed))
+    p.run.write_recipe(p.loaded.text, resolved)
+    p.run.write_env(envinfo.environment(p.base, seed=p.loaded.recipe.train.seed))
     write_atomic(p.run.path / "commands.sh", render.commands_script(p.commands))
     (p.run.path / "commands.sh").chmod(0o755)
-    write_json(p.run.path / "run.json", {
-        "recipe": str(p.loaded.path),
-        "name": p.loaded.name,
-        "run_id": p.run_id,
-        "overrides": p.loaded.overrides,
-        "cwd": str(p.base),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    p.run.create(recipe=str(p.loaded.path), name=p.loaded.name, run_id=p.run_id, overrides=p.loaded.overrides,
+                 cwd=str(p.base), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return False
 
 
 def _warn_version_drift(p: RunPlan) -> None:
-    drift = envinfo.version_drift(read_json(p.run.path / "env.json") or {})
+    drift = envinfo.version_drift(p.run.env())
     if drift:
         console.warn(f"package versions changed since this run started: {', '.join(drift)}")
-
-
-def update_run_json(run: RunDir, **fields) -> None:
-    data = read_json(run.path / "run.json") or {}
-    data.update(fields)
-    write_json(run.path / "run.json", data)
 
 
 # ---------------------------------------------------------------- live view of sft
@@ -376,7 +362,7 @@ def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
     from swiftpipe.vllm_server import ServeTarget, VllmServer
 
     recipe = p.loaded.recipe
-    out = p.run.path / "eval" / which
+    out = p.run.eval_dir(which)
     if fresh and out.exists():
         shutil.rmtree(out)
     rows = evaluate.read_test_rows(Path(absolute(recipe.data.test or "", p.base)), recipe.data.system_prompt)
@@ -397,9 +383,9 @@ def stage_eval(p: RunPlan, which: str, *, fresh: bool) -> dict:
 def stage_report(p: RunPlan) -> dict:
     from swiftpipe import evaluate, reports
 
-    tuned_dir, base_dir = p.run.path / "eval" / "finetuned", p.run.path / "eval" / "base"
-    tuned = read_json(tuned_dir / "metrics.json") or {}
-    base = read_json(base_dir / "metrics.json") if p.loaded.recipe.eval.compare_base else None
+    tuned_dir, base_dir = p.run.eval_dir("finetuned"), p.run.eval_dir("base")
+    tuned = p.run.metrics("finetuned") or {}
+    base = p.run.metrics("base") if p.loaded.recipe.eval.compare_base else None
     if base:
         text = reports.comparison_markdown(
             base, tuned, evaluate.read_records(base_dir), evaluate.read_records(tuned_dir))
@@ -448,7 +434,7 @@ def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
             echo(f"[{stage}] running (log: {p.run.log(stage)})")
             started = time.monotonic()
             if not node:
-                update_run_json(p.run, status=f"running {stage}", owner=runlock.owner())
+                p.run.update(status=f"running {stage}", owner=runlock.owner())
             run_log(p, f"[{stage}] started")
             try:
                 outputs = runners[stage]()
@@ -467,7 +453,7 @@ def execute(p: RunPlan, *, force: Optional[str] = None) -> dict:
             echo(f"[{stage}] done in {seconds}s")
         summary = summarize(p)
         if not node:
-            update_run_json(p.run, status="done", **summary)
+            p.run.update(status="done", **summary)
         console.resume_hint(None)
         return summary
 
@@ -481,7 +467,7 @@ def run_log(p: RunPlan, line: str) -> None:
 
 def _record_end(p: RunPlan, stage: str, how: str, detail: str) -> None:
     if p.loaded.recipe.hardware.node_rank == 0:
-        update_run_json(p.run, status=f"{how} in {stage}")
+        p.run.update(status=f"{how} in {stage}")
     run_log(p, f"[{stage}] {detail}; resume with: {p.resume_command()}")
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 from swiftpipe import console, envinfo, procs
-from swiftpipe import leaderboard as runs
 from swiftpipe.compare import check_run
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.jsonl import read_json
 from swiftpipe.reports import pct
+from swiftpipe.rundir import RunDir
 
 
 class ReproduceError(SwiftpipeError):
@@ -23,23 +22,23 @@ class ReproduceError(SwiftpipeError):
 def reproduce(run: Path, *, run_id: Optional[str], tolerance: float, echo=console.say) -> int:
     """Rerun `run` from its resolved recipe into a sibling run directory; 0 when the metrics agree."""
     run = check_run(run)
-    for line in envinfo.version_drift(read_json(run / "env.json") or {}):
+    original = RunDir(run)
+    for line in envinfo.version_drift(original.env()):
         echo(f"warning: version drift since the run (then → now): {line}")
     run_id = run_id or f"{run.name}-repro-{time.strftime('%Y%m%d-%H%M%S')}"
-    info = read_json(run / "run.json") or {}
     # The resolved recipe has every default filled in; the root is the original run's root so that
     # the reproduction lands beside it. Relative paths resolve against the original working directory.
-    cwd = info.get("cwd") or str(Path.cwd())
+    cwd = str(original.base) if original.info().get("cwd") else str(Path.cwd())
     root = run.parent.parent
     echo(f"reproducing {run} as {root / run.parent.name / run_id}")
     log = root / run.parent.name / f"{run_id}.reproduce.log"
     echo(f"  (its output: {log})")
-    code = procs.call([sys.executable, "-m", "swiftpipe.cli", "run", str(run / "resolved.yaml"), f"output.root={root}",
+    code = procs.call([sys.executable, "-m", "swiftpipe.cli", "run", str(original.resolved), f"output.root={root}",
                        f"name={run.parent.name}", "--run-id", run_id], {}, log, cwd=Path(cwd), grace=30)
     if code:
         raise ReproduceError(f"the reproduction run failed (exit {code}); see {root / run.parent.name / run_id}/logs")
     new = root / run.parent.name / run_id
-    before, after = runs.metrics(run) or {}, runs.metrics(new) or {}
+    before, after = original.metrics() or {}, RunDir(new).metrics() or {}
     if "exact_match" not in before or "exact_match" not in after:
         echo("no eval metrics to compare (eval disabled or data.test unset); the run itself reproduced")
         return 0

@@ -21,6 +21,7 @@ from swiftpipe import console, procs
 from swiftpipe.errors import RecipeError, SwiftpipeError
 from swiftpipe.jsonl import read_json, write_json
 from swiftpipe.recipe.derived import absolute
+from swiftpipe.rundir import RunDir
 
 
 def split_values(text: str) -> list[str]:
@@ -122,7 +123,7 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
         if dry_run:
             echo(f"{label}\n    {' '.join(['swiftpipe', 'run', recipe_path, *overrides, '--run-id', run_id])}")
             continue
-        if (read_json(run_dir / "run.json") or {}).get("status") == "done":
+        if RunDir(run_dir).info().get("status") == "done":
             echo(f"{label}: done earlier, skipped")
             state["points"][run_id] = {"overrides": overrides, "status": "done"}
             continue

@@ -17,33 +17,21 @@ from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress,
 from swiftpipe.recipe.derived import context_length, device_is_cpu
 from swiftpipe.recipe.schema import ExtractSection, Recipe
 from swiftpipe.recipe.task import Task, task_of, token_counter
-
-
-def _load_recipe(path: str) -> Recipe:
-    from swiftpipe.recipe.load import load_recipe
-
-    return load_recipe(path).recipe
+from swiftpipe.rundir import NotARun, resolve_target
 
 
 def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path]:
     """(model directory, recipe, base for the recipe's relative paths)."""
+    from swiftpipe.recipe.load import load_recipe
+
+    given = load_recipe(recipe).recipe if recipe else None
     if model is None:
-        return None, (_load_recipe(recipe) if recipe else None), Path.cwd()
-    path = Path(model).resolve()
-    if not path.exists():
-        raise ExtractError(f"--model {model}: no such run or model directory")
-    info = jsonl.read_json(path / "run.json")
-    if info:
-        if recipe:
-            console.warn(f"--recipe {recipe} is ignored: the run directory {model} brings its own recipe")
-        if not info.get("final_model"):
-            raise ExtractError(f"{path}: the run has no final model yet (status: {info.get('status')}); finish it "
-                               f"with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
-        return info["final_model"], _load_recipe(str(path / "resolved.yaml")), Path(info.get("cwd", "."))
-    if not (path / "config.json").is_file():
-        raise ExtractError(f"--model {model}: not a run directory (no run.json) nor a model directory (no config.json); "
-                           f"pass runs/<recipe>/<run-id> or a merged model directory")
-    return str(path), (_load_recipe(recipe) if recipe else None), Path.cwd()
+        return None, given, Path.cwd()
+    try:
+        found = resolve_target(model, recipe=given, recipe_from=recipe, option="--model ")
+    except NotARun as exc:
+        raise ExtractError(str(exc)) from None
+    return found.model_dir, found.recipe, found.base
 
 
 def extract_command(input_spec: str, *, out: str, **options) -> dict:

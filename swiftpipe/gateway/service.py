@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from swiftpipe import console, envinfo, jsonl, procs
+from swiftpipe import console, envinfo, procs
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.upstream import Upstreams, Version
 from swiftpipe.recipe.derived import device_is_cpu, model_ref
 from swiftpipe.recipe.schema import Recipe, ServeSection
 from swiftpipe.recipe.task import Task, task_of, token_counter
+from swiftpipe.rundir import NotARun, resolve_target
 from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
 
 DEFAULT_DB = "serve/serve.sqlite"
@@ -76,34 +77,29 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
     for i, spec in enumerate(targets):
         name, target = split_name(spec)
         name = names[i] if names else name
-        path = Path(target).resolve()
-        if not path.exists():
-            raise ServeError(f"{target}: no such run or model directory (it does not exist)")
-        info = jsonl.read_json(path / "run.json")
-        if info:
-            run_recipe = _load_recipe(str(path / "resolved.yaml"))  # a run brings its own recipe
-            if not base and not info.get("final_model"):
-                raise ServeError(f"{path}: the run has no final model yet (status: {info.get('status')}); finish it "
-                                 f"with `swiftpipe run <recipe> --run-id {info.get('run_id')}`")
-            cpu = device_is_cpu(run_recipe, gpu_count)
-            what = ServeTarget.for_run(run_recipe, which="base" if base else "finetuned",
-                                       final_model=info.get("final_model"), base=Path(info.get("cwd", ".")),
-                                       run_name=info.get("name"), cpu=cpu)
-            default = f"{info.get('name')}@{info.get('run_id')}" + ("-base" if base else "")
-            version = name or default
-            planned.append(Planned(version, run_recipe, Path(info.get("cwd", ".")), what, path / "logs" / "serve.log",
-                                   source=str(path)))
+        try:
+            found = resolve_target(target, recipe=given, recipe_from=recipe, final_model=not base)
+        except NotARun as exc:
+            raise ServeError(str(exc)) from None
+        if found.run is not None:
+            run, run_recipe = found.run, found.recipe
+            assert run_recipe is not None
+            what = ServeTarget.for_run(run_recipe, which="base" if base else "finetuned", final_model=run.final_model,
+                                       base=run.base, run_name=run.name, cpu=device_is_cpu(run_recipe, gpu_count))
+            version = name or f"{run.name}@{run.run_id}" + ("-base" if base else "")
+            planned.append(Planned(version, run_recipe, run.base, what, run.log("serve"), source=str(run.path)))
         else:
-            version = name or path.name
+            version = name or found.path.name
+            assert found.model_dir is not None
             if given is None:
                 console.warn(f"{target}: a model directory without --recipe: /v1/extract sends no system prompt and "
                              f"no answer schema, and checks no length limit")
-                what = ServeTarget(model_dir=str(path), served_name=version, cpu=not gpu_count)
+                what = ServeTarget(model_dir=found.model_dir, served_name=version, cpu=not gpu_count)
             else:
-                what = ServeTarget.from_recipe(given, str(path), served_name=version,
+                what = ServeTarget.from_recipe(given, found.model_dir, served_name=version,
                                                cpu=device_is_cpu(given, gpu_count))
             planned.append(Planned(version, given, Path.cwd(), what, log_dir / f"{_safe(version)}.vllm.log",
-                                   source=str(path)))
+                                   source=str(found.path)))
         assert planned[-1].target is not None
         planned[-1].target.served_name = planned[-1].name
     for spec in upstreams:
