@@ -14,7 +14,7 @@ import click
 
 from swiftpipe import __version__, console
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.rundir import STAGES
+from swiftpipe.stages import NAMES as STAGES
 
 OVERRIDES_HELP = "Overrides as dotted KEY=VALUE, e.g. train.lr=2e-4 lora.rank=16 (they win over the YAML)."
 
@@ -87,14 +87,16 @@ def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str 
     plan = pipeline.plan(_load(recipe, overrides + (("offline=true",) if offline else ())), run_id=run_id,
                          base=Path.cwd(), allow_cpu=allow_cpu)
     if dry_run:
+        from swiftpipe.preflight import input_problems
+
         pipeline.check_force(plan, force)
-        for problem in pipeline.input_problems(plan):
+        for problem in input_problems(plan):
             console.warn(f"the real run would stop here: {problem}")
         console.say(pipeline.dry_run_text(plan).rstrip("\n"))
         return
     summary = pipeline.execute(plan, force=force)
     console.say(f"run finished: {plan.run.path}")
-    console.say(f"final model:  {summary['final_model']}")
+    console.say(f"final model:  {summary.get('final_model')}")
     if summary.get("report"):
         console.say(f"report:       {summary['report']}")
 

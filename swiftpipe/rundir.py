@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 
 RUN_JSON = "run.json"
 RESOLVED = "resolved.yaml"
-# The stages of `swiftpipe run`, in order.
-STAGES = ["model", "sft", "export", "eval", "eval-base", "report"]
 
 
 class NotARun(SwiftpipeError):

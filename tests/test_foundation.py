@@ -12,6 +12,7 @@ import yaml
 from swiftpipe import compare, pipeline, sweep
 from swiftpipe import leaderboard as runs
 from swiftpipe.errors import RecipeError
+from swiftpipe.progress import SftProgress
 from swiftpipe.recipe import derived
 from swiftpipe.recipe.load import load_recipe
 from tests.conftest import REPO, child_env, swiftpipe_cmd
@@ -113,7 +114,7 @@ def test_where_a_run_lives_is_not_a_parameter(tmp_path):
 def test_progress_view_never_raises_on_a_malformed_log(tmp_path):
     log = tmp_path / "logging.jsonl"
     out = io.StringIO()
-    progress = pipeline.SftProgress(log, out=out)
+    progress = SftProgress(log, out=out)
     log.write_text('{"loss": "nan?", "global_step/max_steps": "1/4"}\n'
                    '{"loss": null, "global_step/max_steps": "2/4"}\n'
                    '{"loss": 1.5, "global_step/max_steps": 7}\n'

@@ -3,9 +3,12 @@ import json
 
 import pytest
 
+from swiftpipe import preflight
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.pipeline import SftProgress, last_checkpoint_from_log
+from swiftpipe.preflight import input_problems
+from swiftpipe.progress import SftProgress
 from swiftpipe.rundir import RunDir
+from swiftpipe.stages import active, last_checkpoint_from_log
 
 
 def test_progress_reads_only_complete_new_lines(tmp_path):
@@ -85,8 +88,8 @@ def test_other_nodes_only_train():
     master = pipeline.plan(load_recipe(recipe, ["hardware.nnodes=2"]), run_id="r", base=Path(REPO))
     worker = pipeline.plan(load_recipe(recipe, ["hardware.nnodes=2", "hardware.node_rank=1"]), run_id="r",
                            base=Path(REPO))
-    assert pipeline.active_stages(master) == ["sft", "export", "eval", "eval-base", "report"]
-    assert pipeline.active_stages(worker) == ["sft"]
+    assert [s.name for s in active(master)] == ["sft", "export", "eval", "eval-base", "report"]
+    assert [s.name for s in active(worker)] == ["sft"]
 
 
 def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
@@ -120,30 +123,28 @@ def _row(answer: str = '{"name": "a"}') -> str:
 
 
 def test_each_training_file_is_checked_and_a_missing_one_is_named(tmp_path):
-    from swiftpipe import pipeline
     from tests.conftest import REPO
 
     corrections = tmp_path / "corrections.jsonl"
     corrections.write_text(_row() * 3, encoding="utf-8")
     good = _demo_plan(tmp_path, f"data.train=[datasets/demo/address.jsonl,{corrections}]")
-    assert pipeline.data_inputs(good.loaded.recipe)[:2] == [("data.train", "datasets/demo/address.jsonl"),
+    assert preflight.data_inputs(good.loaded.recipe)[:2] == [("data.train", "datasets/demo/address.jsonl"),
                                                             ("data.train", str(corrections))]
-    assert pipeline.input_problems(good) == []
+    assert input_problems(good) == []
     missing = _demo_plan(tmp_path, "data.train=[datasets/demo/address.jsonl,no/such/corrections.jsonl]")
-    assert pipeline.input_problems(missing) == [f"data.train: file not found: {REPO / 'no/such/corrections.jsonl'}"]
+    assert input_problems(missing) == [f"data.train: file not found: {REPO / 'no/such/corrections.jsonl'}"]
     with pytest.raises(SwiftpipeError, match="cannot start:\n  - data.train: file not found: .*no/such/corrections"):
-        pipeline.check_inputs(missing)
+        preflight.check_inputs(missing)
     assert not (tmp_path / "runs").exists()
 
 
 def test_bad_rows_of_a_second_training_file_are_named_file_and_line(tmp_path):
-    from swiftpipe import pipeline
 
     corrections = tmp_path / "corrections.jsonl"
     corrections.write_text(_row() + "{not json\n\n" + _row("not json either") + _row() * 7
                            + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n", encoding="utf-8")
     p = _demo_plan(tmp_path, f"data.train=[datasets/demo/address.jsonl,{corrections}]")
-    [problem] = pipeline.input_problems(p)
+    [problem] = input_problems(p)
     assert problem.startswith(f"data.train: 3 bad row(s) in {corrections} (expected ")
     assert f"\n      - {corrections}:2: not valid JSON" in problem
     assert f"\n      - {corrections}:4: the assistant's answer is not valid JSON" in problem
@@ -151,27 +152,25 @@ def test_bad_rows_of_a_second_training_file_are_named_file_and_line(tmp_path):
     # without an output_schema the answers of training rows may be plain text
     lenient = _demo_plan(tmp_path, f"data.train=[datasets/demo/address.jsonl,{corrections}]", "data.output_schema={}",
                          "data.verbatim_fields=[]")
-    [problem] = pipeline.input_problems(lenient)
+    [problem] = input_problems(lenient)
     assert problem.startswith("data.train: 2 bad row(s)") and ":4:" not in problem
 
 
 def test_bad_row_listing_is_capped_and_an_empty_file_is_refused(tmp_path):
-    from swiftpipe import pipeline
 
     bad, empty = tmp_path / "bad.jsonl", tmp_path / "empty.jsonl"
     bad.write_text("[]\n" * 12, encoding="utf-8")
     empty.write_text("\n", encoding="utf-8")
-    [many, none] = pipeline.input_problems(_demo_plan(tmp_path, f"data.train=[{bad},{empty}]"))
-    assert many.count(f"\n      - {bad}:") == pipeline.SHOWN_BAD_ROWS and many.endswith("... and 7 more")
+    [many, none] = input_problems(_demo_plan(tmp_path, f"data.train=[{bad},{empty}]"))
+    assert many.count(f"\n      - {bad}:") == preflight.SHOWN_BAD_ROWS and many.endswith("... and 7 more")
     assert none.startswith(f"data.train: {empty} has no rows")
 
 
 def test_single_training_file_is_checked_as_before(tmp_path):
-    from swiftpipe import pipeline
     from tests.conftest import REPO
 
-    assert pipeline.input_problems(_demo_plan(tmp_path)) == []
-    assert pipeline.input_problems(_demo_plan(tmp_path, "data.train=nowhere.jsonl")) == [
+    assert input_problems(_demo_plan(tmp_path)) == []
+    assert input_problems(_demo_plan(tmp_path, "data.train=nowhere.jsonl")) == [
         f"data.train: file not found: {REPO / 'nowhere.jsonl'}"]
 
 
