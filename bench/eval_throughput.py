@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from swiftpipe import client, envinfo, evaluate, messages  # noqa: E402
 from swiftpipe.messages import Example  # noqa: E402
 from swiftpipe.procs import resolve_executable  # noqa: E402
-from swiftpipe.recipe.schema import EvalSection  # noqa: E402
+from swiftpipe.recipe.schema import EvalSection, ServeSection  # noqa: E402
 from swiftpipe.vllm_server import ServeTarget, VllmServer  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     # The server inherits this process's CPU set at start; the clients (this process and the
     # `vllm bench` child) then move to the other half.
     os.sched_setaffinity(0, server_cpus)
-    with tempfile.TemporaryDirectory() as tmp, VllmServer(target, Path(tmp) / "server.log") as server:
+    with tempfile.TemporaryDirectory() as tmp, VllmServer(target, Path(tmp) / "server.log", settings=ServeSection()) as server:
         os.sched_setaffinity(0, client_cpus)
         # A fresh vLLM is slow at its first high-concurrency batches: warm every client up first,
         # then alternate the clients over --rounds rounds and report the median.

@@ -34,9 +34,10 @@ sys.path.insert(0, str(REPO))
 from swiftpipe import client, envinfo, jsonl  # noqa: E402
 from swiftpipe.childguard import descendants  # noqa: E402
 from swiftpipe.data.synth import samples  # noqa: E402
+from swiftpipe.recipe.derived import run_serve_target  # noqa: E402
 from swiftpipe.recipe.load import load_recipe  # noqa: E402
 from swiftpipe.recipe.task import task_of  # noqa: E402
-from swiftpipe.vllm_server import ServeTarget, VllmServer  # noqa: E402
+from swiftpipe.vllm_server import VllmServer  # noqa: E402
 
 BARE = textwrap.dedent("""
     import json, sys, time
@@ -162,7 +163,7 @@ def main() -> None:
                                                 str(run_dir), "--no-text"])
         results["offline_vs_bare"] = results["offline"]["rows_per_s"] / results["bare"]["rows_per_s"]
         if not args.skip_server:
-            target = ServeTarget.for_run(recipe, which="finetuned", final_model=info["final_model"],
+            target = run_serve_target(recipe, which="finetuned", final_model=info["final_model"],
                                          base=Path(info["cwd"]), run_name=info["name"], cpu=settings.cpu)
             with VllmServer(target, work / "vllm.log", settings=recipe.serve) as server:
                 print("swiftpipe extract --engine server ...", flush=True)

@@ -92,8 +92,8 @@ def stage_export(p: "RunPlan", fresh: bool) -> dict:
 def stage_eval(p: "RunPlan", which: str, fresh: bool) -> dict:
     """Serve one model (fine-tuned or base), evaluate the test set against it, stop the server."""
     from swiftpipe import client, evaluate, reports, scoring
-    from swiftpipe.recipe.derived import absolute, device_is_cpu
-    from swiftpipe.vllm_server import ServeTarget, VllmServer
+    from swiftpipe.recipe.derived import absolute, device_is_cpu, run_serve_target
+    from swiftpipe.vllm_server import VllmServer
 
     recipe = p.loaded.recipe
     out = p.run.eval_dir(which)
@@ -101,7 +101,7 @@ def stage_eval(p: "RunPlan", which: str, fresh: bool) -> dict:
         shutil.rmtree(out)
     rows = evaluate.read_test_rows(Path(absolute(recipe.data.test or "", p.base)), recipe.data.system_prompt)
     schema = recipe.data.json_schema() or scoring.schema_from_gold(rows)
-    target = ServeTarget.for_run(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
+    target = run_serve_target(recipe, which=which, final_model=summarize(p)["final_model"], base=p.base,
                                  run_name=p.loaded.name, cpu=device_is_cpu(recipe, p.gpu_count))
     log = p.run.log("eval" if which == "finetuned" else "eval-base")
     echo(f"  starting vLLM for {target.model_dir} (log: {log})")

@@ -17,12 +17,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from swiftpipe import procs
 from swiftpipe.errors import SwiftpipeError
-from swiftpipe.recipe.derived import context_length, model_ref, visible_devices
-from swiftpipe.recipe.schema import Recipe, ServeSection
 from swiftpipe.shell import Command, cli_flags
 
 
@@ -33,33 +31,28 @@ class ServerError(SwiftpipeError):
 @dataclass
 class ServeTarget:
     """What one vLLM server serves: the model, its name in the API, the device. How it is served
-    (host, port, memory, parallelism, extra flags) is the recipe's `serve` section, passed as is."""
+    (host, port, memory, parallelism, extra flags) is the recipe's `serve` section, passed as is.
+    A recipe's targets come from `swiftpipe.recipe.derived` (`serve_target`, `run_serve_target`)."""
 
     model_dir: str
     served_name: str
     cpu: bool = False
-    gpus: Optional[list[int]] = None  # hardware.gpus; none = all visible
+    visible_devices: Optional[str] = None  # CUDA_VISIBLE_DEVICES (hardware.gpus); none = all visible
     hub: Optional[str] = None  # set when model_dir is a hub id: modelscope | huggingface
     max_model_len: Optional[int] = None
 
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, model_dir: str, *, served_name: str, cpu: bool,
-                    hub: Optional[str] = None) -> "ServeTarget":
-        return cls(model_dir=model_dir, served_name=served_name, cpu=cpu, gpus=recipe.hardware.gpus, hub=hub,
-                   max_model_len=context_length(recipe))
 
-    @classmethod
-    def for_run(cls, recipe: Recipe, *, which: str, final_model: Optional[str], base: Path, run_name: str,
-                cpu: bool) -> "ServeTarget":
-        """What a run serves: its final model (which="finetuned") or the recipe's base model
-        (which="base", named "<name>-base", from the hub when the recipe names a hub id)."""
-        name = recipe.serve.served_model_name or run_name
-        if which == "finetuned":
-            if not final_model:
-                raise ServerError(f"the run has no final model yet; finish its training first (recipe {run_name})")
-            return cls.from_recipe(recipe, final_model, served_name=name, cpu=cpu)
-        hub = None if recipe.model.is_local else recipe.model.hub
-        return cls.from_recipe(recipe, model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)
+class ServeSettings(Protocol):
+    """How a server is run: the recipe's `serve` section (`ServeSection`) has these."""
+
+    host: str
+    port: Optional[int]
+    gpu_memory_utilization: float
+    tensor_parallel_size: int
+    data_parallel_size: int
+    structured_outputs_backend: str
+    startup_timeout: float
+    extra_args: dict[str, Any]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -77,7 +70,7 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def render_serve(target: ServeTarget, settings: ServeSection, port: int) -> Command:
+def render_serve(target: ServeTarget, settings: ServeSettings, port: int) -> Command:
     structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
     if target.cpu:
         # Without it a small model under a schema can loop on whitespace until max_tokens.
@@ -115,8 +108,8 @@ def render_serve(target: ServeTarget, settings: ServeSection, port: int) -> Comm
         env["CUDA_VISIBLE_DEVICES"] = ""
         if "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
             env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; the default check fails on small VMs
-    elif target.gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = visible_devices(target.gpus)
+    elif target.visible_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = target.visible_devices
     if target.hub == "modelscope":
         env["VLLM_USE_MODELSCOPE"] = "True"
     elif target.hub is None:
@@ -141,9 +134,8 @@ def check_model_dir(model_dir: str) -> None:
 class VllmServer:
     """`with VllmServer(target, log_path, settings=recipe.serve) as server:` → server.base_url, server.api_key."""
 
-    def __init__(self, target: ServeTarget, log_path: Path, *, settings: Optional[ServeSection] = None,
-                 api_key: Optional[str] = None):
-        self.target, self.settings, self.log_path = target, settings or ServeSection(), log_path
+    def __init__(self, target: ServeTarget, log_path: Path, *, settings: ServeSettings, api_key: Optional[str] = None):
+        self.target, self.settings, self.log_path = target, settings, log_path
         self.api_key = api_key or new_api_key()
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None

@@ -2,6 +2,7 @@ import socket
 
 import pytest
 
+from swiftpipe.recipe.derived import serve_target
 from swiftpipe.recipe.schema import ServeSection
 from swiftpipe.vllm_server import ServerError, ServeTarget, VllmServer, free_port, port_in_use, render_serve
 from tests.conftest import REPO
@@ -23,7 +24,7 @@ def test_cpu_command_and_env():
 
 def test_gpu_command_takes_recipe_settings(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    target = ServeTarget(model_dir="Qwen/Qwen3-0.6B", served_name="q", gpus=[2, 3], hub="modelscope")
+    target = ServeTarget(model_dir="Qwen/Qwen3-0.6B", served_name="q", visible_devices="2,3", hub="modelscope")
     settings = ServeSection(gpu_memory_utilization=0.5, tensor_parallel_size=2,
                             extra_args={"enable-prefix-caching": True, "max-num-seqs": 64})
     cmd = render_serve(target, settings, 9000)
@@ -36,7 +37,8 @@ def test_gpu_command_takes_recipe_settings(monkeypatch):
 
 
 def test_missing_model_dir_fails_before_starting(tmp_path):
-    server = VllmServer(ServeTarget(model_dir=str(tmp_path / "nope"), served_name="x"), tmp_path / "s.log")
+    server = VllmServer(ServeTarget(model_dir=str(tmp_path / "nope"), served_name="x"), tmp_path / "s.log",
+                        settings=ServeSection())
     with pytest.raises(ServerError, match="does not exist"):
         server.start()
     assert server.proc is None
@@ -59,9 +61,9 @@ def test_tensor_and_data_parallel_flags_on_gpu():
     from swiftpipe.recipe.load import load_recipe
     recipe = load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml",
                          ["serve.tensor_parallel_size=2", "serve.data_parallel_size=4"]).recipe
-    argv = render_serve(ServeTarget.from_recipe(recipe, "/m", served_name="x", cpu=False), recipe.serve, 8000).argv
+    argv = render_serve(serve_target(recipe, "/m", served_name="x", cpu=False), recipe.serve, 8000).argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert argv[argv.index("--data-parallel-size") + 1] == "4"
     plain = load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml").recipe
-    single = render_serve(ServeTarget.from_recipe(plain, "/m", served_name="x", cpu=False), plain.serve, 8000).argv
+    single = render_serve(serve_target(plain, "/m", served_name="x", cpu=False), plain.serve, 8000).argv
     assert "--data-parallel-size" not in single

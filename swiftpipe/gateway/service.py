@@ -20,7 +20,7 @@ from swiftpipe import console, envinfo, procs
 from swiftpipe.errors import SwiftpipeError
 from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.upstream import Upstreams, Version
-from swiftpipe.recipe.derived import device_is_cpu, model_ref
+from swiftpipe.recipe.derived import device_is_cpu, model_ref, run_serve_target, serve_target
 from swiftpipe.recipe.schema import Recipe, ServeSection
 from swiftpipe.recipe.task import Task, task_of, token_counter
 from swiftpipe.rundir import NotARun, resolve_target
@@ -84,7 +84,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
         if found.run is not None:
             run, run_recipe = found.run, found.recipe
             assert run_recipe is not None
-            what = ServeTarget.for_run(run_recipe, which="base" if base else "finetuned", final_model=run.final_model,
+            what = run_serve_target(run_recipe, which="base" if base else "finetuned", final_model=run.final_model,
                                        base=run.base, run_name=run.name, cpu=device_is_cpu(run_recipe, gpu_count))
             version = name or f"{run.name}@{run.run_id}" + ("-base" if base else "")
             planned.append(Planned(version, run_recipe, run.base, what, run.log("serve"), source=str(run.path)))
@@ -96,7 +96,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
                              f"no answer schema, and checks no length limit")
                 what = ServeTarget(model_dir=found.model_dir, served_name=version, cpu=not gpu_count)
             else:
-                what = ServeTarget.from_recipe(given, found.model_dir, served_name=version,
+                what = serve_target(given, found.model_dir, served_name=version,
                                                cpu=device_is_cpu(given, gpu_count))
             planned.append(Planned(version, given, Path.cwd(), what, log_dir / f"{_safe(version)}.vllm.log",
                                    source=str(found.path)))

@@ -1,6 +1,6 @@
 """What follows from a recipe beyond its keys, wherever it is needed (training, serving, batch
-extraction): where its model and files are, whether it runs on the CPU, which GPUs it sees, and
-the context length its server needs. Pure functions, no heavy imports.
+extraction): where its model and files are, whether it runs on the CPU, which GPUs it sees, the
+context length its server needs and what its vLLM server serves. Pure functions, no heavy imports.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe.errors import RecipeError
+from swiftpipe.errors import RecipeError, SwiftpipeError
 from swiftpipe.recipe.schema import Recipe
+from swiftpipe.vllm_server import ServeTarget
 
 
 def absolute(path: str, base: Path) -> str:
@@ -57,3 +58,24 @@ def context_length(recipe: Recipe) -> int:
     """The context a server of the recipe's model needs: serve.max_model_len, else the longest
     training row (train.max_length) plus the longest answer asked for (eval.max_tokens)."""
     return recipe.serve.max_model_len or recipe.train.max_length + recipe.eval.max_tokens
+
+
+def serve_target(recipe: Recipe, model_dir: str, *, served_name: str, cpu: bool,
+                 hub: Optional[str] = None) -> ServeTarget:
+    """A vLLM server of `model_dir` as the recipe serves it: its GPUs and context length."""
+    return ServeTarget(model_dir=model_dir, served_name=served_name, cpu=cpu, hub=hub,
+                       visible_devices=visible_devices(recipe.hardware.gpus) if recipe.hardware.gpus is not None else None,
+                       max_model_len=context_length(recipe))
+
+
+def run_serve_target(recipe: Recipe, *, which: str, final_model: Optional[str], base: Path, run_name: str,
+                     cpu: bool) -> ServeTarget:
+    """What a run serves: its final model (which="finetuned") or the recipe's base model
+    (which="base", named "<name>-base", from the hub when the recipe names a hub id)."""
+    name = recipe.serve.served_model_name or run_name
+    if which == "finetuned":
+        if not final_model:
+            raise SwiftpipeError(f"the run has no final model yet; finish its training first (recipe {run_name})")
+        return serve_target(recipe, final_model, served_name=name, cpu=cpu)
+    hub = None if recipe.model.is_local else recipe.model.hub
+    return serve_target(recipe, model_ref(recipe, base), served_name=f"{name}-base", cpu=cpu, hub=hub)

@@ -18,8 +18,9 @@ from swiftpipe import jsonl, messages
 from swiftpipe.childguard import group_members
 from swiftpipe.data.synth import samples
 from swiftpipe.extract import parts
+from swiftpipe.recipe.derived import run_serve_target
 from swiftpipe.recipe.load import load_recipe
-from swiftpipe.vllm_server import ServeTarget, VllmServer, free_port
+from swiftpipe.vllm_server import VllmServer, free_port
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
@@ -115,7 +116,7 @@ def test_server_engine_gives_the_same_fields(demo_run, texts, offline_out, tmp_p
     run_dir, _ = demo_run
     info = json.loads((run_dir / "run.json").read_text())
     recipe = load_recipe(str(run_dir / "resolved.yaml")).recipe
-    target = ServeTarget.for_run(recipe, which="finetuned", final_model=info["final_model"], base=Path(info["cwd"]),
+    target = run_serve_target(recipe, which="finetuned", final_model=info["final_model"], base=Path(info["cwd"]),
                                  run_name=info["name"], cpu=True)
     out = tmp_path / "out"
     with VllmServer(target, tmp_path / "vllm.log", settings=recipe.serve) as server:

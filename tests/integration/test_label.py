@@ -10,6 +10,7 @@ import urllib.request
 import pytest
 
 from swiftpipe.data import synth
+from swiftpipe.recipe.schema import ServeSection
 from swiftpipe.vllm_server import ServeTarget, VllmServer
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 def teacher(tiny_model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("teacher") / "server.log"
     target = ServeTarget(model_dir=str(tiny_model_dir), served_name="teacher", max_model_len=1024, cpu=True)
-    with VllmServer(target, log) as server:
+    with VllmServer(target, log, settings=ServeSection()) as server:
         yield server
 
 
