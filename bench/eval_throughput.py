@@ -33,11 +33,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from swiftpipe import client, envinfo, evaluate, messages  # noqa: E402
-from swiftpipe.messages import Example  # noqa: E402
-from swiftpipe.procs import resolve_executable  # noqa: E402
+from swiftpipe.core import envinfo  # noqa: E402
+from swiftpipe.core.procs import resolve_executable  # noqa: E402
+from swiftpipe.core.vllm_server import ServeTarget, VllmServer  # noqa: E402
+from swiftpipe.evaluation import evaluate  # noqa: E402
 from swiftpipe.recipe.schema import EvalSection, ServeSection  # noqa: E402
-from swiftpipe.vllm_server import ServeTarget, VllmServer  # noqa: E402
+from swiftpipe.task import client, messages  # noqa: E402
+from swiftpipe.task.messages import Example  # noqa: E402
 
 
 def prompts(source: Path, num: int) -> list[str]:
@@ -107,7 +109,7 @@ def main() -> None:
     if not model_dir:
         model_dir = str(REPO / ".cache" / "swiftpipe" / "tiny-qwen3")
         if not (Path(model_dir) / "config.json").exists():
-            from swiftpipe.tiny_model import build_tiny_model
+            from swiftpipe.train.tiny_model import build_tiny_model
 
             build_tiny_model(model_dir)
     gpus = envinfo.gpus()

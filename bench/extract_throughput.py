@@ -31,13 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from swiftpipe import client, envinfo, jsonl  # noqa: E402
-from swiftpipe.childguard import descendants  # noqa: E402
+from swiftpipe.core import envinfo, jsonl  # noqa: E402
+from swiftpipe.core.childguard import descendants  # noqa: E402
+from swiftpipe.core.vllm_server import VllmServer  # noqa: E402
 from swiftpipe.data.synth import samples  # noqa: E402
 from swiftpipe.recipe.derived import run_serve_target  # noqa: E402
 from swiftpipe.recipe.load import load_recipe  # noqa: E402
 from swiftpipe.recipe.task import task_of  # noqa: E402
-from swiftpipe.vllm_server import VllmServer  # noqa: E402
+from swiftpipe.task import client  # noqa: E402
 
 BARE = textwrap.dedent("""
     import json, sys, time

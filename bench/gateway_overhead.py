@@ -50,12 +50,13 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from swiftpipe import client, messages, procs  # noqa: E402
+from swiftpipe.core import procs  # noqa: E402
+from swiftpipe.core.stats import percentile  # noqa: E402
+from swiftpipe.core.vllm_server import free_port  # noqa: E402
 from swiftpipe.recipe.load import load_recipe  # noqa: E402
 from swiftpipe.recipe.task import task_of  # noqa: E402
-from swiftpipe.stats import percentile  # noqa: E402
-from swiftpipe.tasks import ADDRESS_SYSTEM_PROMPT  # noqa: E402
-from swiftpipe.vllm_server import free_port  # noqa: E402
+from swiftpipe.task import client, messages  # noqa: E402
+from swiftpipe.task.reference import ADDRESS_SYSTEM_PROMPT  # noqa: E402
 
 RECIPE = "recipes/demo-cpu.yaml"
 MODES = ("direct", "gateway-chat", "gateway-extract")

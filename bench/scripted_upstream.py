@@ -100,7 +100,7 @@ def make_app(model: str, delay_ms: float):
             return
         content = json.dumps(ANSWER, ensure_ascii=False)
         if "#ner" in text:
-            from swiftpipe.tasks import CLUENER_TYPES
+            from swiftpipe.task.reference import CLUENER_TYPES
 
             entities = {"name": ["张三"], "address": ["浙江省杭州市"], "scene": ["西湖"]}
             content = json.dumps({t: entities.get(t, []) for t in CLUENER_TYPES}, ensure_ascii=False)

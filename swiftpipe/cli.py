@@ -12,9 +12,10 @@ from typing import Optional
 
 import click
 
-from swiftpipe import __version__, console
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.stages import NAMES as STAGES
+from swiftpipe import __version__
+from swiftpipe.core import console
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.train.stages import NAMES as STAGES
 
 OVERRIDES_HELP = "Overrides as dotted KEY=VALUE, e.g. train.lr=2e-4 lora.rank=16 (they win over the YAML)."
 
@@ -64,7 +65,7 @@ def validate(recipe: str, overrides: tuple[str, ...], explain: bool) -> None:
 @click.option("--run-id", default="<run-id>", show_default=True, help="Run id used in the rendered paths.")
 def render(recipe: str, overrides: tuple[str, ...], run_id: str) -> None:
     """Print the exact shell commands (with their environment) that `run` executes."""
-    from swiftpipe import pipeline
+    from swiftpipe.train import pipeline
 
     plan = pipeline.plan(_load(recipe, overrides), run_id=run_id, base=Path.cwd())
     console.say(pipeline.dry_run_text(plan).rstrip("\n"))
@@ -82,12 +83,12 @@ def render(recipe: str, overrides: tuple[str, ...], run_id: str) -> None:
 def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str | None, dry_run: bool,
         offline: bool, allow_cpu: bool) -> None:
     """Run the recipe: sft → export (LoRA merge) → serve + eval (→ base eval) → report."""
-    from swiftpipe import pipeline
+    from swiftpipe.train import pipeline
 
     plan = pipeline.plan(_load(recipe, overrides + (("offline=true",) if offline else ())), run_id=run_id,
                          base=Path.cwd(), allow_cpu=allow_cpu)
     if dry_run:
-        from swiftpipe.preflight import input_problems
+        from swiftpipe.train.preflight import input_problems
 
         pipeline.check_force(plan, force)
         for problem in input_problems(plan):
@@ -293,7 +294,7 @@ def eval_cmd(test_file, base_urls, model, out_dir, concurrency, schema_file, rec
 
     The API key comes from OPENAI_API_KEY, as OpenAI clients expect.
     """
-    from swiftpipe.evaluate import eval_command
+    from swiftpipe.evaluation.evaluate import eval_command
 
     eval_command(test_file, base_urls=list(base_urls), model=model, out_dir=out_dir, concurrency=concurrency,
              schema_file=schema_file, recipe=recipe, max_tokens=max_tokens, timeout=timeout, no_schema=no_schema,
@@ -307,7 +308,7 @@ def eval_cmd(test_file, base_urls, model, out_dir, concurrency, schema_file, rec
 @click.option("--dry-run", is_flag=True, help="List the points and their commands; run nothing.")
 def sweep(recipe: str, axes: tuple[str, ...], sweep_id: Optional[str], dry_run: bool) -> None:
     """Run the grid of AXES over RECIPE, one normal run directory per point; failures are recorded, resumable."""
-    from swiftpipe.sweep import sweep_command
+    from swiftpipe.train.sweep import sweep_command
 
     sweep_command(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
 
@@ -322,7 +323,7 @@ def sweep(recipe: str, axes: tuple[str, ...], sweep_id: Optional[str], dry_run: 
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 def leaderboard(root: str, fmt: str, sort: str, where: Optional[str], columns: tuple[str, ...], out: Optional[str]) -> None:
     """Table of the runs below ROOT: key and varying parameters, metrics, durations, versions."""
-    from swiftpipe import leaderboard as board
+    from swiftpipe.evaluation import leaderboard as board
 
     board.show(root, fmt=fmt, sort=sort, where=where, columns=list(columns), out=out)
 
@@ -334,7 +335,7 @@ def leaderboard(root: str, fmt: str, sort: str, where: Optional[str], columns: t
               help="Where compare.md and compare.png go (default: <runs>/compare/<A>-vs-<B>).")
 def compare(run_a: str, run_b: str, out_dir: Optional[str]) -> None:
     """Parameter and metric diff of two runs, the examples whose outcome flipped, and a PNG of both."""
-    from swiftpipe.compare import compare as compare_runs
+    from swiftpipe.evaluation.compare import compare as compare_runs
 
     text, where = compare_runs(Path(run_a), Path(run_b), Path(out_dir) if out_dir else None)
     console.say(text.rstrip("\n"))
@@ -348,7 +349,7 @@ def compare(run_a: str, run_b: str, out_dir: Optional[str]) -> None:
               help="Largest accepted difference of exact match and per-field accuracy (fraction).")
 def reproduce(run_dir: str, run_id: Optional[str], tolerance: float) -> None:
     """Rerun RUN_DIR from its resolved recipe; warn on version drift; exit 1 when metrics differ beyond tolerance."""
-    from swiftpipe.reproduce import reproduce as reproduce_run
+    from swiftpipe.train.reproduce import reproduce as reproduce_run
 
     sys.exit(reproduce_run(Path(run_dir), run_id=run_id, tolerance=tolerance))
 
@@ -358,7 +359,7 @@ def reproduce(run_dir: str, run_id: Optional[str], tolerance: float) -> None:
 @click.argument("overrides", nargs=-1)
 def download(recipe: str, overrides: tuple[str, ...]) -> None:
     """Pre-download the recipe's model from its hub (model.hub: modelscope or huggingface)."""
-    from swiftpipe.hub import download as download_model
+    from swiftpipe.train.hub import download as download_model
 
     download_model(_load(recipe, overrides))
 
@@ -481,14 +482,14 @@ def data_split(path: str, out_dir: str, val: float, test: float, seed: int) -> N
 @click.option("--seed", default=0, show_default=True)
 def tiny_model(out_dir: str, vocab_size: int, hidden_size: int, layers: int, seed: int) -> None:
     """Build a tiny random-init Qwen3 (local BPE tokenizer, Qwen3 chat template) for tests and demos."""
-    from swiftpipe.tiny_model import build_tiny_model
+    from swiftpipe.train.tiny_model import build_tiny_model
 
     path = build_tiny_model(out_dir, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, seed=seed)
     console.say(f"tiny Qwen3 written to {path}")
 
 
 def main() -> None:
-    from swiftpipe import procs
+    from swiftpipe.core import procs
 
     # SIGTERM and SIGHUP (a closed terminal, a dropped SSH session) take the same clean-up path as
     # Ctrl-C: every command stops its children on the way out.

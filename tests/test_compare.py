@@ -5,8 +5,8 @@ import subprocess
 
 import yaml
 
-from swiftpipe import compare
-from swiftpipe import leaderboard as runs
+from swiftpipe.evaluation import compare
+from swiftpipe.evaluation import leaderboard as runs
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 

@@ -2,11 +2,12 @@ import json
 
 import pytest
 
-from swiftpipe import evaluate as ev
-from swiftpipe import messages, reports, scoring
-from swiftpipe.answers import parse_answer
-from swiftpipe.messages import Example
+from swiftpipe.evaluation import evaluate as ev
+from swiftpipe.evaluation import reports, scoring
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import messages
+from swiftpipe.task.answers import parse_answer
+from swiftpipe.task.messages import Example
 
 
 def _row(user, gold, system="sys"):

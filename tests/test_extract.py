@@ -109,7 +109,7 @@ def test_parts_round_trip_and_atomic_names(tmp_path):
 
 
 def test_error_kinds_come_with_the_error():
-    from swiftpipe import flags
+    from swiftpipe.task import flags
 
     problem = flags.input_problem("  ", max_length=10, length=lambda t: (len(t), "characters"), who="w", source="s")
     assert (problem.kind, problem.message) == (flags.EMPTY_TEXT, "text is empty")
@@ -169,8 +169,8 @@ def test_cli_refuses_an_output_of_another_extraction(tmp_path):
 
 def test_extract_settings_are_not_a_recipe_change_for_a_run(tmp_path):
     """`extract.*` is read by `swiftpipe extract` only: a run reopens with other extract settings."""
-    from swiftpipe import pipeline
     from swiftpipe.recipe.load import load_recipe
+    from swiftpipe.train import pipeline
 
     recipe = REPO / "recipes" / "address-qwen3-0.6b.yaml"
     first = pipeline.plan(load_recipe(recipe, [f"output.root={tmp_path}"]), run_id="r", base=REPO)
@@ -181,7 +181,7 @@ def test_extract_settings_are_not_a_recipe_change_for_a_run(tmp_path):
 
 
 def test_recipe_extract_section_is_strict():
-    from swiftpipe.errors import RecipeError
+    from swiftpipe.core.errors import RecipeError
     from swiftpipe.recipe.load import load_recipe
 
     with pytest.raises(RecipeError) as err:
@@ -199,9 +199,9 @@ def test_watcher_stops_what_a_killed_process_started(tmp_path):
     import sys
     import time
 
-    from swiftpipe.childguard import _stat
+    from swiftpipe.core.childguard import _stat
 
-    script = ("import subprocess, time\nfrom swiftpipe import procs\nprocs.watch_descendants(1.0)\n"
+    script = ("import subprocess, time\nfrom swiftpipe.core import procs\nprocs.watch_descendants(1.0)\n"
               "p = subprocess.Popen(['sleep', '300'])\nprint(p.pid, flush=True)\ntime.sleep(300)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               start_new_session=True)

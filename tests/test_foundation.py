@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swiftpipe import compare, pipeline, sweep
-from swiftpipe import leaderboard as runs
-from swiftpipe.errors import RecipeError
-from swiftpipe.progress import SftProgress
+from swiftpipe.core.errors import RecipeError
+from swiftpipe.evaluation import compare
+from swiftpipe.evaluation import leaderboard as runs
 from swiftpipe.recipe import derived
 from swiftpipe.recipe.load import load_recipe
+from swiftpipe.train import pipeline, sweep
+from swiftpipe.train.progress import SftProgress
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 ADDRESS = REPO / "recipes" / "address-qwen3-0.6b.yaml"
@@ -84,7 +85,7 @@ def test_gpu_uuids_and_mig_ids_in_cuda_visible_devices_are_honoured(fake_gpu_mac
 
 
 def test_unknown_cuda_device_entries_count_as_no_gpu(fake_gpu_machine, monkeypatch):
-    from swiftpipe import envinfo
+    from swiftpipe.core import envinfo
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-nope")
     assert envinfo.gpus() == []
@@ -126,7 +127,7 @@ def test_progress_view_never_raises_on_a_malformed_log(tmp_path):
 
 
 def test_a_progress_callback_that_raises_does_not_stop_the_stage(tmp_path):
-    from swiftpipe import procs
+    from swiftpipe.core import procs
 
     calls = []
 

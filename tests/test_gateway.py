@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from swiftpipe import flags
 from swiftpipe.gateway import keys, rollout, stats, store
 from swiftpipe.gateway.report import compare_table, parse_since
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import flags
 from tests.conftest import REPO
 
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "phone": {"type": "string"},
@@ -198,7 +198,7 @@ def test_request_log_survives_rows_sqlite_cannot_take(tmp_path):
 
 
 def test_answers_that_are_not_json():
-    from swiftpipe.answers import parse_answer
+    from swiftpipe.task.answers import parse_answer
 
     assert parse_answer('{"a": NaN}') == (None, False)
     assert parse_answer("[" * 100_000 + "]" * 100_000) == (None, False)
@@ -206,10 +206,10 @@ def test_answers_that_are_not_json():
 
 
 def test_corrections_export_dedupes_splits_and_summarises(tmp_path):
-    from swiftpipe import messages
+    from swiftpipe.core.errors import SwiftpipeError
     from swiftpipe.data.corrections import export
-    from swiftpipe.errors import SwiftpipeError
     from swiftpipe.gateway import feedback
+    from swiftpipe.task import messages
 
     db = tmp_path / "g.sqlite"
     conn = store.connect(db)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from swiftpipe import jsonl
+from swiftpipe.core import jsonl
 from tests.conftest import REPO
 
 
@@ -58,4 +58,4 @@ def test_broken_json_file_is_named(tmp_path):
 def test_no_other_module_parses_json_lines():
     found = subprocess.run(["git", "grep", "-n", "json.loads(line", "--", "swiftpipe"], cwd=REPO,
                            capture_output=True, text=True).stdout.splitlines()
-    assert found and all(line.startswith("swiftpipe/jsonl.py:") for line in found), found
+    assert found and all(line.startswith("swiftpipe/core/jsonl.py:") for line in found), found

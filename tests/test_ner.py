@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from swiftpipe import ner
 from swiftpipe.data import convert
+from swiftpipe.evaluation import ner
 from tests.conftest import SHARED_DATA
 
 

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from swiftpipe import hub, procs
-from swiftpipe.errors import StageFailed
+from swiftpipe.core import procs
+from swiftpipe.core.errors import StageFailed
+from swiftpipe.train import hub
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 

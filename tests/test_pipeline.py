@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from swiftpipe import preflight
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.preflight import input_problems
-from swiftpipe.progress import SftProgress
-from swiftpipe.rundir import RunDir
-from swiftpipe.stages import active, last_checkpoint_from_log
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.recipe.rundir import RunDir
+from swiftpipe.train import preflight
+from swiftpipe.train.preflight import input_problems
+from swiftpipe.train.progress import SftProgress
+from swiftpipe.train.stages import active, last_checkpoint_from_log
 
 
 def test_progress_reads_only_complete_new_lines(tmp_path):
@@ -80,8 +80,8 @@ def test_offline_refuses_missing_local_model_and_hub_ids_before_any_stage(tmp_pa
 def test_other_nodes_only_train():
     from pathlib import Path
 
-    from swiftpipe import pipeline
     from swiftpipe.recipe.load import load_recipe
+    from swiftpipe.train import pipeline
     from tests.conftest import REPO
 
     recipe = REPO / "recipes" / "address-qwen3-0.6b.yaml"
@@ -110,8 +110,8 @@ def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
 
 
 def _demo_plan(tmp_path, *overrides):
-    from swiftpipe import pipeline
     from swiftpipe.recipe.load import load_recipe
+    from swiftpipe.train import pipeline
     from tests.conftest import REPO
 
     loaded = load_recipe(REPO / "recipes" / "demo-cpu.yaml", [f"output.root={tmp_path / 'runs'}", *overrides])
@@ -175,7 +175,7 @@ def test_single_training_file_is_checked_as_before(tmp_path):
 
 
 def test_a_run_with_several_training_files_resumes_and_refuses_a_changed_list(tmp_path):
-    from swiftpipe import pipeline
+    from swiftpipe.train import pipeline
     from tests.conftest import REPO
 
     corrections = tmp_path / "corrections.jsonl"
@@ -195,8 +195,8 @@ def test_a_run_with_several_training_files_resumes_and_refuses_a_changed_list(tm
 def test_leaderboard_and_compare_show_a_list_of_training_files(tmp_path):
     import yaml
 
-    from swiftpipe import compare
-    from swiftpipe import leaderboard as runs
+    from swiftpipe.evaluation import compare
+    from swiftpipe.evaluation import leaderboard as runs
     from tests.test_compare import make_run
 
     a = make_run(tmp_path, "a", rank=8, outcomes=[True, False], losses=[1.0])

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from swiftpipe import procs
-from swiftpipe.errors import StageFailed
+from swiftpipe.core import procs
+from swiftpipe.core.errors import StageFailed
 
 
 def _alive(pid: int) -> bool:
@@ -59,7 +59,7 @@ def test_interrupt_stops_whole_process_group(tmp_path):
 def test_sigterm_to_us_stops_children(tmp_path):
     pidfile = tmp_path / "child.pid"
     code = (
-        "from pathlib import Path; from swiftpipe import procs\n"
+        "from pathlib import Path; from swiftpipe.core import procs\n"
         f"procs.run_stage('sft', ['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait'], {{}}, Path('{tmp_path}/l.log'))\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", code])
@@ -103,7 +103,7 @@ def _gone_within(pids, seconds: float) -> float:
 
 def _parent(code: str, **kwargs) -> subprocess.Popen:
     """A python process standing in for swiftpipe."""
-    prelude = "import sys, time\nfrom pathlib import Path\nfrom swiftpipe import console, procs\n"
+    prelude = "import sys, time\nfrom pathlib import Path\nfrom swiftpipe.core import console, procs\n"
     return subprocess.Popen([sys.executable, "-c", prelude + code], **kwargs)
 
 
@@ -187,7 +187,7 @@ def test_command_not_found_is_stage_failure_127(tmp_path):
 
 
 def test_guard_reports_exec_failure_itself(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "swiftpipe.childguard", str(os.getpid()), "1", "--",
+    result = subprocess.run([sys.executable, "-m", "swiftpipe.core.childguard", str(os.getpid()), "1", "--",
                              "no-such-binary-xyz"], capture_output=True, text=True, timeout=20)
     assert result.returncode == 127
     assert "childguard: command not found: no-such-binary-xyz" in result.stderr
@@ -199,7 +199,7 @@ def test_output_after_terminal_hangup_does_not_fail(tmp_path):
 
     marker = tmp_path / "cleaned-up"
     code = (
-        "import os, time\nfrom swiftpipe import console, procs\n"
+        "import os, time\nfrom swiftpipe.core import console, procs\n"
         "procs.handle_termination_signals()\n"
         "try:\n"
         "    print('ready', flush=True)\n"

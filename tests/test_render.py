@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from swiftpipe import render
 from swiftpipe.recipe.load import load_recipe
+from swiftpipe.train import render
 from tests.conftest import REPO
 
 ADDRESS = REPO / "recipes" / "address-qwen3-0.6b.yaml"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from swiftpipe.rundir import NotARun, RunDir, resolve_target
+from swiftpipe.recipe.rundir import NotARun, RunDir, resolve_target
 from tests.conftest import REPO
 
 

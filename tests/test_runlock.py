@@ -6,15 +6,15 @@ import time
 
 import pytest
 
-from swiftpipe import runlock
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.runlock import RunLock, RunLocked, effective_status, owner, owner_alive
+from swiftpipe.core import runlock
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.runlock import RunLock, RunLocked, effective_status, owner, owner_alive
 
 
 def _holder(run_dir) -> subprocess.Popen:
     """Another process that takes the run's lock and keeps it."""
     code = (
-        "import sys, time\nfrom swiftpipe.runlock import RunLock\n"
+        "import sys, time\nfrom swiftpipe.core.runlock import RunLock\n"
         f"with RunLock({str(run_dir)!r}):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(300)\n"

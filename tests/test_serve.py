@@ -2,9 +2,9 @@ import socket
 
 import pytest
 
+from swiftpipe.core.vllm_server import ServerError, ServeTarget, VllmServer, free_port, port_in_use, render_serve
 from swiftpipe.recipe.derived import serve_target
 from swiftpipe.recipe.schema import ServeSection
-from swiftpipe.vllm_server import ServerError, ServeTarget, VllmServer, free_port, port_in_use, render_serve
 from tests.conftest import REPO
 
 

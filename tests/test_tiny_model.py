@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 def test_tiny_model_is_deterministic_and_a_working_qwen3(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from swiftpipe.tiny_model import build_tiny_model
+    from swiftpipe.train.tiny_model import build_tiny_model
 
     a, b = build_tiny_model(tmp_path / "a"), build_tiny_model(tmp_path / "b")
     names = sorted(p.name for p in a.iterdir())

@@ -12,8 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from swiftpipe import jsonl, messages  # noqa: E402
-from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT  # noqa: E402
+from swiftpipe.core import jsonl  # noqa: E402
+from swiftpipe.task import messages  # noqa: E402
+from swiftpipe.task.reference import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT  # noqa: E402
 
 # (province, city, district, specific_location, name, phone, text template)
 ROWS = [

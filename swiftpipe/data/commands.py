@@ -11,8 +11,8 @@ from typing import Optional
 
 import click
 
-from swiftpipe import console
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.recipe.schema import DataSection
 
 
@@ -60,9 +60,10 @@ def convert(fmt: str, input_path: str, out: str, system_prompt: Optional[str], t
 def label(inputs: Optional[str], out: Optional[str], base_url: Optional[str], model: Optional[str],
           recipe: Optional[str], system_prompt: Optional[str], schema_file: Optional[str], concurrency: int,
           max_tokens: int, verbatim: Optional[str], check: Optional[str]) -> None:
-    from swiftpipe import client, jsonl
+    from swiftpipe.core import jsonl
     from swiftpipe.data import label as lab
     from swiftpipe.recipe.task import Task
+    from swiftpipe.task import client
 
     data = _recipe_data(recipe)
     fields = tuple(v.strip() for v in verbatim.split(",")) if verbatim else tuple(data.verbatim_fields if data else ())

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from swiftpipe import jsonl, messages
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT, CLUENER_SYSTEM_PROMPT, CLUENER_TYPES
+from swiftpipe.core import jsonl
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.task import messages
+from swiftpipe.task.reference import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT, CLUENER_SYSTEM_PROMPT, CLUENER_TYPES
 
 WAYBILL_TAGS = {"P": "name", "T": "phone", "A1": "province", "A2": "city", "A3": "district",
                 "A4": "specific_location"}

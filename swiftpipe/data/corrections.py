@@ -13,10 +13,11 @@ import random
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import console, jsonl, messages
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console, jsonl
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.gateway import store
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import messages
 
 
 def reviewed(db: str, *, version: Optional[str] = None, since: Optional[str] = None) -> list[dict[str, Any]]:

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swiftpipe import client, jsonl, messages
-from swiftpipe.answers import parse_answer
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import jsonl
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import client, messages
+from swiftpipe.task.answers import parse_answer
 
 
 class LabelError(SwiftpipeError):

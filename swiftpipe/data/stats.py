@@ -6,10 +6,11 @@ import random
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import jsonl, messages
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.messages import Example
-from swiftpipe.stats import percentile
+from swiftpipe.core import jsonl
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.stats import percentile
+from swiftpipe.task import messages
+from swiftpipe.task.messages import Example
 
 
 class DataError(SwiftpipeError):

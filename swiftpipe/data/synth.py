@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
-from swiftpipe.tasks import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT
+from swiftpipe.task.reference import ADDRESS_FIELDS, ADDRESS_SYSTEM_PROMPT
 
 __all__ = ["ADDRESS_FIELDS", "ADDRESS_SYSTEM_PROMPT", "write_samples", "samples"]
 

@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console, envinfo, jsonl, procs
+from swiftpipe.core import console, envinfo, jsonl, procs
 from swiftpipe.extract import parts
 from swiftpipe.extract.engines import OfflineSettings, ServerEngine
 from swiftpipe.extract.inputs import Input, fingerprint, resolve
 from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress, Totals, check_fields, open_output
 from swiftpipe.recipe.derived import context_length, device_is_cpu
+from swiftpipe.recipe.rundir import NotARun, resolve_target
 from swiftpipe.recipe.schema import ExtractSection, Recipe
 from swiftpipe.recipe.task import Task, task_of, token_counter
-from swiftpipe.rundir import NotARun, resolve_target
 
 
 def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path]:

@@ -15,9 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from swiftpipe import client, console, flags
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import client, flags
 
 
 class EngineError(SwiftpipeError):

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from swiftpipe import jsonl
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import jsonl
+from swiftpipe.core.errors import SwiftpipeError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_LISTED = 10

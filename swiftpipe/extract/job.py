@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from swiftpipe import console, flags, jsonl
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console, jsonl
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.extract import parts
 from swiftpipe.extract.engines import Answer
 from swiftpipe.extract.inputs import Chunk, Input, InputError, Row
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import flags
 
 MANIFEST_VERSION = 1
 # Settings that must stay the same for a rerun to continue an output directory.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Optional
 
-from swiftpipe import console
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.extract.engines import OfflineEngine, OfflineSettings, offline_environment
 from swiftpipe.extract.inputs import Chunk
 from swiftpipe.extract.job import ChunkResult, Job

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from swiftpipe import jsonl
+from swiftpipe.core import jsonl
 
 FIXED = ("id", "text", "valid", "flags", "error", "error_kind", "raw")
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl"}

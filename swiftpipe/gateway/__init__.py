@@ -6,5 +6,5 @@
 - `store.py`: the SQLite file: request log (group commit), keys, versions, events;
 - `keys.py`, `rollout.py`: API keys and rate limits; traffic weights and sticky routing;
 - `metrics.py`: Prometheus metrics; `report.py`: `swiftpipe requests`; `commands.py`: `keys`, `rollout`.
-The checks of an answer (flags) live in `swiftpipe.flags`, shared with batch extraction.
+The checks of an answer (flags) live in `swiftpipe.task.flags`, shared with batch extraction.
 """

@@ -6,7 +6,7 @@ Thin routes: the work is in `handlers` (extract, chat) and the `Gateway` state (
 and errors are `protocol`'s. Every `/v1/*` call needs a key of the database (`swiftpipe keys
 create`); `/health` and `/metrics` are open to loopback clients only. A request is routed to a
 version (pinned by its `model`, else by the rollout weights, sticky per key), sent upstream,
-checked (`swiftpipe.flags`), written to the request log (committed before the response leaves; in
+checked (`swiftpipe.task.flags`), written to the request log (committed before the response leaves; in
 one place: `answer`) and counted in the metrics. Errors are OpenAI-shaped:
 `{"error": {"message", "type", "code", "id"}}`.
 """
@@ -21,8 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from swiftpipe import pages
-from swiftpipe.gateway import feedback, handlers, keys
+from swiftpipe.gateway import feedback, handlers, keys, pages
 from swiftpipe.gateway import stats as numbers
 from swiftpipe.gateway.middleware import ArrivalClock, BodyLimit, CatchAll
 from swiftpipe.gateway.protocol import INVALID_REQUEST, NOT_FOUND, ApiError, ChatBody, ExtractBody, FeedbackBody, last_user_text

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console
+from swiftpipe.core import console
 from swiftpipe.gateway import keys, rollout, store
 
 

@@ -10,8 +10,8 @@ import sqlite3
 import time
 from typing import Any, Optional
 
-from swiftpipe import flags
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import flags
 
 
 class FeedbackError(Exception):

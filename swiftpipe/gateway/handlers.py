@@ -4,7 +4,6 @@ type); the route records either, once (`app.answer`)."""
 
 from __future__ import annotations
 
-from swiftpipe import flags
 from swiftpipe.gateway.protocol import (
     INVALID_REQUEST,
     UPSTREAM,
@@ -18,6 +17,7 @@ from swiftpipe.gateway.protocol import (
 from swiftpipe.gateway.relay import Relay
 from swiftpipe.gateway.state import Call, Failure, Gateway, Outcome
 from swiftpipe.gateway.upstream import UpstreamResult, Version
+from swiftpipe.task import flags
 
 
 def upstream_failure(result: UpstreamResult, version: Version) -> Failure:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from swiftpipe.flags import TIMEOUT, UPSTREAM_ERROR
+from swiftpipe.task.flags import TIMEOUT, UPSTREAM_ERROR
 
 
 class Metrics:

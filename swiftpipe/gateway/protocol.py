@@ -9,7 +9,7 @@ from typing import Any, Optional
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from swiftpipe import flags
+from swiftpipe.task import flags
 
 ALIAS = "auto"  # the model name that means "route by the rollout weights"
 

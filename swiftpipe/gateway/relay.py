@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fastapi.responses import StreamingResponse
 
-from swiftpipe import flags
-from swiftpipe.answers import strict_loads
 from swiftpipe.gateway.protocol import UPSTREAM, usage
 from swiftpipe.gateway.upstream import UpstreamResult, Version, upstream_lines
+from swiftpipe.task import flags
+from swiftpipe.task.answers import strict_loads
 
 if TYPE_CHECKING:
     from swiftpipe.gateway.state import Call, Outcome, Record

@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import console
-from swiftpipe.flags import INVALID_JSON
+from swiftpipe.core import console
 from swiftpipe.gateway import store
 from swiftpipe.gateway.stats import ALL, empty_entry, version_stats
+from swiftpipe.task.flags import INVALID_JSON
 
 # The numbers `requests --compare` shows for each version, in this order (then one column per flag).
 COMPARED = ("requests", "answered", "invalid_json", "flagged", "p50_ms", "p95_ms", "reviewed", "reviewed_accuracy")

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from swiftpipe import console, envinfo, procs
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console, envinfo, procs
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
 from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.upstream import Upstreams, Version
 from swiftpipe.recipe.derived import device_is_cpu, model_ref, run_serve_target, serve_target
+from swiftpipe.recipe.rundir import NotARun, resolve_target
 from swiftpipe.recipe.schema import Recipe, ServeSection
 from swiftpipe.recipe.task import Task, task_of, token_counter
-from swiftpipe.rundir import NotARun, resolve_target
-from swiftpipe.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
 
 DEFAULT_DB = "serve/serve.sqlite"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

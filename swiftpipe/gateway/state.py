@@ -20,13 +20,13 @@ from typing import Any, Awaitable, Callable, Optional
 
 from fastapi import Request
 
-from swiftpipe import flags
 from swiftpipe.gateway import feedback, keys, rollout, store
 from swiftpipe.gateway.metrics import Metrics
 from swiftpipe.gateway.middleware import arrived
 from swiftpipe.gateway.protocol import ALIAS, AUTHENTICATION, NOT_FOUND, RATE_LIMIT, SERVER, ApiError
 from swiftpipe.gateway.upstream import UpstreamResult, Upstreams, Version
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import flags
 
 REFRESH_S = 1.0  # how often keys and weights are reread from the database
 

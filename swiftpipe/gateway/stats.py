@@ -14,8 +14,8 @@ import sqlite3
 import time
 from typing import Any, Optional
 
-from swiftpipe.flags import INVALID_JSON
-from swiftpipe.stats import percentile
+from swiftpipe.core.stats import percentile
+from swiftpipe.task.flags import INVALID_JSON
 
 ALL = "all"  # the group of a version's whole period (besides its days)
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core.errors import SwiftpipeError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (

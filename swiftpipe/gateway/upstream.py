@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
-from swiftpipe import client, flags
-from swiftpipe.answers import strict_loads
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import client, flags
+from swiftpipe.task.answers import strict_loads
 
 MAX_BODY = 16 * 1024 * 1024  # bytes of an upstream answer; more is an upstream error
 

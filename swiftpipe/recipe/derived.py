@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe.errors import RecipeError, SwiftpipeError
+from swiftpipe.core.errors import RecipeError, SwiftpipeError
+from swiftpipe.core.vllm_server import ServeTarget
 from swiftpipe.recipe.schema import Recipe
-from swiftpipe.vllm_server import ServeTarget
 
 
 def absolute(path: str, base: Path) -> str:

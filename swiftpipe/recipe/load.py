@@ -15,7 +15,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from swiftpipe.errors import RecipeError
+from swiftpipe.core.errors import RecipeError
 from swiftpipe.recipe.schema import Recipe
 
 COMMAND_LINE = "command line"

@@ -9,7 +9,7 @@ way vLLM's request models convert themselves (`to_sampling_params`):
 - `request_body(model, text)`: the same request as the raw JSON body (the gateway's upstream calls);
 - `sampling_params()` and `chat_template_kwargs`: the same request for vLLM's offline engine;
 - `input_problem(text)`: why a text cannot be sent (empty, too long), or None;
-- `check(text, raw)`: the answer's fields, validity and flags (`swiftpipe.flags`);
+- `check(text, raw)`: the answer's fields, validity and flags (`swiftpipe.task.flags`);
 - `stored()` / `from_stored()`: what the gateway's database keeps of it.
 
 Every request is the same: the system prompt, the text, temperature 0, Qwen3 thinking off, and the
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
-from swiftpipe import console, flags, jsonl, messages
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console, jsonl
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.recipe.schema import Recipe
+from swiftpipe.task import flags, messages
 
 _DEFAULT: Any = object()  # "the task's own system prompt"
 

@@ -5,7 +5,7 @@ import json
 import subprocess
 
 from swiftpipe.data import synth
-from swiftpipe.evaluate import read_test_rows
+from swiftpipe.evaluation.evaluate import read_test_rows
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 

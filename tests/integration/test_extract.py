@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from swiftpipe import jsonl, messages
-from swiftpipe.childguard import group_members
+from swiftpipe.core import jsonl
+from swiftpipe.core.childguard import group_members
+from swiftpipe.core.vllm_server import VllmServer, free_port
 from swiftpipe.data.synth import samples
 from swiftpipe.extract import parts
 from swiftpipe.recipe.derived import run_serve_target
 from swiftpipe.recipe.load import load_recipe
-from swiftpipe.vllm_server import VllmServer, free_port
+from swiftpipe.task import messages
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration

@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
+from swiftpipe.core.vllm_server import ServeTarget, VllmServer
 from swiftpipe.data import synth
 from swiftpipe.recipe.schema import ServeSection
-from swiftpipe.vllm_server import ServeTarget, VllmServer
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from swiftpipe import runlock
+from swiftpipe.core import runlock
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 from tests.integration.test_serve_eval import processes_mentioning
 

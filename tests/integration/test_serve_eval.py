@@ -73,8 +73,8 @@ def test_api_key_never_written_to_run_dir(demo_run):
 @pytest.fixture(scope="module")
 def server(demo_run):
     """A real vLLM server on the demo's merged model, started by swiftpipe's launcher."""
+    from swiftpipe.core.vllm_server import ServeTarget, VllmServer
     from swiftpipe.recipe.schema import ServeSection
-    from swiftpipe.vllm_server import ServeTarget, VllmServer
 
     run, _ = demo_run
     target = ServeTarget(model_dir=str(run / "merged"), served_name="demo", max_model_len=1024, cpu=True)

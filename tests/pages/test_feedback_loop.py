@@ -10,8 +10,9 @@ import subprocess
 import httpx
 import pytest
 
-from swiftpipe import jsonl, messages
+from swiftpipe.core import jsonl
 from swiftpipe.gateway import keys, store
+from swiftpipe.task import messages
 from tests.conftest import REPO, child_env, swiftpipe_cmd
 from tests.integration.test_gateway import KEY, Gateway
 from tests.integration.test_serve_eval import DEMO_DATA, processes_mentioning

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from swiftpipe.errors import RecipeError
+from swiftpipe.core.errors import RecipeError
 from swiftpipe.recipe.load import _key_lines, apply_overrides, load_recipe, parse_override, resolved_yaml, validate
 from tests.conftest import REPO
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, TextIO, Union
 
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core.errors import SwiftpipeError
 
 PathLike = Union[str, Path]
 

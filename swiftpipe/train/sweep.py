@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console, procs
-from swiftpipe.errors import RecipeError, SwiftpipeError
-from swiftpipe.jsonl import read_json, write_json
+from swiftpipe.core import console, procs
+from swiftpipe.core.errors import RecipeError, SwiftpipeError
+from swiftpipe.core.jsonl import read_json, write_json
 from swiftpipe.recipe.derived import absolute
-from swiftpipe.rundir import RunDir
+from swiftpipe.recipe.rundir import RunDir
 
 
 def split_values(text: str) -> list[str]:
@@ -164,7 +164,7 @@ def run_sweep(recipe_path: str, axes_specs: tuple[str, ...], *, sweep_id: Option
 
 def sweep_command(recipe: str, axes: tuple[str, ...], *, sweep_id: Optional[str], dry_run: bool) -> None:
     """`swiftpipe sweep`: run the grid, then show the leaderboard of its points."""
-    from swiftpipe import leaderboard
+    from swiftpipe.evaluation import leaderboard
 
     root, run_ids = run_sweep(recipe, axes, sweep_id=sweep_id, dry_run=dry_run)
     if dry_run:

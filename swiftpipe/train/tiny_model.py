@@ -10,7 +10,7 @@ import json
 import random
 from pathlib import Path
 
-from swiftpipe.tasks import ADDRESS_SYSTEM_PROMPT
+from swiftpipe.task.reference import ADDRESS_SYSTEM_PROMPT
 
 # Qwen3's special tokens, in Qwen3's order, so chat templates and stop tokens behave the same.
 SPECIAL_TOKENS = [

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import jsonl
+from swiftpipe.core import jsonl
 
 
 class SftProgress:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import jsonl
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import jsonl
+from swiftpipe.core.errors import SwiftpipeError
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAPE = ('one JSON object per line: {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}, '

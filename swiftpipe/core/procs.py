@@ -3,7 +3,7 @@ and even when swiftpipe itself is SIGKILLed.
 
 `swift sft` and `vllm serve` are launchers that start a child python; signalling only the
 launcher leaves that child running, so we always signal the whole group we created. Nothing runs
-in a process that gets SIGKILL, so every child is started under `swiftpipe.childguard`, which
+in a process that gets SIGKILL, so every child is started under `swiftpipe.core.childguard`, which
 leads the group and stops it when swiftpipe goes away.
 """
 
@@ -21,9 +21,9 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from swiftpipe import console
-from swiftpipe.childguard import group_members
-from swiftpipe.errors import StageFailed
+from swiftpipe.core import console
+from swiftpipe.core.childguard import group_members
+from swiftpipe.core.errors import StageFailed
 
 GUARD = Path(__file__).resolve().with_name("childguard.py")
 GUARDED = hasattr(signal, "sigtimedwait")  # the guard needs it: Linux (macOS runs commands unguarded)

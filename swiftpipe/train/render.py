@@ -11,9 +11,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from swiftpipe.core.shell import Command, cli_flags
 from swiftpipe.recipe.derived import absolute, device_is_cpu, model_ref, visible_devices
 from swiftpipe.recipe.schema import Recipe
-from swiftpipe.shell import Command, cli_flags
 
 # The export command reads the checkpoint that sft reports in the summary line of logging.jsonl,
 # so commands.sh is re-runnable as a script, the same way the runner finds it.

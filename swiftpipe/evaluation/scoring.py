@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from swiftpipe import ner
-from swiftpipe.messages import Example
-from swiftpipe.stats import percentile
+from swiftpipe.core.stats import percentile
+from swiftpipe.evaluation import ner
+from swiftpipe.task.messages import Example
 
 
 def _json_type(value: Any) -> str:

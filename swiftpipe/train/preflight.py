@@ -7,14 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from swiftpipe import envinfo, hub, jsonl, messages
-from swiftpipe.errors import RecipeError
+from swiftpipe.core import envinfo, jsonl
+from swiftpipe.core.errors import RecipeError
 from swiftpipe.recipe.derived import absolute
 from swiftpipe.recipe.schema import Recipe
-from swiftpipe.stages import active, evaluates
+from swiftpipe.task import messages
+from swiftpipe.train import hub
+from swiftpipe.train.stages import active, evaluates
 
 if TYPE_CHECKING:
-    from swiftpipe.pipeline import RunPlan
+    from swiftpipe.train.pipeline import RunPlan
 
 # Bad rows shown per data file; the others are counted.
 SHOWN_BAD_ROWS = 5

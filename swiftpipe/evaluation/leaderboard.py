@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import console, jsonl
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console, jsonl
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.recipe.explain import format_value
-from swiftpipe.rundir import RunDir
+from swiftpipe.recipe.rundir import RunDir
 
 # Parameters every leaderboard shows; parameters that differ between the listed runs are added.
 KEY_PARAMS = ["model.id", "train.tuner", "lora.rank", "lora.alpha", "train.lr", "train.epochs", "train.max_steps",

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from swiftpipe import jsonl, procs
-from swiftpipe.console import say as echo
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.jsonl import write_atomic
+from swiftpipe.core import jsonl, procs
+from swiftpipe.core.console import say as echo
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.jsonl import write_atomic
 
 if TYPE_CHECKING:
-    from swiftpipe.pipeline import RunPlan
     from swiftpipe.recipe.schema import Recipe
+    from swiftpipe.train.pipeline import RunPlan
 
 
 def last_checkpoint_from_log(train_dir: Path) -> str:
@@ -43,7 +43,7 @@ def last_checkpoint_from_log(train_dir: Path) -> str:
 
 def stage_model(p: "RunPlan", fresh: bool) -> dict:
     from swiftpipe.recipe.derived import absolute
-    from swiftpipe.tiny_model import build_tiny_model  # torch: only when this stage runs
+    from swiftpipe.train.tiny_model import build_tiny_model  # torch: only when this stage runs
 
     model_dir = Path(absolute(p.loaded.recipe.model.id, p.base))
     if (model_dir / "config.json").is_file():
@@ -57,8 +57,8 @@ def stage_model(p: "RunPlan", fresh: bool) -> dict:
 
 
 def stage_sft(p: "RunPlan", fresh: bool) -> dict:
-    from swiftpipe import render
-    from swiftpipe.progress import SftProgress
+    from swiftpipe.train import render
+    from swiftpipe.train.progress import SftProgress
 
     if fresh and p.run.train_dir.exists():
         shutil.rmtree(p.run.train_dir)
@@ -78,7 +78,7 @@ def stage_sft(p: "RunPlan", fresh: bool) -> dict:
 
 
 def stage_export(p: "RunPlan", fresh: bool) -> dict:
-    from swiftpipe import render
+    from swiftpipe.train import render
 
     checkpoint = p.run.stage_outputs("sft")["checkpoint"]
     cmd = render.render_export(p.loaded.recipe, p.run.path, base=p.base, checkpoint=checkpoint, gpu_count=p.gpu_count)
@@ -91,9 +91,10 @@ def stage_export(p: "RunPlan", fresh: bool) -> dict:
 
 def stage_eval(p: "RunPlan", which: str, fresh: bool) -> dict:
     """Serve one model (fine-tuned or base), evaluate the test set against it, stop the server."""
-    from swiftpipe import client, evaluate, reports, scoring
+    from swiftpipe.core.vllm_server import VllmServer
+    from swiftpipe.evaluation import evaluate, reports, scoring
     from swiftpipe.recipe.derived import absolute, device_is_cpu, run_serve_target
-    from swiftpipe.vllm_server import VllmServer
+    from swiftpipe.task import client
 
     recipe = p.loaded.recipe
     out = p.run.eval_dir(which)
@@ -115,7 +116,7 @@ def stage_eval(p: "RunPlan", which: str, fresh: bool) -> dict:
 
 
 def stage_report(p: "RunPlan", fresh: bool) -> dict:
-    from swiftpipe import evaluate, reports
+    from swiftpipe.evaluation import evaluate, reports
 
     tuned_dir, base_dir = p.run.eval_dir("finetuned"), p.run.eval_dir("base")
     tuned = p.run.metrics("finetuned") or {}

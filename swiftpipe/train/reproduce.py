@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console, envinfo, procs
-from swiftpipe.compare import check_run
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.reports import pct
-from swiftpipe.rundir import RunDir
+from swiftpipe.core import console, envinfo, procs
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.evaluation.compare import check_run
+from swiftpipe.evaluation.reports import pct
+from swiftpipe.recipe.rundir import RunDir
 
 
 class ReproduceError(SwiftpipeError):

@@ -1,9 +1,9 @@
 """Evaluate a served model on a messages JSONL test set (`swiftpipe eval`, and the run's eval stages).
 
 Requests are the task's (`Task.sdk_kwargs`: the same extraction request as everywhere: temperature
-0, thinking off, the answer schema as `response_format`), sent through swiftpipe.client concurrently. Every finished row is
+0, thinking off, the answer schema as `response_format`), sent through swiftpipe.task.client concurrently. Every finished row is
 appended to predictions.jsonl at once, so an interrupted evaluation resumes where it stopped,
-losing and repeating nothing. Scoring is swiftpipe.scoring, the Markdown swiftpipe.reports.
+losing and repeating nothing. Scoring is swiftpipe.evaluation.scoring, the Markdown swiftpipe.evaluation.reports.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from swiftpipe import client, console, jsonl, messages, reports, scoring
-from swiftpipe.answers import parse_answer
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.messages import Example
+from swiftpipe.core import console, jsonl
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.evaluation import reports, scoring
 from swiftpipe.recipe.schema import EvalSection
 from swiftpipe.recipe.task import Task
+from swiftpipe.task import client, messages
+from swiftpipe.task.answers import parse_answer
+from swiftpipe.task.messages import Example
 
 
 class EvalError(SwiftpipeError):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from swiftpipe.answers import parse_answer
+from swiftpipe.task.answers import parse_answer
 
 INVALID_JSON = "invalid_json"
 SCHEMA_VIOLATION = "schema_violation"

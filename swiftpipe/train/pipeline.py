@@ -15,16 +15,17 @@ from typing import Optional
 
 import yaml
 
-from swiftpipe import console, envinfo, hub, procs, render, runlock
-from swiftpipe.console import say as echo
-from swiftpipe.errors import RecipeError, StageFailed, SwiftpipeError
-from swiftpipe.jsonl import write_atomic
-from swiftpipe.preflight import check_inputs
+from swiftpipe.core import console, envinfo, procs, runlock
+from swiftpipe.core.console import say as echo
+from swiftpipe.core.errors import RecipeError, StageFailed, SwiftpipeError
+from swiftpipe.core.jsonl import write_atomic
+from swiftpipe.core.shell import Command
 from swiftpipe.recipe.derived import absolute
 from swiftpipe.recipe.load import LoadedRecipe, resolved_yaml
-from swiftpipe.rundir import RunDir, new_run_id
-from swiftpipe.shell import Command
-from swiftpipe.stages import active, summarize
+from swiftpipe.recipe.rundir import RunDir, new_run_id
+from swiftpipe.train import hub, render
+from swiftpipe.train.preflight import check_inputs
+from swiftpipe.train.stages import active, summarize
 
 # Recipe keys that legitimately differ between the machines of one multi-node run sharing
 # output.root: they do not make a different recipe.

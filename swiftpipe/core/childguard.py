@@ -1,7 +1,7 @@
 """A tiny supervisor that makes sure a child command never outlives swiftpipe.
 
-    python -m swiftpipe.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]
-    python -m swiftpipe.childguard --watch PARENT_PID GRACE_SECONDS   (see `watch`)
+    python -m swiftpipe.core.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]
+    python -m swiftpipe.core.childguard --watch PARENT_PID GRACE_SECONDS   (see `watch`)
 
 Why: swiftpipe cleans up its children on Ctrl-C, SIGTERM and SIGHUP, but nothing runs in a process
 that gets SIGKILL (kill -9, the OOM killer). `swift sft` and `vllm serve` are launchers that start a
@@ -223,7 +223,7 @@ def main(args: list[str]) -> None:
     if len(args) == 3 and args[0] == "--watch":
         sys.exit(watch(int(args[1]), float(args[2])))
     if len(args) < 4 or args[2] != "--":
-        sys.exit("usage: python -m swiftpipe.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]")
+        sys.exit("usage: python -m swiftpipe.core.childguard PARENT_PID GRACE_SECONDS -- COMMAND [ARG...]")
     exit_like(Guard(int(args[0]), float(args[1]), args[3:]).run())
 
 

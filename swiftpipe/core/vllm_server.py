@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from swiftpipe import procs
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.shell import Command, cli_flags
+from swiftpipe.core import procs
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.shell import Command, cli_flags
 
 
 class ServerError(SwiftpipeError):

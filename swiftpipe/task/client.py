@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core.errors import SwiftpipeError
 
 
 class ClientError(SwiftpipeError):

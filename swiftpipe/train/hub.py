@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from swiftpipe import console
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core import console
+from swiftpipe.core.errors import SwiftpipeError
 
 HUB_NAMES = {"modelscope": "ModelScope", "huggingface": "Hugging Face"}
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from swiftpipe import console, runlock
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.jsonl import read_json, write_atomic, write_json
+from swiftpipe.core import console, runlock
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.jsonl import read_json, write_atomic, write_json
 
 if TYPE_CHECKING:
     from swiftpipe.recipe.schema import Recipe

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from swiftpipe import leaderboard as runs
-from swiftpipe.errors import SwiftpipeError
-from swiftpipe.evaluate import read_records
-from swiftpipe.jsonl import write_atomic
+from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.jsonl import write_atomic
+from swiftpipe.evaluation import leaderboard as runs
+from swiftpipe.evaluation.evaluate import read_records
+from swiftpipe.evaluation.reports import pct
 from swiftpipe.recipe.explain import format_value
-from swiftpipe.reports import pct
-from swiftpipe.rundir import NotARun, RunDir
+from swiftpipe.recipe.rundir import NotARun, RunDir
 
 
 class CompareError(SwiftpipeError):

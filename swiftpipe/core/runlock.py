@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
-from swiftpipe.errors import SwiftpipeError
+from swiftpipe.core.errors import SwiftpipeError
 
 LOCK_NAME = "run.lock"
 
