@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 BAD = """\
 model:

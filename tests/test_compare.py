@@ -7,7 +7,7 @@ import yaml
 
 from swiftpipe.evaluation import compare
 from swiftpipe.evaluation import leaderboard as runs
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 
 def make_run(root, run_id, *, rank, outcomes, losses):

@@ -17,7 +17,7 @@ from swiftpipe.extract.engines import SERVER_ERROR, Answer
 from swiftpipe.extract.inputs import Input, InputError, Row, resolve
 from swiftpipe.extract.job import Job
 from swiftpipe.recipe.task import Task
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -16,7 +16,7 @@ from swiftpipe.recipe import derived
 from swiftpipe.recipe.load import load_recipe
 from swiftpipe.train import pipeline, sweep
 from swiftpipe.train.progress import SftProgress
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 ADDRESS = REPO / "recipes" / "address-qwen3-0.6b.yaml"
 UUID = "GPU-8f3c2b1a-1111-2222-3333-444455556666"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # What scripts/install.sh and a `pip install -e .` need from the checkout (the working tree as it is).
 INSTALL_FILES = ("pyproject.toml", "README.md", "sft.sh", "scripts", "constraints", "swiftpipe")

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from swiftpipe.core import jsonl
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_bad_line_is_named_by_file_and_line(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from swiftpipe.data import convert
 from swiftpipe.evaluation import ner
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 
 def test_hand_computed_example():

@@ -9,7 +9,7 @@ import pytest
 from swiftpipe.core import procs
 from swiftpipe.core.errors import StageFailed
 from swiftpipe.train import hub
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 
 def run_cli(*args, env=None, cwd=REPO, timeout=120):

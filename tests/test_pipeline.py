@@ -62,7 +62,7 @@ def test_markers(tmp_path):
 def test_offline_refuses_missing_local_model_and_hub_ids_before_any_stage(tmp_path):
     import subprocess
 
-    from tests.conftest import REPO, child_env, swiftpipe_cmd
+    from tests.helpers import REPO, child_env, swiftpipe_cmd
 
     missing = tmp_path / "no-such-model"
     out = subprocess.run([*swiftpipe_cmd(), "run", "recipes/demo-cpu.yaml", f"output.root={tmp_path}",
@@ -82,7 +82,7 @@ def test_other_nodes_only_train():
 
     from swiftpipe.recipe.load import load_recipe
     from swiftpipe.train import pipeline
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     recipe = REPO / "recipes" / "address-qwen3-0.6b.yaml"
     master = pipeline.plan(load_recipe(recipe, ["hardware.nnodes=2"]), run_id="r", base=Path(REPO))
@@ -95,7 +95,7 @@ def test_other_nodes_only_train():
 def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
     import subprocess
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     before = sorted(p.name for p in REPO.iterdir())
     out = subprocess.run(["bash", "sft.sh", "--dry-run", "--download"], cwd=REPO, capture_output=True, text=True,
@@ -112,7 +112,7 @@ def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
 def _demo_plan(tmp_path, *overrides):
     from swiftpipe.recipe.load import load_recipe
     from swiftpipe.train import pipeline
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     loaded = load_recipe(REPO / "recipes" / "demo-cpu.yaml", [f"output.root={tmp_path / 'runs'}", *overrides])
     return pipeline.plan(loaded, run_id="r", base=REPO)
@@ -123,7 +123,7 @@ def _row(answer: str = '{"name": "a"}') -> str:
 
 
 def test_each_training_file_is_checked_and_a_missing_one_is_named(tmp_path):
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     corrections = tmp_path / "corrections.jsonl"
     corrections.write_text(_row() * 3, encoding="utf-8")
@@ -167,7 +167,7 @@ def test_bad_row_listing_is_capped_and_an_empty_file_is_refused(tmp_path):
 
 
 def test_single_training_file_is_checked_as_before(tmp_path):
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     assert input_problems(_demo_plan(tmp_path)) == []
     assert input_problems(_demo_plan(tmp_path, "data.train=nowhere.jsonl")) == [
@@ -176,7 +176,7 @@ def test_single_training_file_is_checked_as_before(tmp_path):
 
 def test_a_run_with_several_training_files_resumes_and_refuses_a_changed_list(tmp_path):
     from swiftpipe.train import pipeline
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     corrections = tmp_path / "corrections.jsonl"
     corrections.write_text(_row(), encoding="utf-8")

@@ -7,7 +7,7 @@ import pytest
 
 from swiftpipe.recipe.load import load_recipe
 from swiftpipe.train import render
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 ADDRESS = REPO / "recipes" / "address-qwen3-0.6b.yaml"
 RUN = Path("/tmp/runs/address/r1")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from swiftpipe.recipe.rundir import NotARun, RunDir, resolve_target
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _run(path, **info):

@@ -5,7 +5,7 @@ import pytest
 from swiftpipe.core.vllm_server import ServerError, ServeTarget, VllmServer, free_port, port_in_use, render_serve
 from swiftpipe.recipe.derived import serve_target
 from swiftpipe.recipe.schema import ServeSection
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_cpu_command_and_env():

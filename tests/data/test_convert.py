@@ -8,7 +8,7 @@ import pytest
 
 from swiftpipe.data import convert
 from swiftpipe.data.synth import ADDRESS_FIELDS
-from tests.conftest import REPO, SHARED_DATA, child_env, swiftpipe_cmd
+from tests.helpers import REPO, SHARED_DATA, child_env, swiftpipe_cmd
 
 
 def answers(result):

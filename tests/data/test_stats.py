@@ -4,7 +4,7 @@ import json
 import subprocess
 
 from swiftpipe.data import stats
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 ADDRESS = REPO / "datasets" / "address" / "test.jsonl"
 

@@ -6,7 +6,7 @@ import subprocess
 
 from swiftpipe.data import synth
 from swiftpipe.evaluation.evaluate import read_test_rows
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 
 def generate(n: int, seed: int) -> str:

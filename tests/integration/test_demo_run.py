@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 

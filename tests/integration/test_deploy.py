@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 from tests.integration.test_serve_eval import processes_mentioning
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from swiftpipe.extract import parts
 from swiftpipe.recipe.derived import run_serve_target
 from swiftpipe.recipe.load import load_recipe
 from swiftpipe.task import messages
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 

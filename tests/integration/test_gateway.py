@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 from tests.integration.test_serve_eval import processes_mentioning
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ import pytest
 from swiftpipe.core.vllm_server import ServeTarget, VllmServer
 from swiftpipe.data import synth
 from swiftpipe.recipe.schema import ServeSection
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from swiftpipe.core import runlock
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 from tests.integration.test_serve_eval import processes_mentioning
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from swiftpipe.recipe.load import load_recipe
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 

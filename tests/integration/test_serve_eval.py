@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 

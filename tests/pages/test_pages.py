@@ -8,7 +8,7 @@ import sqlite3
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.integration.test_gateway import KEY, RECIPE, Gateway, scripted  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 from swiftpipe.recipe import explain
 from swiftpipe.recipe.load import load_recipe
 from swiftpipe.task.reference import ADDRESS_SYSTEM_PROMPT
-from tests.conftest import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 

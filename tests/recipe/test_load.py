@@ -5,7 +5,7 @@ from pydantic import BaseModel
 
 from swiftpipe.core.errors import RecipeError
 from swiftpipe.recipe.load import _key_lines, apply_overrides, load_recipe, parse_override, resolved_yaml, validate
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 MINIMAL = """\
 model:
