@@ -47,3 +47,21 @@ def scripted(tmp_path):
         yield url
     finally:
         stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_run, tmp_path_factory):
+    """One real vLLM server (swiftpipe's launcher) of the demo's fine-tuned model for the whole
+    session, served as "demo": the evaluator, extract's server engine, teacher labelling and the
+    gateway's upstream tests ask it. It serves the model through a link of its own, so that checks
+    for processes a run left behind (which look for the run directory) do not see it."""
+    from swiftpipe.core.vllm_server import ServeTarget, VllmServer
+    from swiftpipe.recipe.schema import ServeSection
+
+    run, _ = demo_run
+    link = tmp_path_factory.mktemp("demo-server") / "model"
+    link.symlink_to(run / "merged", target_is_directory=True)
+    target = ServeTarget(model_dir=str(link), served_name="demo", max_model_len=1024, cpu=True)
+    with VllmServer(target, link.parent / "vllm.log", settings=ServeSection(startup_timeout=300)) as server:
+        yield server
+    assert server.proc is None

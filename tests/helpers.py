@@ -217,3 +217,18 @@ class GatewayProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
         return self.proc.wait(timeout=60)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """`rows` as a JSONL file (UTF-8, not escaped); returns `path`."""
+    import json
+
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def training_row(answer: str = '{"name": "a"}') -> str:
+    """One JSONL line in ms-swift's messages format: a user turn and the assistant's `answer` (as given)."""
+    import json
+
+    return json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}]}) + "\n"

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, run_cli
 
 BAD = """\
 model:
@@ -15,10 +15,6 @@ train:
 lora:
   rnak: 8
 """
-
-
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([*swiftpipe_cmd(), *args], capture_output=True, text=True, cwd=cwd, env=child_env())
 
 
 def test_invalid_recipe_exits_2_with_both_errors_and_no_traceback(write_recipe):
@@ -53,7 +49,7 @@ def test_help_and_render_do_not_import_heavy_packages():
         "heavy = [m for m in ('torch', 'swift', 'vllm', 'transformers', 'pandas') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
 

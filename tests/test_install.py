@@ -117,14 +117,14 @@ def test_requires_python_matches_the_installer():
 
 def test_half_made_venv_is_recreated(repo_copy):
     # What a failed `python -m venv` leaves behind (e.g. Ubuntu without python3.X-venv): a python, no pip.
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(repo_copy / ".venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(repo_copy / ".venv")], check=True, timeout=300)
     venv_python = repo_copy / ".venv" / "bin" / "python"
-    assert subprocess.run([venv_python, "-m", "pip", "--version"], capture_output=True).returncode != 0
+    assert subprocess.run([venv_python, "-m", "pip", "--version"], capture_output=True, timeout=60).returncode != 0
     out = run_install(repo_copy, env_extra={"PYTHON": sys.executable, "SWIFTPIPE_INSTALL_VENV_ONLY": "1"})
     assert out.returncode == 0, out.stdout + out.stderr
     assert ".venv has no working pip (a half-made venv): recreating .venv" in out.stdout
     assert "stopping after the venv step" in out.stdout
-    pip = subprocess.run([venv_python, "-m", "pip", "--version"], capture_output=True, text=True)
+    pip = subprocess.run([venv_python, "-m", "pip", "--version"], capture_output=True, text=True, timeout=60)
     assert pip.returncode == 0 and pip.stdout.startswith("pip "), pip.stderr
     assert not (repo_copy / ".venv" / ".swiftpipe-install").exists()  # stopped before installing anything
 
@@ -136,9 +136,9 @@ def test_venv_of_a_too_old_python_is_recreated(repo_copy):
     assert out.returncode == 0, out.stdout + out.stderr
     assert ".venv was made with Python 3.10.12" in out.stdout and "recreating .venv" in out.stdout
     version = subprocess.run([repo_copy / ".venv" / "bin" / "python", "-c", "import sys; print(sys.version_info[:2])"],
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, timeout=60).stdout
     assert version.strip() == str(sys.version_info[:2])
-    assert subprocess.run([repo_copy / ".venv" / "bin" / "python", "-m", "pip", "--version"]).returncode == 0
+    assert subprocess.run([repo_copy / ".venv" / "bin" / "python", "-m", "pip", "--version"], timeout=60).returncode == 0
 
 
 def path_without_python(tmp_path: Path) -> str:
@@ -150,7 +150,7 @@ def path_without_python(tmp_path: Path) -> str:
 
 
 def test_usable_venv_is_kept_without_any_python_on_PATH(repo_copy, tmp_path):
-    subprocess.run([sys.executable, "-m", "venv", str(repo_copy / ".venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(repo_copy / ".venv")], check=True, timeout=300)
     marker = repo_copy / ".venv" / "keep-me"
     marker.write_text("")
     env = {"PATH": path_without_python(tmp_path), "HOME": str(tmp_path)}
@@ -162,7 +162,7 @@ def test_usable_venv_is_kept_without_any_python_on_PATH(repo_copy, tmp_path):
 
 
 def test_venv_of_the_other_stack_is_recreated(repo_copy):
-    subprocess.run([sys.executable, "-m", "venv", str(repo_copy / ".venv")], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(repo_copy / ".venv")], check=True, timeout=300)
     (repo_copy / ".venv" / ".swiftpipe-install").write_text("--cpu 0123456789abcdef\n")
     out = run_install(repo_copy, "--gpu", "--venv-only", env_extra={"PYTHON": sys.executable})
     assert out.returncode == 0, out.stdout + out.stderr
@@ -255,11 +255,25 @@ def test_sft_sh_dry_run_on_a_gpu_machine_plans_the_gpu_check(repo_copy, tmp_path
     assert plan.index("scripts/install.sh --gpu") < plan.index("scripts/check_gpu.sh") < plan.index("swiftpipe run")
 
 
+def test_sft_sh_dry_run_prints_the_plan_and_changes_nothing():
+    def tree_status() -> str:  # every created, changed or deleted file of the checkout, ignored ones too
+        return subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--ignored"], cwd=REPO,
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+
+    before = tree_status()
+    out = subprocess.run(["bash", "sft.sh", "--dry-run", "--download"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "plan:" in out.stdout and "scripts/install.sh" in out.stdout and "swiftpipe download" in out.stdout
+    assert "swiftpipe run recipes/" in out.stdout
+    assert tree_status() == before
+
+
 # --- packaging: the GPU extra resolves; no deprecation noise from pyproject.toml -----------------
 
 
 def fresh_venv(path: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=300)
     return path / "bin" / "python"
 
 

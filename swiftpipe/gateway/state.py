@@ -211,7 +211,7 @@ class Gateway:
         try:
             await self.log.add(outcome.row(call, latency))
         except store.StoreError as exc:
-            raise ApiError(500, f"{exc}; the request was not answered", SERVER) from None
+            raise ApiError(500, f"{exc}; the request was not answered", SERVER, id=call.rid) from None
         self.metrics.observe(call.version or "-", call.endpoint, outcome.status, latency / 1000, outcome.all_flags)
         return latency
 

@@ -50,12 +50,13 @@ class UpstreamResult:
 class Upstreams:
     """The shared HTTP client and the retry policy for all versions."""
 
-    timeout: float = 60.0  # seconds per attempt
+    timeout: float = 60.0  # seconds per attempt, until the answer starts (also when the transport has none)
     retries: int = 2  # more attempts after the first
-    http: Any = None
+    http: Any = None  # the shared HTTP client; given (tests: an in-process transport) or made by `start`
 
     def start(self) -> None:
-        self.http = client.http_client()
+        if self.http is None:
+            self.http = client.http_client()
 
     async def close(self) -> None:
         if self.http is not None:
@@ -136,8 +137,9 @@ class Upstreams:
             request = self.http.build_request("POST", version.base_url + path, content=payload,
                                               headers=self._headers(version), timeout=self.timeout)
             try:
-                response = await self.http.send(request, stream=True)
-            except httpx2.TimeoutException as exc:
+                async with asyncio.timeout(self.timeout):
+                    response = await self.http.send(request, stream=True)
+            except (httpx2.TimeoutException, asyncio.TimeoutError) as exc:
                 result = UpstreamResult(error=f"no answer within {self.timeout:g}s ({type(exc).__name__})",
                                         flag=flags.TIMEOUT, attempts=attempt + 1)
             except (httpx2.HTTPError, OSError) as exc:

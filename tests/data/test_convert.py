@@ -2,13 +2,12 @@
 
 import collections
 import json
-import subprocess
 
 import pytest
 
 from swiftpipe.data import convert
 from swiftpipe.data.synth import ADDRESS_FIELDS
-from tests.helpers import REPO, SHARED_DATA, child_env, swiftpipe_cmd
+from tests.helpers import REPO, SHARED_DATA, run_cli
 
 
 def answers(result):
@@ -88,13 +87,11 @@ def test_alpaca_fenced_json_with_line_numbers(tmp_path):
 def test_cli_reports_bad_rows_with_file_and_line(tmp_path):
     path = write(tmp_path, "c.json", '{"text": "x", "label": {}}\n{oops\n')
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([*swiftpipe_cmd(), "data", "convert", "--from", "cluener", str(path), "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, env=child_env())
+    done = run_cli("data", "convert", "--from", "cluener", str(path), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert f"{path}:2: skipped: not valid JSON" in done.stderr
     assert "converted 1 rows" in done.stdout and len(out.read_text().splitlines()) == 1
-    missing = subprocess.run([*swiftpipe_cmd(), "data", "convert", "--from", "alpaca", str(tmp_path / "none.json"),
-                              "--out", str(out)], capture_output=True, text=True, cwd=REPO, env=child_env())
+    missing = run_cli("data", "convert", "--from", "alpaca", str(tmp_path / "none.json"), "--out", str(out))
     assert missing.returncode == 1 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 

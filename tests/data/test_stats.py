@@ -1,10 +1,9 @@
 """data stats / split."""
 
 import json
-import subprocess
 
 from swiftpipe.data import stats
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, run_cli
 
 ADDRESS = REPO / "datasets" / "address" / "test.jsonl"
 
@@ -20,8 +19,7 @@ def test_stats_with_the_tiny_tokenizer(tmp_path, tiny_model_dir):
     bad.write_text("\n".join(lines + ['{"messages": [{"role": "user", "content": "no answer"}]}', "{oops"]) + "\n",
                    encoding="utf-8")
     png = tmp_path / "h.png"
-    done = subprocess.run([*swiftpipe_cmd(), "data", "stats", str(bad), "--model", str(tiny_model_dir), "--png",
-                           str(png), "--json"], capture_output=True, text=True, cwd=REPO, env=child_env())
+    done = run_cli("data", "stats", str(bad), "--model", str(tiny_model_dir), "--png", str(png), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["rows"] == 20 and result["bad_rows"] == 2
@@ -33,16 +31,15 @@ def test_stats_with_the_tiny_tokenizer(tmp_path, tiny_model_dir):
     assert result["suggested_max_length"] >= total["max"] and result["suggested_max_length"] % 64 == 0
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     # The text report exits 1 when rows are bad, naming them.
-    text = subprocess.run([*swiftpipe_cmd(), "data", "stats", str(bad)], capture_output=True, text=True, cwd=REPO,
-                          env=child_env())
+    text = run_cli("data", "stats", str(bad))
     assert text.returncode == 1 and f"{bad}:22" in text.stdout
 
 
 def test_split_is_seeded_and_complete(tmp_path):
     for out in ("a", "b"):
-        subprocess.run([*swiftpipe_cmd(), "data", "split", str(ADDRESS), "--out-dir", str(tmp_path / out), "--val",
-                        "0.1", "--test", "0.2", "--seed", "3"], check=True, cwd=REPO, env=child_env(),
-                       capture_output=True)
+        done = run_cli("data", "split", str(ADDRESS), "--out-dir", str(tmp_path / out), "--val", "0.1", "--test", "0.2",
+                       "--seed", "3")
+        assert done.returncode == 0, done.stderr
     parts = {name: (tmp_path / "a" / f"{name}.jsonl").read_text().splitlines() for name in ("train", "val", "test")}
     assert {k: len(v) for k, v in parts.items()} == {"train": 280, "val": 40, "test": 80}
     assert sorted(sum(parts.values(), [])) == sorted(ADDRESS.read_text().splitlines())

@@ -2,11 +2,10 @@
 
 import io
 import json
-import subprocess
 
 from swiftpipe.data import synth
 from swiftpipe.evaluation.evaluate import read_test_rows
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, run_cli
 
 
 def generate(n: int, seed: int) -> str:
@@ -69,8 +68,7 @@ def test_rows_are_readable_as_test_data(tmp_path):
 
 def test_cli_writes_the_same_file_as_the_library(tmp_path):
     out = tmp_path / "a.jsonl"
-    done = subprocess.run([*swiftpipe_cmd(), "data", "synth-address", "--n", "300", "--seed", "5", "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO, env=child_env())
+    done = run_cli("data", "synth-address", "--n", "300", "--seed", "5", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert out.read_text(encoding="utf-8") == generate(300, seed=5)
     assert "wrote 300 rows" in done.stdout

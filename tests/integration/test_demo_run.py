@@ -4,11 +4,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,11 +82,11 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_model_
     proc = subprocess.Popen([*swiftpipe_cmd(), *args], cwd=REPO, env=child_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 600
-        while not (run / "train" / "checkpoint-10" / "trainer_state.json").exists():
+        def checkpoint_10() -> bool:
             assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.2)
+            return (run / "train" / "checkpoint-10" / "trainer_state.json").exists()
+
+        wait_for(checkpoint_10, 600, "the first checkpoint", every=0.2)
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C to swiftpipe only: it must stop its children
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -96,8 +95,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_model_
     assert proc.returncode == 130, output
     assert "interrupted (Ctrl-C)" in output
     assert f"resume with `swiftpipe run recipes/demo-cpu.yaml output.root={tmp_path}" in output and "--run-id resume`" in output
-    time.sleep(1)
-    assert _group_gone(proc.pid), "swift processes survived Ctrl-C"
+    wait_for(lambda: _group_gone(proc.pid), 10, "swift's processes to stop after Ctrl-C")
     assert not (run / "stages" / "sft.done").exists()
     last = sorted(int(p.name.split("-")[1]) for p in (run / "train").glob("checkpoint-*")
                   if (p / "trainer_state.json").exists())[-1]

@@ -1,21 +1,16 @@
 """deploy.sh against a real vLLM start: a server that is not ready in time is reported and stopped."""
 
-import socket
 import subprocess
-import time
 
 import pytest
 
-from tests.helpers import REPO, child_env, swiftpipe_cmd
-from tests.integration.test_serve_eval import processes_mentioning
+from tests.helpers import REPO, assert_gone, child_env, free_port, port_free, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 
 
 def test_deploy_fails_with_the_log_tail_and_leaves_nothing_running(tiny_model_dir, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     name = f"t-not-ready-{port}"
     log = tmp_path / "deploy.log"
     env = {**child_env(), "SWIFTPIPE_API_KEY": "sk-test-deploy"}
@@ -26,18 +21,14 @@ def test_deploy_fails_with_the_log_tail_and_leaves_nothing_running(tiny_model_di
     assert f"'{name}' was not ready within 3s" in out.stderr and "Last lines of" in out.stderr
     assert "vllm serve" in out.stderr  # the log's tail: the command swiftpipe started
     assert not (REPO / ".deploy" / f"{name}.pid").exists()
-    time.sleep(1)
-    assert processes_mentioning(str(tiny_model_dir)) == []
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # the port is free again
+    assert_gone(str(tiny_model_dir), 10)
+    assert port_free(port)
 
 
 def test_deploy_serves_the_gateway_and_stops_it(tiny_model_dir, tmp_path):
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     name = f"t-deploy-{port}"
     env = {**child_env(), "SWIFTPIPE_API_KEY": "sk-test-deploy-ok"}
     try:
@@ -58,4 +49,4 @@ def test_deploy_serves_the_gateway_and_stops_it(tiny_model_dir, tmp_path):
         for leftover in (REPO / ".deploy").glob(f"{name}*"):
             leftover.unlink()
     assert stop.returncode == 0 and f"stopped '{name}'" in stop.stdout
-    assert processes_mentioning(str(tiny_model_dir)) == []
+    assert_gone(str(tiny_model_dir), 10)

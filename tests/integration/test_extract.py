@@ -8,21 +8,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from swiftpipe.core import jsonl
 from swiftpipe.core.childguard import group_members
-from swiftpipe.core.vllm_server import VllmServer, free_port
 from swiftpipe.data.synth import samples
 from swiftpipe.extract import parts
-from swiftpipe.recipe.derived import run_serve_target
-from swiftpipe.recipe.load import load_recipe
 from swiftpipe.task import messages
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -113,17 +108,12 @@ def test_offline_engine_extracts_every_row_and_the_demo_rows_as_trained(offline_
             assert r["error"].startswith("the answer")
 
 
-def test_server_engine_gives_the_same_fields(demo_run, texts, offline_out, tmp_path):
+def test_server_engine_gives_the_same_fields(demo_run, demo_server, texts, offline_out, tmp_path):
     run_dir, _ = demo_run
-    info = json.loads((run_dir / "run.json").read_text())
-    recipe = load_recipe(str(run_dir / "resolved.yaml")).recipe
-    target = run_serve_target(recipe, which="finetuned", final_model=info["final_model"], base=Path(info["cwd"]),
-                                 run_name=info["name"], cpu=True)
     out = tmp_path / "out"
-    with VllmServer(target, tmp_path / "vllm.log", settings=recipe.serve) as server:
-        # The served name comes from the server's /v1/models; the recipe and tokenizer from the run.
-        extract(str(texts), "--out", str(out), "--model", str(run_dir), "--engine", "server", "--base-url",
-                server.base_url, "--format", "jsonl", env={**child_env(), "OPENAI_API_KEY": server.api_key})
+    # The served name comes from the server's /v1/models; the recipe and tokenizer from the run.
+    extract(str(texts), "--out", str(out), "--model", str(run_dir), "--engine", "server", "--base-url",
+            demo_server.base_url, "--format", "jsonl", env={**child_env(), "OPENAI_API_KEY": demo_server.api_key})
     assert_same_answers(read_out(out, "jsonl"), read_out(offline_out))
     assert json.loads((out / "summary.json").read_text())["engine"] == "server"
 
@@ -149,17 +139,16 @@ def test_sigkill_then_rerun_gives_every_id_once_and_keeps_finished_chunks(demo_r
                              "--chunk-rows", "200"], cwd=REPO, env=child_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "w"))
     try:
-        deadline = time.monotonic() + 300
-        while len(parts.finished(out, "parquet")) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
+        def two_parts() -> bool:
+            assert proc.poll() is None, "the run ended before it could be killed: " + \
+                (tmp_path / "first.log").read_text()[-2000:]
+            return len(parts.finished(out, "parquet")) >= 2
+
+        wait_for(two_parts, 300, "two finished parts", every=0.2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         # vLLM's engine core and worker are stopped by swiftpipe's watcher, not left behind.
-        deadline = time.monotonic() + 30
-        while group_members(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not group_members(proc.pid), "processes left after SIGKILL"
+        wait_for(lambda: not group_members(proc.pid), 30, "no process left of the killed extract", every=0.5)
     finally:
         for pid in group_members(proc.pid):
             os.kill(pid, signal.SIGKILL)
@@ -177,28 +166,6 @@ def test_sigkill_then_rerun_gives_every_id_once_and_keeps_finished_chunks(demo_r
 
 
 # ---------------------------------------------------------------- per-row errors, against a scripted server
-
-
-@pytest.fixture
-def scripted(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "scripted_upstream.py"), "--port", str(port)],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "up.log", "w"))
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "scripted upstream did not start"
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def recipe_with_limit(tmp_path: Path, max_length: int) -> Path:

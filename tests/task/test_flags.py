@@ -1,4 +1,4 @@
-"""Checking one answer: its fields, validity and flags."""
+"""Checking one answer: its fields, validity and flags; and an input text the model cannot take."""
 
 from swiftpipe.task import flags
 
@@ -22,3 +22,11 @@ def test_flags_of_answers():
     assert flags.check(text, None, schema=SCHEMA).valid is False
     fenced = flags.check(text, '```json\n{"name": "张三", "phone": "13800000000", "city": "x"}\n```', schema=SCHEMA)
     assert fenced.valid and fenced.fields["city"] == "x"
+
+
+def test_input_problems_come_with_their_kind():
+    problem = flags.input_problem("  ", max_length=10, length=lambda t: (len(t), "characters"), who="w", source="s")
+    assert (problem.kind, problem.message) == (flags.EMPTY_TEXT, "text is empty")
+    long = flags.input_problem("x" * 11, max_length=10, length=lambda t: (len(t), "tokens"), who="the model", source="s")
+    assert long.kind == flags.TOO_LONG and long.message == "text is 11 tokens; the model accepts at most 10 tokens (s)"
+    assert flags.input_problem("ok", max_length=10, length=lambda t: (2, "tokens"), who="w", source="s") is None

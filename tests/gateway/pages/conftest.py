@@ -31,10 +31,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.helpers import REPO
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route, WebSocket
 
-REPO = Path(__file__).resolve().parents[2]
 INSTALL_HINT = "install it with `bash scripts/install_chromium.sh` (Debian's chromium package, as root) " \
                "or point SWIFTPIPE_CHROMIUM at a Chromium binary"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pages.conftest import PageWatch, is_loopback_url, new_watched_page
+from tests.gateway.pages.conftest import PageWatch, is_loopback_url, new_watched_page
 
 FORM_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>harness</title><link rel="icon" href="data:,"></head>

@@ -1,14 +1,16 @@
+"""The run lock: one process per run directory, the holder named, a dead holder's lock free again."""
+
 import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from swiftpipe.core import runlock
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.runlock import RunLock, RunLocked, effective_status, owner, owner_alive
+from tests.helpers import Lines, wait_for
 
 
 def _holder(run_dir) -> subprocess.Popen:
@@ -20,7 +22,12 @@ def _holder(run_dir) -> subprocess.Popen:
         "    time.sleep(300)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, "run", "recipe.yaml"], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
+    try:
+        Lines(proc.stdout).until(lambda line: line.strip() == "locked", 60, "the holder to take the lock")
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=20)
+        raise
     return proc
 
 
@@ -37,13 +44,13 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
         assert runlock.holder(tmp_path / "run")["pid"] == holder.pid
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=20)
 
 
 def test_lock_of_a_sigkilled_holder_can_be_taken(tmp_path):
     holder = _holder(tmp_path / "run")
     holder.kill()  # no clean-up runs: the OS drops the flock with the process
-    holder.wait()
+    holder.wait(timeout=20)
     with RunLock(tmp_path / "run") as lock:
         assert runlock.holder(tmp_path / "run")["pid"] == os.getpid()
         assert lock.path.name == "run.lock"
@@ -54,7 +61,7 @@ def test_lock_of_a_sigkilled_holder_can_be_taken(tmp_path):
 
 def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
-    proc.wait()
+    proc.wait(timeout=20)
     return proc.pid
 
 
@@ -68,13 +75,19 @@ def test_owner_alive():
     assert owner_alive({**me, "pid": _dead_pid(), "host": "some-other-host"})  # cannot tell: not "dead"
 
 
+def zombie(pid: int) -> bool:
+    """Exited but not reaped: /proc/PID/stat says state Z."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def test_owner_of_a_zombie_is_dead():
     proc = subprocess.Popen(["true"])
-    time.sleep(0.5)  # exited, not reaped yet
     try:
+        wait_for(lambda: zombie(proc.pid), 20, "`true` to exit (not reaped yet)", every=0.05)
         assert runlock.process_start_time(proc.pid) is None
     finally:
-        proc.wait()
+        proc.wait(timeout=20)
 
 
 def test_effective_status():

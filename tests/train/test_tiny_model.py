@@ -1,3 +1,5 @@
+"""The tiny Qwen3 the CPU demo trains: deterministic, and a working model and tokenizer."""
+
 import filecmp
 
 import pytest

@@ -13,9 +13,7 @@ import pytest
 from swiftpipe.core import jsonl
 from swiftpipe.gateway import keys, store
 from swiftpipe.task import messages
-from tests.helpers import REPO, child_env, swiftpipe_cmd
-from tests.integration.test_gateway import KEY, Gateway
-from tests.integration.test_serve_eval import DEMO_DATA, processes_mentioning
+from tests.helpers import DEMO_DATA, KEY, REPO, GatewayProcess, child_env, processes_mentioning, swiftpipe_cmd
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +54,7 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     assert v1_metrics["exact_match"] <= 0.25, v1_metrics
 
     # Served, its answers to the second half reviewed and corrected through the API.
-    gw = Gateway(tmp_path, f"v1={v1}", startup_s=600)
+    gw = GatewayProcess(tmp_path, f"v1={v1}", startup_s=600)
     try:
         for row in unseen_rows:
             review(gw, post(gw, "/v1/extract", {"text": row.user}), row.answer)
@@ -77,7 +75,7 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     assert v2_metrics["exact_match"] >= 0.9, v2_metrics
 
     # Side by side at 50/50 on the same database; every answer reviewed.
-    gw = Gateway(tmp_path, f"v1={v1}", f"v2={v2}", "--weights", "v1=50,v2=50", startup_s=600)
+    gw = GatewayProcess(tmp_path, f"v1={v1}", f"v2={v2}", "--weights", "v1=50,v2=50", startup_s=600)
     try:
         conn = store.connect(gw.db)
         secrets = [keys.create(conn, f"client-{i}")[1] for i in range(24)]

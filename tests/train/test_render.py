@@ -136,7 +136,7 @@ def test_commands_script_finds_checkpoint_like_the_runner(tmp_path):
         '{"loss": 1.0}\n{"last_model_checkpoint": "/ckpt/checkpoint-7"}\n', encoding="utf-8")
     cmd = render.render_export(recipe, tmp_path, base=REPO)
     script = "\n".join(cmd.prelude) + '\necho "$LAST_CHECKPOINT"'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "/ckpt/checkpoint-7"
 
 

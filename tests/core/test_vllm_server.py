@@ -1,8 +1,10 @@
+"""The vLLM server: its command line and environment, refusals before it starts."""
+
 import socket
 
 import pytest
 
-from swiftpipe.core.vllm_server import ServerError, ServeTarget, VllmServer, free_port, port_in_use, render_serve
+from swiftpipe.core.vllm_server import ServerError, ServeTarget, VllmServer, port_in_use, render_serve
 from swiftpipe.recipe.derived import serve_target
 from swiftpipe.recipe.schema import ServeSection
 from tests.helpers import REPO
@@ -54,7 +56,7 @@ def test_taken_port_is_named(tmp_path):
                             settings=ServeSection(port=port))
         with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
             server.start()
-    assert not port_in_use("127.0.0.1", free_port())
+    assert not port_in_use("127.0.0.1", port)  # free again once its socket is closed
 
 
 def test_tensor_and_data_parallel_flags_on_gpu():

@@ -8,8 +8,7 @@ import sqlite3
 import httpx
 import pytest
 
-from tests.helpers import REPO
-from tests.integration.test_gateway import KEY, RECIPE, Gateway, scripted  # noqa: F401 (fixture)
+from tests.helpers import DEMO_RECIPE, KEY, REPO, GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -43,8 +42,8 @@ def extract_in_playground(page, gw, version: str, text: str) -> None:
     page.wait_for_selector("#highlight mark")
 
 
-def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot):  # noqa: F811
-    gw = Gateway(tmp_path, "--upstream", f"v1={scripted}", "--recipe", RECIPE)
+def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot):
+    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE)
     try:
         flagged = api(gw, "/v1/extract", {"text": "李四 住在上海"}).json()  # the answer is not in this text
         assert "not_in_text:name" in flagged["flags"]
@@ -107,8 +106,8 @@ def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot): 
         gw.stop()
 
 
-def test_malformed_feedback_is_refused_and_changes_nothing(tmp_path, scripted):  # noqa: F811
-    gw = Gateway(tmp_path, "--upstream", f"v1={scripted}", "--recipe", RECIPE)
+def test_malformed_feedback_is_refused_and_changes_nothing(tmp_path, scripted):
+    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE)
     try:
         answer = api(gw, "/v1/extract", {"text": WAYBILL}).json()
         good = dict(answer["fields"], phone="13900000000")
@@ -137,8 +136,9 @@ def test_malformed_feedback_is_refused_and_changes_nothing(tmp_path, scripted): 
         gw.stop()
 
 
-def test_entity_answers_are_highlighted_by_type(tmp_path, scripted, page, screenshot):  # noqa: F811
-    gw = Gateway(tmp_path, "--upstream", f"ner={scripted}", "--recipe", str(REPO / "recipes" / "cluener-qwen2.5-0.5b.yaml"))
+def test_entity_answers_are_highlighted_by_type(tmp_path, scripted, page, screenshot):
+    cluener = str(REPO / "recipes" / "cluener-qwen2.5-0.5b.yaml")
+    gw = GatewayProcess(tmp_path, "--upstream", f"ner={scripted}", "--recipe", cluener)
     text = "张三去浙江省杭州市的西湖玩，张三很开心 #ner"
     try:
         extract_in_playground(page, gw, "ner", text)

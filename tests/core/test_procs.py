@@ -1,4 +1,8 @@
+"""Running stages as child processes: failures named with their log, Ctrl-C / SIGTERM / SIGHUP / SIGKILL
+stop the whole group (the guard, childguard), and processes libraries start end with swiftpipe."""
+
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -9,6 +13,7 @@ import pytest
 
 from swiftpipe.core import procs
 from swiftpipe.core.errors import StageFailed
+from tests.helpers import REPO, Lines, processes_mentioning, wait_for
 
 
 def _alive(pid: int) -> bool:
@@ -40,20 +45,22 @@ def test_interrupt_stops_whole_process_group(tmp_path):
     pidfile = tmp_path / "grandchild.pid"
     script = f"sleep 300 & echo $! > {pidfile}; wait"
     main_thread = threading.main_thread().ident
+    problems = []
 
     def interrupt():
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            time.sleep(0.05)
-        signal.pthread_kill(main_thread, signal.SIGINT)
+        try:
+            wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, f"{pidfile}", every=0.05)
+        except AssertionError as exc:
+            problems.append(exc)
+        finally:  # Ctrl-C in any case, so that a launcher that never wrote its pid does not hang the test
+            signal.pthread_kill(main_thread, signal.SIGINT)
 
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         procs.run_stage("sft", ["bash", "-c", script], {}, tmp_path / "l.log", tick=0.1)
+    assert not problems, problems
     grandchild = int(pidfile.read_text())
-    deadline = time.time() + 5
-    while _alive(grandchild) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not _alive(grandchild)
+    wait_for(lambda: not _alive(grandchild), 5, f"the grandchild {grandchild} to end")
 
 
 def test_sigterm_to_us_stops_children(tmp_path):
@@ -63,18 +70,32 @@ def test_sigterm_to_us_stops_children(tmp_path):
         f"procs.run_stage('sft', ['bash', '-c', 'sleep 300 & echo $! > {pidfile}; wait'], {{}}, Path('{tmp_path}/l.log'))\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", code])
-    deadline = time.time() + 20
-    while not (pidfile.exists() and pidfile.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.1)
-    parent.send_signal(signal.SIGTERM)
-    assert parent.wait(timeout=20) != 0
+    try:
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, f"{pidfile}")
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=20) != 0
+    finally:
+        parent.kill()
+        parent.wait(timeout=20)
     child = int(pidfile.read_text())
-    time.sleep(0.5)
-    assert not _alive(child)
+    wait_for(lambda: not _alive(child), 5, f"the child {child} to end")
 
 
 def test_tail_of_missing_log(tmp_path):
     assert procs.tail(tmp_path / "none.log") == "(no log written)"
+
+
+def test_a_progress_callback_that_raises_does_not_stop_the_stage(tmp_path):
+    calls = []
+
+    def broken_tick():
+        calls.append(1)
+        raise ValueError("could not convert string to float: 'abc'")
+
+    # the stage sleeps on purpose: it runs for several ticks of 0.1 s
+    procs.run_stage("sft", ["bash", "-c", "sleep 0.5; echo trained"], {}, tmp_path / "l.log", on_tick=broken_tick,
+                    tick=0.1)
+    assert calls and "trained" in (tmp_path / "l.log").read_text()
 
 
 # ------------------------------------------------ children never outlive swiftpipe (childguard)
@@ -83,28 +104,35 @@ LAUNCHER = "echo $$ > {d}/launcher.pid; sleep 300 & echo $! > {d}/grandchild.pid
 
 
 def _wait_for_pids(directory, names=("launcher.pid", "grandchild.pid"), timeout=20.0) -> list[int]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def written():
         texts = [(directory / n).read_text().strip() if (directory / n).exists() else "" for n in names]
-        if all(texts):
-            return [int(t) for t in texts]
-        time.sleep(0.05)
-    raise AssertionError(f"{names} not written within {timeout}s")
+        return all(texts) and [int(t) for t in texts]
+
+    return wait_for(written, timeout, f"{names} to be written", every=0.05)
 
 
 def _gone_within(pids, seconds: float) -> float:
     """Seconds until none of `pids` is alive; fails after `seconds`."""
-    started = time.time()
-    while any(_alive(p) for p in pids):
-        assert time.time() - started < seconds, f"still alive after {seconds}s: {[p for p in pids if _alive(p)]}"
-        time.sleep(0.05)
-    return time.time() - started
+    started = time.monotonic()
+    wait_for(lambda: not any(_alive(p) for p in pids), seconds, f"the processes {pids} to end", every=0.05)
+    return time.monotonic() - started
 
 
 def _parent(code: str, **kwargs) -> subprocess.Popen:
     """A python process standing in for swiftpipe."""
     prelude = "import sys, time\nfrom pathlib import Path\nfrom swiftpipe.core import console, procs\n"
     return subprocess.Popen([sys.executable, "-c", prelude + code], **kwargs)
+
+
+def _sigkill_once_started(code: str, directory) -> list[int]:
+    """Run `code` in a stand-in parent, wait for its launcher's pid files in `directory`, SIGKILL the
+    parent (kill -9, the OOM killer: no clean-up code runs in it); the pids of the launcher and grandchild."""
+    parent = _parent(code)
+    try:
+        return _wait_for_pids(directory)
+    finally:
+        parent.kill()
+        parent.wait(timeout=20)
 
 
 @pytest.mark.parametrize("how", ["run_stage", "start"])
@@ -115,10 +143,7 @@ def test_sigkill_of_parent_stops_child_and_grandchild(tmp_path, how):
         code = f"procs.run_stage('sft', ['bash', '-c', {script!r}], {{}}, Path({str(tmp_path / 'l.log')!r}))"
     else:  # how a vLLM server is held
         code = f"procs.start(['bash', '-c', {script!r}], {{}}, Path({str(tmp_path / 'l.log')!r}))\ntime.sleep(300)"
-    parent = _parent(code)
-    pids = _wait_for_pids(tmp_path)
-    parent.kill()
-    parent.wait()
+    pids = _sigkill_once_started(code, tmp_path)
     assert _gone_within(pids, 10) < 10
 
 
@@ -134,9 +159,13 @@ def test_sighup_to_parent_stops_children_via_keyboard_interrupt_path(tmp_path):
         "    sys.exit(130)\n"
     )
     parent = _parent(code, stderr=subprocess.PIPE, text=True)
-    pids = _wait_for_pids(tmp_path)
-    parent.send_signal(signal.SIGHUP)
-    _, err = parent.communicate(timeout=20)
+    try:
+        pids = _wait_for_pids(tmp_path)
+        parent.send_signal(signal.SIGHUP)
+        _, err = parent.communicate(timeout=20)
+    finally:
+        parent.kill()
+        parent.wait(timeout=20)
     assert parent.returncode == 130
     assert "interrupted by SIGHUP" in err
     assert not any(_alive(p) for p in pids)  # stopped before the parent exited
@@ -145,11 +174,8 @@ def test_sighup_to_parent_stops_children_via_keyboard_interrupt_path(tmp_path):
 def test_child_ignoring_sigterm_is_killed_after_the_grace(tmp_path):
     script = 'trap "" TERM; ' + LAUNCHER.format(d=tmp_path)
     code = f"procs.start(['bash', '-c', {script!r}], {{}}, Path({str(tmp_path / 'l.log')!r}), grace=3)\ntime.sleep(300)"
-    parent = _parent(code)
-    pids = _wait_for_pids(tmp_path)
-    parent.kill()
-    parent.wait()
-    time.sleep(1.5)
+    pids = _sigkill_once_started(code, tmp_path)
+    time.sleep(1.5)  # on purpose: time passes inside the 3 s grace, and the children must still be there
     assert all(_alive(p) for p in pids)  # SIGTERMed, ignored it, still inside the grace
     assert _gone_within(pids, 10) < 10
 
@@ -213,11 +239,29 @@ def test_output_after_terminal_hangup_does_not_fail(tmp_path):
     pid, master = pty.fork()  # the child gets the pty as its controlling terminal
     if pid == 0:
         os.execv(sys.executable, [sys.executable, "-c", code])
-    output = b""
-    while b"ready" not in output:
-        output += os.read(master, 100)
-    os.close(master)  # hang up: the kernel sends SIGHUP to the terminal's session
-    _, status = os.waitpid(pid, 0)
+    output = bytearray()
+
+    def printed_ready() -> bool:
+        if select.select([master], [], [], 0)[0]:
+            output.extend(os.read(master, 100))
+        return b"ready" in output
+
+    def exited():
+        done, status = os.waitpid(pid, os.WNOHANG)
+        return (status,) if done else None
+
+    try:
+        wait_for(printed_ready, 30, "the child on the terminal to print 'ready'", every=0.05)
+        os.close(master)  # hang up: the kernel sends SIGHUP to the terminal's session
+        master = -1
+        (status,) = wait_for(exited, 30, "the child to exit after the hangup", every=0.05)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        if master >= 0:
+            os.close(master)
     assert os.waitstatus_to_exitcode(status) == 130  # not 120 (failed flush at exit) or 1 (traceback)
     assert marker.read_text() == "SIGHUP"
 
@@ -246,9 +290,37 @@ def test_child_survives_the_end_of_the_thread_that_started_it(tmp_path):
 
     thread = threading.Thread(target=start_and_end)
     thread.start()
-    thread.join()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and started, "the starting thread did not finish"
     pids = _wait_for_pids(tmp_path)
-    time.sleep(1.0)  # several polls of the guard
+    time.sleep(1.0)  # on purpose: several polls of the guard pass, and the children must still be there
     assert all(_alive(p) for p in pids) and started[0].poll() is None
     procs.stop(started[0])
     assert not any(_alive(p) for p in pids)
+
+
+def test_watcher_stops_what_a_killed_process_started(tmp_path):
+    """A process started by a library (here a plain `sleep`, as vLLM's engine core would be) ends
+    with swiftpipe even when swiftpipe is SIGKILLed."""
+    from swiftpipe.core.childguard import _stat
+
+    script = ("import subprocess, time\nfrom swiftpipe.core import procs\nprocs.watch_descendants(1.0)\n"
+              "p = subprocess.Popen(['sleep', '300'])\nprint(p.pid, flush=True)\ntime.sleep(300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    child = None
+    try:
+        child = int(Lines(parent.stdout).until(lambda line: line.strip().isdigit(), 60, "the child's pid"))
+        wait_for(lambda: processes_mentioning(f"--watch {parent.pid} "), 30, "the watcher to run")
+        # On purpose: the watcher notes descendants every 0.25 s and shows nothing when it has; let
+        # several of its polls pass before the SIGKILL.
+        time.sleep(1.0)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=20)
+        wait_for(lambda: _stat(child) is None, 10, "the library's child to end with its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=20)
+        if child and _stat(child):
+            os.kill(child, signal.SIGKILL)

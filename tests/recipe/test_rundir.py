@@ -1,4 +1,5 @@
-"""The run directory and the one resolver of `serve` / `extract --model` targets."""
+"""The run directory (its files, checkpoints and stage markers) and the one resolver of `serve` /
+`extract --model` targets."""
 
 import json
 
@@ -44,3 +45,23 @@ def test_targets_are_resolved_once_for_serve_and_extract(tmp_path, capsys):
     (tmp_path / "model" / "config.json").write_text("{}")
     bare = resolve_target(str(tmp_path / "model"), recipe=given)
     assert bare.run is None and bare.recipe is given and bare.model_dir == str(tmp_path / "model")
+
+
+def test_latest_complete_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    for step, complete in ((5, True), (20, True), (30, False), (100, False)):
+        ckpt = run.train_dir / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        if complete:
+            (ckpt / "trainer_state.json").write_text("{}")
+    (run.train_dir / "checkpoint-x").mkdir()
+    assert run.latest_checkpoint() == run.train_dir / "checkpoint-20"
+
+
+def test_markers(tmp_path):
+    run = RunDir(tmp_path)
+    assert not run.is_done("sft")
+    run.mark_done("sft", checkpoint="/c")
+    assert run.is_done("sft") and run.stage_outputs("sft")["checkpoint"] == "/c"
+    run.clear("sft")
+    assert not run.is_done("sft") and run.stage_outputs("sft") == {}
