@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--skip-server", action="store_true")
     args = ap.parse_args()
 
-    from swiftpipe.extract.command import _offline_settings
+    from swiftpipe.extract.commands import _offline_settings
     from swiftpipe.recipe.schema import ExtractSection
 
     run_dir = Path(args.model).resolve()

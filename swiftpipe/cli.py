@@ -15,6 +15,7 @@ import click
 from swiftpipe import __version__
 from swiftpipe.core import console
 from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.gateway.store import DEFAULT_DB
 from swiftpipe.train.stages import NAMES as STAGES
 
 OVERRIDES_HELP = "Overrides as dotted KEY=VALUE, e.g. train.lr=2e-4 lora.rank=16 (they win over the YAML)."
@@ -105,6 +106,7 @@ def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str 
 DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
 
 
+
 @cli.command()
 @click.argument("targets", nargs=-1)
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
@@ -116,7 +118,7 @@ DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
 @click.option("--base", is_flag=True, help="With run directories: serve their base models instead.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Gateway bind address.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Gateway port.")
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--weights", multiple=True, metavar="NAME=PCT,...",
               help="Traffic split of unpinned requests, e.g. v1=90,v2=10 (default: the saved split, else all to the first).")
 @click.option("--ssl-certfile", default=None, help="Serve HTTPS with this certificate (PEM).")
@@ -157,7 +159,7 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--name", required=True, help="Who uses the key (a team, a system).")
 @click.option("--rpm", type=int, default=None, help="Requests per minute allowed (default: unlimited).")
 def keys_create(db: str, name: str, rpm: Optional[int]) -> None:
@@ -168,7 +170,7 @@ def keys_create(db: str, name: str, rpm: Optional[int]) -> None:
 
 
 @keys.command("list")
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 def keys_list(db: str) -> None:
     """List keys (id, name, limit, created, revoked); never the keys themselves."""
     from swiftpipe.gateway import commands
@@ -178,7 +180,7 @@ def keys_list(db: str) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 def keys_revoke(key_id: str, db: str) -> None:
     """Revoke KEY_ID (an id from `keys list`, or a name: all its active keys); the gateway refuses it within a second."""
     from swiftpipe.gateway import commands
@@ -188,7 +190,7 @@ def keys_revoke(key_id: str, db: str) -> None:
 
 @cli.command()
 @click.argument("weights", nargs=-1, required=True)
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 def rollout(weights: tuple[str, ...], db: str) -> None:
     """Change the traffic split of a running gateway, e.g. `rollout v2=50` (100 promotes, 0 rolls back).
 
@@ -201,7 +203,7 @@ def rollout(weights: tuple[str, ...], db: str) -> None:
 
 
 @cli.command()
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--flagged", is_flag=True, help="Only requests with flags.")
 @click.option("--version", "version", default=None, help="Only this version.")
 @click.option("--since", default=None, help="Only since a time (2026-11-23T14:00) or an age (30m, 2h, 7d).")
@@ -213,7 +215,7 @@ def rollout(weights: tuple[str, ...], db: str) -> None:
 def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str], fmt: str, limit: Optional[int],
              compare: bool, versions: tuple[str, ...]) -> None:
     """Read the gateway's request log, or compare versions: `requests --compare v1 v2`."""
-    from swiftpipe.gateway.report import show
+    from swiftpipe.gateway.request_log import show
 
     if versions and not compare:
         raise click.UsageError("version names are compared with --compare: swiftpipe requests --compare v1 v2")
@@ -263,7 +265,7 @@ def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_fi
 
     Resumable: rerun the same command after a crash; finished chunks are kept.
     """
-    from swiftpipe.extract.command import extract_command
+    from swiftpipe.extract.commands import extract_command
 
     extract_command(input_spec, out=out, model=model, engine=engine, base_urls=list(base_urls), recipe=recipe,
                     text_field=text_field, id_field=id_field, fmt=fmt, no_text=no_text, retry_errors=retry_errors,
@@ -446,7 +448,7 @@ def data_stats(path: str, model: Optional[str], png: Optional[str], as_json: boo
 
 
 @data.command("corrections")
-@click.option("--db", default="serve/serve.sqlite", show_default=True, help=DB_HELP)
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Training rows (messages JSONL).")
 @click.option("--version", "version", default=None, help="Only answers of this version.")
 @click.option("--since", default=None, help="Only reviews since a time (2026-11-23) or an age (7d).")

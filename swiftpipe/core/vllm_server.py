@@ -7,14 +7,11 @@ another server that already holds the port.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -24,8 +21,44 @@ from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.shell import Command, cli_flags
 
 
-class ServerError(SwiftpipeError):
+class VllmServerError(SwiftpipeError):
     pass
+
+
+class ModelListError(SwiftpipeError):
+    """An OpenAI-compatible server's /v1/models could not be read; the message says why."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+def model_names(body: Any) -> list[str]:
+    """The model ids of an OpenAI-compatible /v1/models answer ([] for anything else)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)] if isinstance(data, list) else []
+
+
+def list_models(base_url: str, api_key: str, timeout: float = 5.0) -> list[str]:
+    """The models an OpenAI-compatible server (vLLM, a swiftpipe gateway, ...) serves, from its
+    /v1/models; ModelListError when it cannot be reached or does not answer a model list."""
+    import httpx2
+
+    try:
+        response = httpx2.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"},
+                              timeout=timeout)
+    except httpx2.HTTPError as exc:
+        raise ModelListError(f"cannot reach {base_url} ({type(exc).__name__}: {exc})") from None
+    if response.status_code == 401:
+        raise ModelListError(f"{base_url} rejected the API key (HTTP 401)", 401)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise ModelListError(f"{base_url}/models did not answer a model list (HTTP {response.status_code})",
+                             response.status_code)
+    return model_names(body)
 
 
 @dataclass
@@ -125,7 +158,7 @@ def check_model_dir(model_dir: str) -> None:
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json"
-        raise ServerError(
+        raise VllmServerError(
             f"cannot serve {model_dir}: the directory {what}. Pass a run directory, a merged model "
             f"directory (<run>/merged) or a checkpoint with config.json."
         )
@@ -159,7 +192,7 @@ class VllmServer:
         if self.target.hub is None:
             check_model_dir(self.target.model_dir)
         if port is not None and port_in_use(host, port):
-            raise ServerError(
+            raise VllmServerError(
                 f"port {port} on {host} is already in use; free it, set "
                 f"serve.port to another port, or leave serve.port unset to pick a free one"
             )
@@ -185,7 +218,7 @@ class VllmServer:
                 assert self.proc is not None
                 code = self.proc.poll()
                 if code is not None:
-                    raise ServerError(
+                    raise VllmServerError(
                         f"vLLM exited with code {code} while starting (model {self.target.model_dir}, "
                         f"port {self.port}); log: {self.log_path}\n--- last lines ---\n"
                         f"{procs.tail(self.log_path, 30)}"
@@ -193,7 +226,7 @@ class VllmServer:
                 if self.target.served_name in self.served_names():
                     return
                 if time.monotonic() > deadline:
-                    raise ServerError(
+                    raise VllmServerError(
                         f"vLLM did not become ready within {self.settings.startup_timeout:.0f}s "
                         f"(serve.startup_timeout); log: {self.log_path}\n--- last lines ---\n"
                         f"{procs.tail(self.log_path, 30)}"
@@ -201,13 +234,9 @@ class VllmServer:
                 time.sleep(1.0)
 
     def served_names(self) -> list[str]:
-        request = urllib.request.Request(
-            f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.api_key}"}
-        )
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return [m["id"] for m in json.load(response).get("data", [])]
-        except (urllib.error.URLError, OSError, ValueError):
+            return list_models(self.base_url, self.api_key)
+        except ModelListError:
             return []
 
     def stop(self) -> None:

@@ -22,7 +22,7 @@ from swiftpipe.task import messages
 
 def reviewed(db: str, *, version: Optional[str] = None, since: Optional[str] = None) -> list[dict[str, Any]]:
     """The latest review of each reviewed text, oldest first."""
-    from swiftpipe.gateway.report import filters
+    from swiftpipe.gateway.request_log import filters
 
     where, params = filters(version=version, since=since, since_column="f.ts")  # reviews since
     where += ["r.input IS NOT NULL", "r.input != ''"]

@@ -47,7 +47,7 @@ async def _ask(api, endpoint: client.Endpoint, row: Example, task: Task) -> dict
         "raw": done.text,
         "correct": correct,
         "fields": fields,
-        "think_stripped": think,
+        "think_block": think,
         "error": done.error,
         "latency_s": done.latency_s,
         "server": endpoint.base_url,

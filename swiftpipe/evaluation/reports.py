@@ -39,7 +39,7 @@ def report_markdown(metrics: dict, records: list[dict], *, title: str, examples:
         f"- exact match: **{pct(metrics['exact_match'])}** ({metrics['correct']}/{metrics['n']})",
         *([f"- NER micro F1: **{pct(metrics['ner']['micro']['f1'])}**"] if metrics.get("ner") else []),
         f"- invalid JSON: {metrics['invalid_json']}; API errors: {metrics['api_errors']}; "
-        f"think blocks stripped: {metrics['think_blocks_stripped']}",
+        f"think blocks stripped: {metrics['think_blocks']}",
     ]
     if metrics.get("latency_p50_s") is not None:
         lines.append(f"- latency p50 / p95: {metrics['latency_p50_s']:.3f} s / {metrics['latency_p95_s']:.3f} s")

@@ -67,7 +67,7 @@ def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None
         "exact_match": correct / n if n else 0.0,
         "invalid_json": sum(1 for r in records if r["error"] is None and r["prediction"] is None),
         "api_errors": sum(1 for r in records if r["error"] is not None),
-        "think_blocks_stripped": sum(1 for r in records if r.get("think_stripped")),
+        "think_blocks": sum(1 for r in records if r.get("think_block")),
         "per_field": {name: sum(h) / len(h) for name, h in field_hits.items()},
         "latency_p50_s": percentile(latencies, 0.5),
         "latency_p95_s": percentile(latencies, 0.95),

@@ -17,8 +17,10 @@ from typing import Any, Callable, Optional
 
 from swiftpipe.core import console
 from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.core.vllm_server import ModelListError, list_models
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, flags
+from swiftpipe.task.client import ROLLOUT_ALIAS
 
 
 class EngineError(SwiftpipeError):
@@ -45,7 +47,7 @@ class Answer:
         return flags.TIMEOUT if self.timed_out else flags.UPSTREAM_ERROR
 
 
-Progress = Callable[[int], None]
+OnRows = Callable[[int], None]  # told how many more rows are done
 
 
 # ---------------------------------------------------------------- offline: vLLM in this process
@@ -129,7 +131,7 @@ class OfflineEngine:
                 ticket.append(Answer(error=f"engine error: {type(exc).__name__}: {exc}", error_kind=ENGINE_ERROR))
         return ticket
 
-    def collect(self, ticket: list, progress: Optional[Progress] = None) -> list[Answer]:
+    def collect(self, ticket: list, progress: Optional[OnRows] = None) -> list[Answer]:
         """Step the engine until every request of `ticket` is finished (requests queued later keep
         the engine busy meanwhile); their answers in order."""
         waiting = {t for t in ticket if isinstance(t, str)}
@@ -145,7 +147,7 @@ class OfflineEngine:
                         progress(1)
         return [self._finished.pop(t) if isinstance(t, str) else t for t in ticket]
 
-    def run(self, texts: list[str], progress: Optional[Progress] = None) -> list[Answer]:
+    def run(self, texts: list[str], progress: Optional[OnRows] = None) -> list[Answer]:
         return self.collect(self.submit(texts), progress)
 
     def close(self) -> None:
@@ -162,28 +164,18 @@ class OfflineEngine:
 
 
 def served_model(base_url: str, api_key: str, timeout: float = 30) -> str:
-    """The model name to ask for: the server's only model, or the gateway's `auto` (its rollout)."""
-    import httpx
-
+    """The model name to ask for: the server's only model, or the gateway's rollout alias."""
     try:
-        response = httpx.get(f"{base_url.rstrip('/')}/models", headers={"Authorization": f"Bearer {api_key}"},
-                             timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise EngineError(f"cannot reach {base_url} ({type(exc).__name__}: {exc}); is the server running? "
-                          f"Check --base-url") from None
-    if response.status_code == 401:
-        raise EngineError(f"{base_url} rejected the API key (HTTP 401); set OPENAI_API_KEY to the server's key")
-    try:
-        names = [m["id"] for m in response.json()["data"]]
-    except (ValueError, KeyError, TypeError):
-        raise EngineError(f"{base_url}/models did not answer a model list (HTTP {response.status_code}); "
-                          f"pass the model name with --served-name") from None
+        names = list_models(base_url, api_key, timeout)
+    except ModelListError as exc:
+        fix = {401: "set OPENAI_API_KEY to the server's key", None: "is the server running? Check --base-url"}
+        raise EngineError(f"{exc}; {fix.get(exc.status, 'pass the model name with --served-name')}") from None
     if len(names) == 1:
         return names[0]
-    if "auto" in names:
-        console.say(f"{base_url} is a swiftpipe gateway: asking for 'auto' (its rollout); pin a version with "
-                    f"--served-name ({', '.join(n for n in names if n != 'auto')})")
-        return "auto"
+    if ROLLOUT_ALIAS in names:
+        console.say(f"{base_url} is a swiftpipe gateway: asking for '{ROLLOUT_ALIAS}' (its rollout); pin a version "
+                    f"with --served-name ({', '.join(n for n in names if n != ROLLOUT_ALIAS)})")
+        return ROLLOUT_ALIAS
     raise EngineError(f"{base_url} serves {len(names)} models ({', '.join(names) or 'none'}); choose one "
                       f"with --served-name")
 
@@ -206,7 +198,7 @@ class ServerEngine:
     def length(self, text: str) -> tuple[int, str]:
         return self.task.length(text)
 
-    async def _run(self, texts: list[str], progress: Optional[Progress]) -> list[Answer]:
+    async def _run(self, texts: list[str], progress: Optional[OnRows]) -> list[Answer]:
         answers: list[Answer] = [Answer() for _ in texts]
 
         async def ask(i: int) -> None:
@@ -223,7 +215,7 @@ class ServerEngine:
         self.sent += len(texts)
         return answers
 
-    def run(self, texts: list[str], progress: Optional[Progress] = None) -> list[Answer]:
+    def run(self, texts: list[str], progress: Optional[OnRows] = None) -> list[Answer]:
         return self.loop.run_until_complete(self._run(texts, progress))
 
     def close(self) -> None:

@@ -10,8 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from swiftpipe.task import flags
-
-ALIAS = "auto"  # the model name that means "route by the rollout weights"
+from swiftpipe.task.client import ROLLOUT_ALIAS as ALIAS  # route by the rollout weights
 
 # OpenAI's error `type`s, and the gateway's own for upstream failures.
 INVALID_REQUEST = "invalid_request_error"

@@ -20,17 +20,17 @@ from swiftpipe.core import console, envinfo, procs
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
 from swiftpipe.gateway import keys, rollout, store
-from swiftpipe.gateway.upstream import Upstreams, Version
+from swiftpipe.gateway.upstream import UpstreamClient, Version
 from swiftpipe.recipe.derived import device_is_cpu, model_ref, run_serve_target, serve_target
 from swiftpipe.recipe.rundir import NotARun, resolve_target
 from swiftpipe.recipe.schema import Recipe, ServeSection
 from swiftpipe.recipe.task import Task, task_of, token_counter
+from swiftpipe.task.client import ROLLOUT_ALIAS
 
-DEFAULT_DB = "serve/serve.sqlite"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class ServeError(SwiftpipeError):
+class GatewayError(SwiftpipeError):
     pass
 
 
@@ -66,10 +66,10 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
                   base: bool, log_dir: Path) -> list[Planned]:
     """Check every target and decide what to start; raises before anything is started."""
     if not targets and not upstreams:
-        raise ServeError("nothing to serve: pass run directories, model directories (with --recipe) or "
+        raise GatewayError("nothing to serve: pass run directories, model directories (with --recipe) or "
                          "--upstream NAME=URL (with --recipe)")
     if names and len(names) != len(targets):
-        raise ServeError(f"--name was given {len(names)} time(s) for {len(targets)} target(s); give one per target "
+        raise GatewayError(f"--name was given {len(names)} time(s) for {len(targets)} target(s); give one per target "
                          f"or write targets as NAME=PATH")
     given = _load_recipe(recipe) if recipe else None
     gpu_count = len(envinfo.gpus())
@@ -80,7 +80,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
         try:
             found = resolve_target(target, recipe=given, recipe_from=recipe, final_model=not base)
         except NotARun as exc:
-            raise ServeError(str(exc)) from None
+            raise GatewayError(str(exc)) from None
         if found.run is not None:
             run, run_recipe = found.run, found.recipe
             assert run_recipe is not None
@@ -105,7 +105,7 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
     for spec in upstreams:
         name, sep, url = spec.partition("=")
         if not sep or not name or not url.startswith(("http://", "https://")):
-            raise ServeError(f"--upstream '{spec}': write it NAME=URL, e.g. v1=http://127.0.0.1:8000/v1")
+            raise GatewayError(f"--upstream '{spec}': write it NAME=URL, e.g. v1=http://127.0.0.1:8000/v1")
         if given is None:
             console.warn(f"--upstream {name}: without --recipe, /v1/extract sends no system prompt and no answer "
                          f"schema, and checks no length limit")
@@ -115,9 +115,10 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
     for p in planned:
         p.task = task_of(p.recipe, p.recipe_base) if p.recipe else Task()
         if p.name in seen:
-            raise ServeError(f"two targets are both named '{p.name}'; name them apart with NAME=PATH")
-        if p.name == "auto" or not p.name.strip():
-            raise ServeError(f"'{p.name}' cannot be a version name ('auto' means: as the rollout weights say)")
+            raise GatewayError(f"two targets are both named '{p.name}'; name them apart with NAME=PATH")
+        if p.name == ROLLOUT_ALIAS or not p.name.strip():
+            raise GatewayError(f"'{p.name}' cannot be a version name ('{ROLLOUT_ALIAS}' means: as the rollout "
+                               f"weights say)")
         seen.add(p.name)
     return planned
 
@@ -166,11 +167,11 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
         rollout.apply({p.name: 0.0 for p in planned}, given_weights)  # unknown names, sums: fail before starting
     for path, what in ((ssl_certfile, "--ssl-certfile"), (ssl_keyfile, "--ssl-keyfile")):
         if path and not Path(path).is_file():
-            raise ServeError(f"{what} {path}: no such file")
+            raise GatewayError(f"{what} {path}: no such file")
     if bool(ssl_certfile) != bool(ssl_keyfile):
-        raise ServeError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+        raise GatewayError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
     if port_in_use(host, port):
-        raise ServeError(f"port {port} on {host} is already in use; pass another --port")
+        raise GatewayError(f"port {port} on {host} is already in use; pass another --port")
     if host not in LOOPBACK:
         console.warn(f"the gateway binds {host}: it is reachable from other machines. Every /v1 call needs a key, "
                      f"but keys and texts cross the network in clear unless you use --ssl-certfile/--ssl-keyfile "
@@ -214,7 +215,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
             else:
                 assert p.url is not None
                 versions.append(version_of(p, base_url=p.url, api_key=upstream_key, model=None))
-        gw = Gateway(versions, db_path, upstreams=Upstreams(timeout=upstream_timeout, retries=retries),
+        gw = Gateway(versions, db_path, upstreams=UpstreamClient(timeout=upstream_timeout, retries=retries),
                      keep_days=keep_days)
         config = uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
                                 ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
@@ -250,7 +251,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
         else:
             signal.signal(signal.SIGHUP, previous)
         if not gateway.started:
-            raise ServeError(f"the gateway did not start on {host}:{port}; see the messages above")
+            raise GatewayError(f"the gateway did not start on {host}:{port}; see the messages above")
     # Stopping a service is its normal end: exit 0 once everything is down.
     console.say(f"stopped ({stopped_by}): the gateway and its vLLM servers are down")
 

@@ -24,7 +24,7 @@ from swiftpipe.gateway import feedback, keys, rollout, store
 from swiftpipe.gateway.metrics import Metrics
 from swiftpipe.gateway.middleware import arrived
 from swiftpipe.gateway.protocol import ALIAS, AUTHENTICATION, NOT_FOUND, RATE_LIMIT, SERVER, ApiError
-from swiftpipe.gateway.upstream import UpstreamResult, Upstreams, Version
+from swiftpipe.gateway.upstream import UpstreamClient, UpstreamResult, Version
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import flags
 
@@ -103,11 +103,11 @@ class Failure(Exception):
 class Gateway:
     """The running gateway's state: versions, keys and weights (reread every second), the log."""
 
-    def __init__(self, versions: list[Version], db: Path, *, upstreams: Optional[Upstreams] = None,
+    def __init__(self, versions: list[Version], db: Path, *, upstreams: Optional[UpstreamClient] = None,
                  keep_days: Optional[float] = None):
         self.versions = {v.name: v for v in versions}
         self.db = Path(db)
-        self.upstreams = upstreams or Upstreams()
+        self.upstreams = upstreams or UpstreamClient()
         self.keep_days = keep_days
         self.conn = store.connect(self.db)
         self.log: Optional[store.RequestLog] = None

@@ -79,6 +79,9 @@ REQUEST_COLUMNS = ("id", "ts", "version", "key_id", "endpoint", "input", "output
                    "latency_ms", "status", "upstream_status", "error", "prompt_tokens", "completion_tokens")
 
 
+DEFAULT_DB = "serve/serve.sqlite"  # the gateway's database when --db is not given
+
+
 class StoreError(SwiftpipeError):
     pass
 

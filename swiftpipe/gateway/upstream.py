@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
+from swiftpipe.core.vllm_server import model_names
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, flags
 from swiftpipe.task.answers import strict_loads
@@ -47,7 +48,7 @@ class UpstreamResult:
 
 
 @dataclass
-class Upstreams:
+class UpstreamClient:
     """The shared HTTP client and the retry policy for all versions."""
 
     timeout: float = 60.0  # seconds per attempt, until the answer starts (also when the transport has none)
@@ -81,8 +82,7 @@ class Upstreams:
         result = await self.get(version, "/models", timeout=5)
         if result.error or result.status != 200:
             return result.error or f"HTTP {result.status}"
-        data = result.body.get("data") if isinstance(result.body, dict) else None
-        names = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+        names = model_names(result.body)
         if version.name in names:
             version.model = version.name
         elif len(names) == 1:

@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any, Optional
 
-THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
+THINK_RE = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
@@ -18,7 +18,7 @@ def parse_answer(text: Optional[str]) -> tuple[Optional[Any], bool]:
     """(parsed JSON or None, whether a leading think block was stripped)."""
     if text is None:
         return None, False
-    stripped = THINK_BLOCK.sub("", text, count=1)
+    stripped = THINK_RE.sub("", text, count=1)
     had_think = stripped != text
     fenced = FENCE.match(stripped)
     if fenced:

@@ -12,6 +12,9 @@ from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from swiftpipe.core.errors import SwiftpipeError
 
+# The model name a swiftpipe gateway answers for "the version its rollout weights pick for this key".
+ROLLOUT_ALIAS = "auto"
+
 
 class ClientError(SwiftpipeError):
     pass

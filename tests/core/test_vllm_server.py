@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from swiftpipe.core.vllm_server import ServerError, ServeTarget, VllmServer, port_in_use, render_serve
+from swiftpipe.core.vllm_server import ServeTarget, VllmServer, VllmServerError, port_in_use, render_serve
 from swiftpipe.recipe.derived import serve_target
 from swiftpipe.recipe.schema import ServeSection
 from tests.helpers import REPO
@@ -41,7 +41,7 @@ def test_gpu_command_takes_recipe_settings(monkeypatch):
 def test_missing_model_dir_fails_before_starting(tmp_path):
     server = VllmServer(ServeTarget(model_dir=str(tmp_path / "nope"), served_name="x"), tmp_path / "s.log",
                         settings=ServeSection())
-    with pytest.raises(ServerError, match="does not exist"):
+    with pytest.raises(VllmServerError, match="does not exist"):
         server.start()
     assert server.proc is None
 
@@ -54,7 +54,7 @@ def test_taken_port_is_named(tmp_path):
         assert port_in_use("127.0.0.1", port)
         server = VllmServer(ServeTarget(model_dir=str(tmp_path), served_name="x"), tmp_path / "s.log",
                             settings=ServeSection(port=port))
-        with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is already in use"):
+        with pytest.raises(VllmServerError, match=f"port {port} on 127.0.0.1 is already in use"):
             server.start()
     assert not port_in_use("127.0.0.1", port)  # free again once its socket is closed
 

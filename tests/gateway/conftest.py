@@ -20,7 +20,7 @@ from bench.scripted_upstream import make_app
 from swiftpipe.gateway import keys, rollout, store
 from swiftpipe.gateway.app import create_app
 from swiftpipe.gateway.state import Gateway
-from swiftpipe.gateway.upstream import Upstreams, Version
+from swiftpipe.gateway.upstream import UpstreamClient, Version
 from swiftpipe.recipe.load import load_recipe
 from swiftpipe.recipe.task import task_of
 from tests.helpers import DEMO_RECIPE, KEY, REPO
@@ -185,7 +185,7 @@ async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tup
     _, limited = keys.create(conn, "limited", rpm=3)
     rollout.register(conn, [(v.name, v.source) for v in versions], None, {v.name: task.stored() for v in versions})
     conn.close()
-    upstreams = Upstreams(timeout=timeout, retries=retries, http=httpx2.AsyncClient(transport=Routed(routes)))
+    upstreams = UpstreamClient(timeout=timeout, retries=retries, http=httpx2.AsyncClient(transport=Routed(routes)))
     gw = Gateway(versions, db, upstreams=upstreams)
     app = create_app(gw)
     async with app.router.lifespan_context(app):

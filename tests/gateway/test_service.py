@@ -6,18 +6,18 @@ from tests.helpers import DEMO_RECIPE
 
 
 def test_version_planning_errors(tmp_path):
-    from swiftpipe.gateway.service import ServeError, plan_versions, split_name
+    from swiftpipe.gateway.service import GatewayError, plan_versions, split_name
 
     assert split_name("v1=runs/a") == ("v1", "runs/a")
     assert split_name("runs/a") == (None, "runs/a")
     recipe = DEMO_RECIPE
-    with pytest.raises(ServeError, match="nothing to serve"):
+    with pytest.raises(GatewayError, match="nothing to serve"):
         plan_versions([], [], recipe=None, names=[], base=False, log_dir=tmp_path)
-    with pytest.raises(ServeError, match="does not exist"):
+    with pytest.raises(GatewayError, match="does not exist"):
         plan_versions([str(tmp_path / "nope")], [], recipe=None, names=[], base=False, log_dir=tmp_path)
-    with pytest.raises(ServeError, match="NAME=URL"):
+    with pytest.raises(GatewayError, match="NAME=URL"):
         plan_versions([], ["v1:http://x"], recipe=recipe, names=[], base=False, log_dir=tmp_path)
-    with pytest.raises(ServeError, match="both named 'v1'"):
+    with pytest.raises(GatewayError, match="both named 'v1'"):
         plan_versions([], ["v1=http://a/v1", "v1=http://b/v1"], recipe=recipe, names=[], base=False, log_dir=tmp_path)
     planned = plan_versions([], ["v1=http://127.0.0.1:9/"], recipe=recipe, names=[], base=False, log_dir=tmp_path)
     assert planned[0].url == "http://127.0.0.1:9/v1" and planned[0].recipe.name == "demo-cpu"

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from swiftpipe.gateway import stats, store
-from swiftpipe.gateway.report import compare_table, parse_since
+from swiftpipe.gateway.request_log import compare_table, parse_since
 
 
 def test_since_and_compare(tmp_path):
