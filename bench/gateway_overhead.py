@@ -300,7 +300,7 @@ def main() -> None:
     max_tokens = task.max_tokens
     texts = [row.user for row in messages.read(Path(args.data))]
     upstream_key = os.environ.get("SWIFTPIPE_UPSTREAM_API_KEY", "EMPTY")
-    gateway_key = "sk-bench-" + secrets.token_hex(8)
+    gateway_key = "sk-bench-" + secrets.token_hex(16)
     machine = machine_info()
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, procs.sigterm_as_interrupt():

@@ -166,8 +166,8 @@ class GatewayProcess:
     ready once it prints `serving`."""
 
     def __init__(self, tmp_path: Path, *args: str, scheme: str = "http", startup_s: float = 120,
-                 env: Optional[dict] = None):
-        self.port = free_port()
+                 env: Optional[dict] = None, port: Optional[int] = None):
+        self.port = port or free_port()
         self.db = tmp_path / "serve" / "gw.sqlite"
         self.out = tmp_path / f"gateway-{self.port}.out"
         self.env = env or child_env(SWIFTPIPE_API_KEY=KEY)

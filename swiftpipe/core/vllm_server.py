@@ -95,7 +95,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """Whether a server could not bind `port` now. SO_REUSEADDR, as servers bind: connections a
+    killed server left in TIME-WAIT do not count (a restart right after a SIGKILL binds at once)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -31,9 +31,19 @@ def save(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any
         raise FeedbackError(400, "'id' must be the id of a request (as /v1/extract or /v1/chat/completions returned it)")
     if (fields is None) == (verdict is None):
         raise FeedbackError(400, "send either 'fields' (the corrected answer) or 'verdict': 'correct', not both or neither")
-    row = conn.execute("SELECT id, fields, status FROM requests WHERE id = ?", (request_id,)).fetchone()
+    row = conn.execute("SELECT id, fields, status, input, content, version FROM requests WHERE id = ?",
+                       (request_id,)).fetchone()
     if row is None:
         raise FeedbackError(404, f"no request with id '{request_id}' in the request log")
+    if row["status"] != 200:
+        raise FeedbackError(400, f"request '{request_id}' was not answered (status {row['status']}): only answered "
+                                 f"requests can be reviewed")
+    if row["input"] is None:
+        raise FeedbackError(400, f"the gateway kept no text of request '{request_id}' (--log-content "
+                                 f"{row['content'] or 'none'}): there is nothing to review")
+    if task is None or not task.schema:
+        raise FeedbackError(400, f"no answer schema is known for version '{row['version']}' (served without a "
+                                 f"recipe): its answers cannot be checked, so they cannot be reviewed")
     answer = _answer(row)
     if verdict is not None:
         if verdict != "correct":
@@ -44,14 +54,13 @@ def save(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any
     else:
         if not isinstance(fields, dict):
             raise FeedbackError(400, f"'fields' must be an object of the answer's fields (got {type(fields).__name__})")
-        if task is not None and task.schema:
-            known = task.fields
-            unknown = [name for name in fields if name not in known]
-            if unknown:
-                raise FeedbackError(400, f"fields not in the schema: {', '.join(unknown)}; the fields are {', '.join(known)}")
-            checked = flags.check("", json.dumps(fields, ensure_ascii=False), schema=task.schema)
-            if checked.problems:
-                raise FeedbackError(400, "the corrected answer does not fit the schema: " + "; ".join(checked.problems))
+        known = task.fields
+        unknown = [name for name in fields if name not in known]
+        if unknown:
+            raise FeedbackError(400, f"fields not in the schema: {', '.join(unknown)}; the fields are {', '.join(known)}")
+        checked = flags.check("", json.dumps(fields, ensure_ascii=False), schema=task.schema)
+        if checked.problems:
+            raise FeedbackError(400, "the corrected answer does not fit the schema: " + "; ".join(checked.problems))
         right = fields
     outcome = "correct" if right == answer else "corrected"
     conn.execute("INSERT OR REPLACE INTO feedback (request_id, verdict, fields, key_id, ts) VALUES (?, ?, ?, ?, ?)",
@@ -66,7 +75,7 @@ _FLAG_FILTER = ("EXISTS (SELECT 1 FROM json_each(r.flags) WHERE json_each.value 
 def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: Optional[str],
                     exclude: list[str]) -> dict:
     """The next answer to review: the oldest unreviewed flagged one, else a random unflagged one."""
-    where = ["r.status = 200", "f.request_id IS NULL"]
+    where = ["r.status = 200", "r.input IS NOT NULL", "f.request_id IS NULL"]
     params: dict[str, Any] = {}
     if version:
         where.append("r.version = :version")
@@ -88,7 +97,11 @@ def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: O
         row = conn.execute(f"SELECT r.* {base} AND r.flags = '[]' ORDER BY random() LIMIT 1", params).fetchone()
     remaining = {"flagged": flagged_n, "unflagged": other_n}
     if row is None:
-        return {"request": None, "remaining": remaining}
+        textless = conn.execute("SELECT 1 FROM requests WHERE status = 200 AND input IS NULL LIMIT 1").fetchone()
+        why = {"reason": "the gateway keeps no text of its requests (--log-content none): there is nothing to "
+                         "review"} if textless and not conn.execute(
+            "SELECT 1 FROM requests WHERE status = 200 AND input IS NOT NULL LIMIT 1").fetchone() else {}
+        return {"request": None, "remaining": remaining, **why}
     return {"request": request_view(row), "remaining": remaining}
 
 

@@ -15,12 +15,14 @@ from swiftpipe.task.client import ROLLOUT_ALIAS as ALIAS  # route by the rollout
 # OpenAI's error `type`s, and the gateway's own for upstream failures.
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
+PERMISSION = "permission_error"
 RATE_LIMIT = "rate_limit_error"
 NOT_FOUND = "not_found_error"
 SERVER = "server_error"
 UPSTREAM_TIMEOUT = "upstream_timeout"
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 UPSTREAM = flags.UPSTREAM_ERROR  # the upstream's answer is unusable
+RETRY_AFTER_S = 5  # a 503's Retry-After, unless it knows better
 
 
 class ApiError(Exception):
@@ -32,7 +34,10 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "code": self.status, **self.extra}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        headers = dict(self.headers or {})
+        if self.status == 503:
+            headers.setdefault("Retry-After", str(RETRY_AFTER_S))  # every 503 says when to come back
+        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 class ExtractBody(BaseModel):

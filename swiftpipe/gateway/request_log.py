@@ -76,7 +76,7 @@ def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since
 def versions_of(db: str) -> list[str]:
     conn = store.connect(Path(db), create=False)
     try:
-        names = [r[0] for r in conn.execute("SELECT DISTINCT version FROM requests WHERE version IS NOT NULL")]
+        names = [r[0] for r in conn.execute("SELECT DISTINCT version FROM request_days")]
         names += [r[0] for r in conn.execute("SELECT name FROM versions") if r[0] not in names]
     finally:
         conn.close()

@@ -69,3 +69,17 @@ def test_tensor_and_data_parallel_flags_on_gpu():
     plain = load_recipe(REPO / "recipes" / "address-qwen3-0.6b.yaml").recipe
     single = render_serve(serve_target(plain, "/m", served_name="x", cpu=False), plain.serve, 8000).argv
     assert "--data-parallel-size" not in single
+
+
+def test_a_port_left_in_time_wait_counts_as_free():
+    """A killed server's connections linger in TIME-WAIT: a restart must bind at once (SO_REUSEADDR)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server side closes first: its end of the connection waits in TIME-WAIT
+        client.close()
+    assert not port_in_use("127.0.0.1", port)
