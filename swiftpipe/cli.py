@@ -14,6 +14,7 @@ import click
 
 from swiftpipe import __version__
 from swiftpipe.core import console
+from swiftpipe.core.dtype import DTYPES
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.gateway.store import DEFAULT_DB
 from swiftpipe.train.stages import NAMES as STAGES
@@ -254,7 +255,7 @@ def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str
               help="Rows the vLLM engine runs at once, max_num_seqs (default: extract.batch_size, 256).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Requests in flight, server engine (default: extract.concurrency, 32).")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default=None,
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="dtype of the offline and ray engines (default: extract.dtype, else serve.dtype: auto = on a CPU "
                    "bfloat16 where it is native, else float32; on a GPU vLLM's choice).")
 def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_field, fmt, no_text, retry_errors,
