@@ -14,6 +14,7 @@ import click
 
 from swiftpipe import __version__
 from swiftpipe.core import console
+from swiftpipe.core.dtype import DTYPES
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.gateway.store import DEFAULT_DB
 from swiftpipe.train.stages import NAMES as STAGES
@@ -278,8 +279,11 @@ def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str
               help="Rows the vLLM engine runs at once, max_num_seqs (default: extract.batch_size, 256).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Requests in flight, server engine (default: extract.concurrency, 32).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="dtype of the offline and ray engines (default: extract.dtype, else serve.dtype: auto = on a CPU "
+                   "bfloat16 where it is native, else float32; on a GPU vLLM's choice).")
 def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_field, fmt, no_text, retry_errors,
-            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency) -> None:
+            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency, dtype) -> None:
     """Extract JSON from every text of INPUT (JSONL, CSV, Parquet; a file, directory or glob) into OUT.
 
     \b
@@ -294,7 +298,7 @@ def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_fi
     extract_command(input_spec, out=out, model=model, engine=engine, base_urls=list(base_urls), recipe=recipe,
                     text_field=text_field, id_field=id_field, fmt=fmt, no_text=no_text, retry_errors=retry_errors,
                     served_name=served_name, ray_address=ray_address, replicas=replicas, chunk_rows=chunk_rows,
-                    batch_size=batch_size, concurrency=concurrency)
+                    batch_size=batch_size, concurrency=concurrency, dtype=dtype)
 
 
 @cli.command("eval")

@@ -107,10 +107,11 @@ async def _evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], o
 
 
 def evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Path, *, schema: Optional[dict],
-             settings: EvalSection, progress: bool = True, title: str = "") -> dict:
+             settings: EvalSection, progress: bool = True, title: str = "", extra: Optional[dict] = None) -> dict:
     """Run (or resume) the evaluation into `out`; returns metrics.json's content.
 
-    `endpoints`: one or more servers of the same model; rows alternate between them.
+    `endpoints`: one or more servers of the same model; rows alternate between them. `extra`: more
+    keys for metrics.json (what the caller knows of the server, e.g. the dtype it served in).
     """
     out.mkdir(parents=True, exist_ok=True)
     # Each row carries its system prompt (its own, else the recipe's): the task brings the rest.
@@ -122,6 +123,7 @@ def evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Pat
     metrics = scoring.compute_metrics(records, wall_seconds=wall, sent=sent, metric=settings.metric)
     metrics.update(model=endpoints[0].model, base_url=endpoints[0].base_url,
                    replicas=[e.base_url for e in endpoints[1:]], schema_constrained=schema is not None)
+    metrics.update(extra or {})
     jsonl.write_json(out / "metrics.json", metrics)
     jsonl.write_atomic(out / "report.md", reports.report_markdown(metrics, records, title=title or endpoints[0].model))
     return metrics

@@ -217,7 +217,21 @@ class ServeSection(Section):
     data_parallel_size: int = Field(1, ge=1, description="replicas behind the one endpoint (vLLM data parallel)")
     structured_outputs_backend: str = Field("xgrammar", description="vLLM structured-outputs backend")
     startup_timeout: float = Field(600, gt=0, description="seconds to wait for the server to be ready")
-    extra_args: dict[str, Any] = Field(default_factory=dict, description="other `vllm serve` flags")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="the dtype vLLM computes in; auto = vLLM's choice on a GPU, on a CPU bfloat16 where it is native "
+                    "(avx512_bf16/amx_bf16), else float32",
+    )
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="other `vllm serve` flags (a `dtype` here wins over serve.dtype)"
+    )
+
+    @model_validator(mode="after")
+    def _one_dtype(self) -> "ServeSection":
+        given = self.extra_args.get("dtype")
+        if given is not None and self.dtype != "auto" and str(given) != self.dtype:
+            raise ValueError(f"dtype {self.dtype!r} and extra_args.dtype {given!r} disagree: set one of them")
+        return self
 
 
 class EvalSection(Section):
@@ -238,6 +252,9 @@ class ExtractSection(Section):
     batch_size: int = Field(256, ge=1, description="rows the vLLM engine runs at once, its max_num_seqs (offline, ray)")
     concurrency: int = Field(32, ge=1, description="requests in flight with the server engine")
     replicas: Optional[int] = Field(None, ge=1, description="Ray actors, one engine each; none = one per GPU (1 on CPU)")
+    dtype: Optional[Literal["auto", "bfloat16", "float16", "float32"]] = Field(
+        None, description="the dtype of the offline and Ray engines; none = serve's (serve.extra_args.dtype, else serve.dtype)"
+    )
 
 
 class OutputSection(Section):

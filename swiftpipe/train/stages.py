@@ -110,9 +110,11 @@ def stage_eval(p: "RunPlan", which: str, fresh: bool) -> dict:
         echo(f"  serving '{target.served_name}' at {server.base_url}; evaluating {len(rows)} rows")
         endpoint = client.Endpoint(server.base_url, target.served_name, server.api_key, timeout=recipe.eval.timeout)
         metrics = evaluate.evaluate([endpoint], rows, out, schema=schema, settings=recipe.eval,
-                                    progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})")
+                                    progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})",
+                                    extra={"served_dtype": server.dtype.record()})
     echo(f"  {which}: {reports.headline(metrics)}")
-    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": target.model_dir}
+    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": target.model_dir,
+            "dtype": server.dtype.dtype or "auto"}
 
 
 def stage_report(p: "RunPlan", fresh: bool) -> dict:
