@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--rss-rows", default="2000,50000", help="input sizes for the peak-RSS runs ('' to skip)")
     ap.add_argument("--one-at-a-time", type=int, default=200, help="rows for the one-at-a-time client")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--confidence-rounds", type=int, default=3,
+                    help="interleaved rounds of offline extract with confidence on and off (--no-confidence); 0 skips")
     args = ap.parse_args()
 
     from swiftpipe.extract.commands import _offline_settings
@@ -203,6 +205,17 @@ def main() -> None:
             results["bare"] = results["bare_by_dtype"][auto.dtype]
             results["offline"] = results["offline_by_dtype"][auto.dtype]
             results["offline_vs_bare"] = results["offline"]["rows_per_s"] / results["bare"]["rows_per_s"]
+        if args.confidence_rounds:
+            runs: dict[str, list[float]] = {"on": [], "off": []}
+            for i in range(args.confidence_rounds):
+                for way in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                    print(f"swiftpipe extract --engine offline, confidence {way} (round {i + 1}) ...", flush=True)
+                    extra = ["--no-confidence"] if way == "off" else []
+                    s = swiftpipe_extract([str(texts_path), "--out", str(work / f"conf-{way}-{i}"), "--model",
+                                           str(run_dir), "--no-text", *extra])
+                    runs[way].append(s["rows_per_s"])
+            med = {way: sorted(v)[len(v) // 2] for way, v in runs.items()}
+            results["confidence_ab"] = {"rows_per_s": runs, "median": med, "on_vs_off": med["on"] / med["off"]}
         if not args.skip_server:
             target = run_serve_target(recipe, which="finetuned", final_model=info["final_model"],
                                          base=Path(info["cwd"]), run_name=info["name"], cpu=settings.cpu)
@@ -245,6 +258,10 @@ def main() -> None:
               f"{results['server']['rows_per_s']:.1f} | {results['server']['tokens_per_s']:,.0f} | concurrency 32 |")
         print(f"| one row at a time (same server) | {results['server_dtype']['dtype']} | "
               f"{results['one_at_a_time_rows_per_s']:.1f} | | |")
+    if "confidence_ab" in results:
+        ab = results["confidence_ab"]
+        print(f"| offline extract, confidence on vs off ({args.confidence_rounds} interleaved rounds, median) | "
+              f"{auto.dtype} | {ab['median']['on']:.1f} vs {ab['median']['off']:.1f} | | {ab['on_vs_off']:.3f}x |")
     for size, r in results["rss"].items():
         print(f"| peak RSS, {size:,} rows | {auto.dtype} | {r['rows_per_s']:.1f} | | swiftpipe {r['peak_rss_mib']} MiB, "
               f"with vLLM's processes {r['peak_rss_tree_mib']} MiB |")

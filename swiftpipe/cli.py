@@ -130,6 +130,12 @@ DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
                    "e-mails/ID numbers, or nothing but flags, latency, version and key.")
 @click.option("--max-connections", type=click.IntRange(16, 100_000), default=1000, show_default=True,
               help="Open connections at most; past it idle ones are closed first (README 'Security').")
+@click.option("--accept-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Row confidence at or above which an answer needs no review, for every version (default: "
+                   "serve.accept_threshold, else the threshold each run's eval calibrated).")
+@click.option("--audit-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of answers drawn into the review queue's random audit sample, from which reviewed "
+                   "accuracy is estimated (1: every answer; README 'Confidence').")
 @click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds per upstream attempt.")
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
@@ -137,7 +143,7 @@ DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
 def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional[str], names: tuple[str, ...],
           base: bool, host: str, port: int, db: str, weights: tuple[str, ...], ssl_certfile: Optional[str],
           ssl_keyfile: Optional[str], keep_days: float, log_content: str, max_connections: int,
-          upstream_timeout: float, retries: int) -> None:
+          accept_threshold: Optional[float], audit_share: float, upstream_timeout: float, retries: int) -> None:
     """Serve versions behind the extraction gateway until Ctrl-C.
 
     \b
@@ -157,7 +163,8 @@ def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional
     serve_gateway(list(targets), upstreams=list(upstreams), recipe=recipe, names=list(names), base=base, host=host,
                   port=port, db=db, weights=list(weights), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                   keep_days=keep_days or None, upstream_timeout=upstream_timeout, retries=retries,
-                  log_content=log_content, max_connections=max_connections)
+                  log_content=log_content, max_connections=max_connections, accept_threshold=accept_threshold,
+                  audit_share=audit_share)
 
 
 @cli.group()
@@ -282,8 +289,14 @@ def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="dtype of the offline and ray engines (default: extract.dtype, else serve.dtype: auto = on a CPU "
                    "bfloat16 where it is native, else float32; on a GPU vLLM's choice).")
+@click.option("--accept-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Row confidence at or above which a row needs no review (default: serve.accept_threshold, else "
+                   "the threshold the run's eval calibrated).")
+@click.option("--no-confidence", is_flag=True,
+              help="Ask for no token logprobs: the confidence column stays null, needs_review uses flags only.")
 def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_field, fmt, no_text, retry_errors,
-            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency, dtype) -> None:
+            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency, dtype, accept_threshold,
+            no_confidence) -> None:
     """Extract JSON from every text of INPUT (JSONL, CSV, Parquet; a file, directory or glob) into OUT.
 
     \b
@@ -298,7 +311,8 @@ def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_fi
     extract_command(input_spec, out=out, model=model, engine=engine, base_urls=list(base_urls), recipe=recipe,
                     text_field=text_field, id_field=id_field, fmt=fmt, no_text=no_text, retry_errors=retry_errors,
                     served_name=served_name, ray_address=ray_address, replicas=replicas, chunk_rows=chunk_rows,
-                    batch_size=batch_size, concurrency=concurrency, dtype=dtype)
+                    batch_size=batch_size, concurrency=concurrency, dtype=dtype, accept_threshold=accept_threshold,
+                    confidence=not no_confidence)
 
 
 @cli.command("eval")

@@ -4,6 +4,7 @@ directory is found before a model is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -22,18 +23,20 @@ from swiftpipe.recipe.schema import ExtractSection, Recipe
 from swiftpipe.recipe.task import Task, task_of, token_counter
 
 
-def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path]:
-    """(model directory, recipe, base for the recipe's relative paths)."""
+def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path,
+                                                                           Optional[float]]:
+    """(model directory, recipe, base for the recipe's relative paths, the accept threshold the run's
+    eval calibrated)."""
     from swiftpipe.recipe.load import load_recipe
 
     given = load_recipe(recipe).recipe if recipe else None
     if model is None:
-        return None, given, Path.cwd()
+        return None, given, Path.cwd(), None
     try:
         found = resolve_target(model, recipe=given, recipe_from=recipe, option="--model ")
     except NotARun as exc:
         raise ExtractError(str(exc)) from None
-    return found.model_dir, found.recipe, found.base
+    return found.model_dir, found.recipe, found.base, found.run.accept_threshold() if found.run else None
 
 
 def extract_command(input_spec: str, *, out: str, **options) -> dict:
@@ -49,8 +52,9 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
                     recipe: Optional[str], text_field: str, id_field: Optional[str], fmt: Optional[str], no_text: bool,
                     retry_errors: bool, served_name: Optional[str], ray_address: Optional[str],
                     replicas: Optional[int], chunk_rows: Optional[int], batch_size: Optional[int],
-                    concurrency: Optional[int], dtype: Optional[str] = None) -> dict:
-    model_dir, loaded, base = _model_and_recipe(model, recipe)
+                    concurrency: Optional[int], dtype: Optional[str] = None,
+                    accept_threshold: Optional[float] = None, confidence: bool = True) -> dict:
+    model_dir, loaded, base, calibrated = _model_and_recipe(model, recipe)
     section = loaded.extract if loaded else ExtractSection()
     given = {"engine": engine, "format": fmt, "chunk_rows": chunk_rows, "batch_size": batch_size,
              "concurrency": concurrency, "replicas": replicas, "dtype": dtype}
@@ -71,6 +75,15 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
         console.warn("no recipe (--recipe, or --model RUN_DIR): requests carry no system prompt and no answer schema, "
                      "and texts have no length limit; output rows keep the raw answer")
     task = task_of(loaded, base) if loaded else Task()
+    if not confidence:  # --no-confidence: no logprobs asked, no confidence column values, no threshold
+        task = dataclasses.replace(task, confidence=False)
+    # --accept-threshold, else serve.accept_threshold, else what the run's eval calibrated
+    if task.confidence:
+        task = task.with_threshold(accept_threshold if accept_threshold is not None else
+                                   task.accept_threshold if task.accept_threshold is not None else calibrated)
+    console.say("extract: " + (f"rows with row confidence >= {task.accept_threshold:g} need no review"
+                               if task.accept_threshold is not None else
+                               "no accept threshold: needs_review marks only invalid answers and values not in the text"))
     fields = task.fields
     check_fields(fields)
 

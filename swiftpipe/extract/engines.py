@@ -22,6 +22,7 @@ from swiftpipe.core.vllm_server import ModelListError, list_models
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, flags
 from swiftpipe.task.client import ROLLOUT_ALIAS
+from swiftpipe.task.confidence import pieces_from_vllm
 
 
 class EngineError(SwiftpipeError):
@@ -41,6 +42,7 @@ class Answer:
     timed_out: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    pieces: Optional[list[tuple[bytes, float]]] = None  # the sampled tokens and logprobs (task.confidence)
 
     @property
     def flag(self) -> str:
@@ -127,12 +129,12 @@ class OfflineEngine:
     def length(self, text: str) -> tuple[int, str]:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]), "tokens"
 
-    @staticmethod
-    def _answer(out) -> Answer:
+    def _answer(self, out) -> Answer:
         done = out.outputs[0] if out.outputs else None
         return Answer(raw=done.text if done else None, error=None if done else "engine error: no output",
                       error_kind=None if done else ENGINE_ERROR, prompt_tokens=len(out.prompt_token_ids or []),
-                      completion_tokens=len(done.token_ids) if done else 0)
+                      completion_tokens=len(done.token_ids) if done else 0,
+                      pieces=pieces_from_vllm(done, self.tokenizer) if done and self.task.confidence else None)
 
     def submit(self, texts: list[str]) -> list:
         """Queue `texts` in the engine without waiting; returns a ticket for `collect`. A text the
@@ -226,7 +228,8 @@ class ServerEngine:
             done = await client.chat(self.apis[which], self.task.sdk_kwargs(endpoint.model, texts[i]), endpoint)
             answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}",
                                 error_kind=SERVER_ERROR if done.error else None, timed_out=done.timed_out,
-                                prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens)
+                                prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                                pieces=done.pieces)
             if progress:
                 progress(1)
 

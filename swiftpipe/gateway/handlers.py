@@ -13,6 +13,7 @@ from swiftpipe.gateway.protocol import (
     ChatBody,
     ExtractBody,
     message_content,
+    token_pieces,
     usage,
 )
 from swiftpipe.gateway.relay import Relay
@@ -126,11 +127,13 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
     content, missing = message_content(result.body)
     if missing:
         raise unusable(result, version, missing)
-    checked = version.task.check(body.text, content)
+    checked = version.task.check(body.text, content, token_pieces(result.body))
 
     def respond(latency: float) -> JSONResponse:
         return JSONResponse({"id": call.rid, "version": version.name, "fields": checked.fields, "valid": checked.valid,
-                             "flags": checked.flags, "latency_ms": latency}, headers={"X-Request-Id": call.rid})
+                             "flags": checked.flags, "confidence": checked.confidence,
+                             "row_confidence": checked.row_confidence, "needs_review": checked.needs_review,
+                             "latency_ms": latency}, headers={"X-Request-Id": call.rid})
 
     return Outcome(output=content, checked=checked, upstream=result, tokens=usage(result.body), respond=respond)
 
@@ -158,7 +161,7 @@ async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
     content, missing = message_content(answer)
     if missing:
         raise unusable(result, version, missing)
-    checked = version.task.check(call.input, content)
+    checked = version.task.check(call.input, content, token_pieces(answer))
     answer["id"], answer["model"] = call.rid, version.name
     return Outcome(output=content, checked=checked, upstream=result, tokens=usage(answer),
                    respond=lambda latency: JSONResponse(answer, headers=headers))

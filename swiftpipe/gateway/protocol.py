@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from swiftpipe.task import flags
 from swiftpipe.task.client import ROLLOUT_ALIAS as ALIAS  # route by the rollout weights
+from swiftpipe.task.confidence import pieces_from_openai
 
 # OpenAI's error `type`s, and the gateway's own for upstream failures.
 INVALID_REQUEST = "invalid_request_error"
@@ -81,6 +82,16 @@ def message_content(body: Any) -> tuple[Optional[str], Optional[str]]:
     if content is not None and not isinstance(content, str):
         return None, f"choices[0].message.content is {type(content).__name__}, not text"
     return content, None
+
+
+def token_pieces(body: Any) -> Optional[list[tuple[bytes, float]]]:
+    """The sampled tokens and their logprobs (choices[0].logprobs.content) of a chat completion body;
+    None when the server sent none (not asked, or not supported): confidence is then unknown."""
+    try:
+        content = body["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return pieces_from_openai(content) if isinstance(content, list) else None
 
 
 def usage(body: Any) -> tuple[Optional[int], Optional[int]]:

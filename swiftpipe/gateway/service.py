@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from swiftpipe.core import console, envinfo, procs
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
-from swiftpipe.gateway import connections, keys, rollout, store
+from swiftpipe.gateway import connections, feedback, keys, rollout, store
 from swiftpipe.gateway.upstream import UpstreamClient, Version
 from swiftpipe.recipe.derived import device_is_cpu, model_ref, run_serve_target, serve_target
 from swiftpipe.recipe.rundir import NotARun, resolve_target
@@ -47,6 +47,7 @@ class Planned:
     url: Optional[str] = None  # an upstream that already runs
     source: str = ""
     task: Task = field(default_factory=Task)  # its recipe's; none: no system prompt, schema or length limit
+    calibrated: Optional[float] = None  # the accept threshold its run's eval calibrated
 
 
 def split_name(spec: str) -> tuple[Optional[str], str]:
@@ -64,8 +65,10 @@ def _load_recipe(path: str) -> Recipe:
 
 
 def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[str], names: list[str],
-                  base: bool, log_dir: Path) -> list[Planned]:
-    """Check every target and decide what to start; raises before anything is started."""
+                  base: bool, log_dir: Path, accept_threshold: Optional[float] = None) -> list[Planned]:
+    """Check every target and decide what to start; raises before anything is started. A version's
+    accept threshold: `accept_threshold` (--accept-threshold), else its recipe's serve.accept_threshold,
+    else the one its run's eval calibrated, else none (flags and the queue use confidence alone)."""
     if not targets and not upstreams:
         raise GatewayError("nothing to serve: pass run directories, model directories (with --recipe) or "
                          "--upstream NAME=URL (with --recipe)")
@@ -88,7 +91,8 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
             what = run_serve_target(run_recipe, which="base" if base else "finetuned", final_model=run.final_model,
                                        base=run.base, run_name=run.name, cpu=device_is_cpu(run_recipe, gpu_count))
             version = name or f"{run.name}@{run.run_id}" + ("-base" if base else "")
-            planned.append(Planned(version, run_recipe, run.base, what, run.log("serve"), source=str(run.path)))
+            planned.append(Planned(version, run_recipe, run.base, what, run.log("serve"), source=str(run.path),
+                                   calibrated=run.accept_threshold("base" if base else "finetuned")))
         else:
             version = name or found.path.name
             assert found.model_dir is not None
@@ -115,6 +119,9 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
     seen: set[str] = set()
     for p in planned:
         p.task = task_of(p.recipe, p.recipe_base) if p.recipe else Task()
+        if p.task.accept_threshold is None:
+            p.task = p.task.with_threshold(p.calibrated)
+        p.task = p.task.with_threshold(accept_threshold)
         if p.name in seen:
             raise GatewayError(f"two targets are both named '{p.name}'; name them apart with NAME=PATH")
         if p.name == ROLLOUT_ALIAS or not p.name.strip():
@@ -175,9 +182,11 @@ def ensure_key(conn, db: Path) -> Optional[Path]:
 def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], names: list[str], base: bool,
           host: str, port: int, db: str, weights: list[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str],
           keep_days: Optional[float], upstream_timeout: float, retries: int, log_content: str = "full",
-          max_connections: int = 1000) -> None:
+          max_connections: int = 1000, accept_threshold: Optional[float] = None,
+          audit_share: float = feedback.AUDIT_SHARE) -> None:
     db_path = Path(db).resolve()
-    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=db_path.parent)
+    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=db_path.parent,
+                            accept_threshold=accept_threshold)
     given_weights = rollout.parse_weights(weights, what="--weights") if weights else None
     if given_weights:
         rollout.apply({p.name: 0.0 for p in planned}, given_weights)  # unknown names, sums: fail before starting
@@ -236,7 +245,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                 assert p.url is not None
                 versions.append(version_of(p, base_url=p.url, api_key=upstream_key, model=None))
         gw = Gateway(versions, db_path, upstreams=UpstreamClient(timeout=upstream_timeout, retries=retries),
-                     keep_days=keep_days, content=log_content)
+                     keep_days=keep_days, content=log_content, audit_share=audit_share)
         open_files = connections.raise_open_file_limit(max_connections + 256)
         limits = connections.Limits(max_connections=max(16, min(max_connections, open_files - 128)))
 
@@ -254,6 +263,10 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
         def announce() -> None:  # once the port is bound: `serving` means requests are answered now
             console.say(f"serving {len(versions)} version(s) at {scheme}://{shown_host}:{port}/v1 "
                         f"({rollout.describe(new_weights)}); request log: {db_path}")
+            for p in planned:
+                t = p.task.accept_threshold
+                console.say(f"  version '{p.name}': " + (f"answers with row confidence >= {t:g} need no review"
+                            if t is not None else "no accept threshold (every answer is a review candidate)"))
             if made_key:
                 console.say(f"admin key generated, in {made_key} (readable by you only); create client keys with "
                             f"`swiftpipe keys create --db {db} --name NAME`")

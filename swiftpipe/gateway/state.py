@@ -71,8 +71,9 @@ class Outcome:
     respond: Optional[Callable[[float], Any]] = None  # the response, given the logged latency (ms)
     relay: Optional[Any] = None  # a streamed answer (`relay.Relay`): recorded when it ends
 
-    def row(self, call: Call, latency: float, content: str) -> tuple:
-        """The log row; its texts as the `content` mode keeps them (privacy.kept)."""
+    def row(self, call: Call, latency: float, content: str, audit_share: float = 0.0) -> tuple:
+        """The log row; its texts as the `content` mode keeps them (privacy.kept); an answered one with
+        its text joins the audit sample with probability `audit_share` (`gateway.feedback`)."""
         checked = self.checked
         error = self.error or (self.upstream.error if self.upstream else None) or \
             ("; ".join(checked.problems) if checked and checked.problems else None)
@@ -83,7 +84,10 @@ class Outcome:
             input=text, output=output, fields=fields, valid=checked.valid if checked else None,
             flags=self.all_flags, latency_ms=latency, status=self.status,
             upstream_status=self.upstream.status if self.upstream else None, error=error,
-            prompt_tokens=self.tokens[0], completion_tokens=self.tokens[1], content=content)
+            prompt_tokens=self.tokens[0], completion_tokens=self.tokens[1], content=content,
+            confidence=checked.confidence if checked else None,
+            row_confidence=checked.row_confidence if checked else None,
+            audit=self.status == 200 and text is not None and feedback.draw_audit(audit_share))
 
     @property
     def all_flags(self) -> list[str]:
@@ -127,7 +131,7 @@ class Gateway:
 
     def __init__(self, versions: list[Version], db: Path, *, upstreams: Optional[UpstreamClient] = None,
                  keep_days: Optional[float] = store.DEFAULT_KEEP_DAYS, content: str = "full",
-                 log_wait_s: float = store.LOG_WAIT_S):
+                 log_wait_s: float = store.LOG_WAIT_S, audit_share: float = feedback.AUDIT_SHARE):
         if content not in privacy.MODES:
             raise ValueError(f"content must be one of {privacy.MODES}")
         self.versions = {v.name: v for v in versions}
@@ -136,6 +140,7 @@ class Gateway:
         self.keep_days = keep_days
         self.content = content
         self.log_wait_s = log_wait_s
+        self.audit_share = audit_share  # of answered requests, drawn into the review queue's audit sample
         self.conn = store.connect(self.db)
         self.log: Optional[store.RequestLog] = None
         self.keys: dict[str, keys.Key] = {}
@@ -299,7 +304,7 @@ class Gateway:
         latency = call.latency_ms()
         assert self.log is not None
         try:
-            await self.log.add(outcome.row(call, latency, self.content))
+            await self.log.add(outcome.row(call, latency, self.content, self.audit_share))
         except store.LogUnavailable as exc:
             self._log_failed(str(exc))
             raise ApiError(503, f"{exc}; the request was not answered, retry in {LOG_RETRY_AFTER_S} s",

@@ -9,7 +9,10 @@ percentiles are read from a 5%-wide histogram (within 2.5% of the exact value), 
 include requests that `--keep-days` has pruned since (the rollups hold no text). A window that
 starts within a day (`--since 2h`) or `--flagged` counts the rows themselves, exactly.
 
-Reviewed accuracy = confirmed / reviewed: the share of reviewed answers a person found right.
+Reviewed accuracy is estimated from the random audit sample only (`gateway.feedback`): the share
+of reviewed audit answers a person confirmed, with a 95% Wilson interval. The reviews the queue
+spent on the doubtful answers are reported beside it ("found N errors in the M most doubtful"):
+they say how well the doubt finds errors, not how often the version is right.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sqlite3
 import time
 from typing import Any, Optional
 
-from swiftpipe.core.stats import percentile
+from swiftpipe.core.stats import percentile, wilson_interval
 from swiftpipe.gateway.store import histogram_percentile, utc_day
 from swiftpipe.task.flags import INVALID_JSON
 
@@ -42,8 +45,13 @@ def _where(since: Optional[float], versions: Optional[list[str]], flagged: bool)
 
 
 def _group() -> dict[str, Any]:
-    return {"n": 0, "answered": 0, "flagged": 0, "invalid": 0, "reviewed": 0, "confirmed": 0, "flags": {},
-            "latencies": []}
+    return {"n": 0, "answered": 0, "flagged": 0, "invalid": 0, "reviewed": 0, "confirmed": 0, "audited": 0,
+            "audit_confirmed": 0, "flags": {}, "latencies": []}
+
+
+_REVIEWS = ("count(f.verdict), sum(f.verdict = 'correct'), sum(f.verdict IS NOT NULL AND r.audit = 1), "
+            "sum(f.verdict = 'correct' AND r.audit = 1)")
+_REVIEW_KEYS = ("reviewed", "confirmed", "audited", "audit_confirmed")
 
 
 def _from_rows(conn: sqlite3.Connection, since: Optional[float], versions: Optional[list[str]], flagged: bool,
@@ -54,11 +62,11 @@ def _from_rows(conn: sqlite3.Connection, since: Optional[float], versions: Optio
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     counts = conn.execute(
         f"SELECT r.version, {day} AS day, count(*), sum(r.status = 200), sum(r.flags != '[]'), "
-        f"sum(instr(r.flags, '\"{INVALID_JSON}\"') > 0), count(f.verdict), sum(f.verdict = 'correct') "
+        f"sum(instr(r.flags, '\"{INVALID_JSON}\"') > 0), {_REVIEWS} "
         f"FROM requests r LEFT JOIN feedback f ON f.request_id = r.id WHERE {where} GROUP BY 1, 2", params)
-    for version, when, n, answered, flagged_n, invalid, reviewed, confirmed in counts:
+    for version, when, n, answered, flagged_n, invalid, *reviews in counts:
         groups[(version, when)] = {**_group(), "n": n, "answered": answered or 0, "flagged": flagged_n or 0,
-                                   "invalid": invalid or 0, "reviewed": reviewed or 0, "confirmed": confirmed or 0}
+                                   "invalid": invalid or 0, **{k: v or 0 for k, v in zip(_REVIEW_KEYS, reviews)}}
     for version, when, flag, n in conn.execute(
             f"SELECT r.version, {day} AS day, j.value, count(*) FROM requests r, json_each(r.flags) j "
             f"WHERE {where} GROUP BY 1, 2, 3", params):
@@ -121,11 +129,11 @@ def _from_rollups(conn: sqlite3.Connection, since: Optional[float], versions: Op
     # every request in the window by its ts index and look each one up in feedback.
     rows_where, rows_params = _where(since, versions, False)
     for day in (["date(r.ts, 'unixepoch')"] if by_day else []) + [f"'{ALL}'"]:
-        for version, when, reviewed, confirmed in conn.execute(
-                f"SELECT r.version, {day}, count(*), sum(f.verdict = 'correct') FROM feedback f "
+        for version, when, *reviews in conn.execute(
+                f"SELECT r.version, {day}, {_REVIEWS} FROM feedback f "
                 f"CROSS JOIN requests r ON r.id = f.request_id WHERE {rows_where} GROUP BY 1, 2", rows_params):
             if (version, when) in groups:
-                groups[(version, when)].update(reviewed=reviewed, confirmed=confirmed or 0)
+                groups[(version, when)].update({k: v or 0 for k, v in zip(_REVIEW_KEYS, reviews)})
     return groups
 
 
@@ -155,7 +163,7 @@ def version_stats(conn: sqlite3.Connection, *, since: Optional[float] = None, ve
     if by_day and not any(when == ALL for _, when in groups):  # each version's whole period, from its days
         for (version, _), g in list(groups.items()):
             total = groups.setdefault((version, ALL), _group())
-            for key in ("n", "answered", "flagged", "invalid", "reviewed", "confirmed"):
+            for key in ("n", "answered", "flagged", "invalid", *_REVIEW_KEYS):
                 total[key] += g[key]
             for flag, n in g["flags"].items():
                 total["flags"][flag] = total["flags"].get(flag, 0) + n
@@ -170,10 +178,24 @@ def version_stats(conn: sqlite3.Connection, *, since: Optional[float] = None, ve
             "flagged": _rate(g["flagged"], g["n"]),
             "invalid_json": _rate(g["invalid"], g["n"]),
             "flag_rates": {flag: _rate(n, g["n"]) for flag, n in sorted(g["flags"].items())},
-            "reviewed": g["reviewed"],
-            "reviewed_accuracy": _rate(g["confirmed"], g["reviewed"]),
+            **reviews(g),
         }
     return out
+
+
+def reviews(g: dict[str, Any]) -> dict[str, Any]:
+    """The review numbers of a group: accuracy from the audit sample with its 95% interval, and what
+    the reviews of the doubtful answers found."""
+    interval = wilson_interval(g["audit_confirmed"], g["audited"])
+    doubtful = g["reviewed"] - g["audited"]
+    return {
+        "reviewed": g["reviewed"],
+        "audited": g["audited"],
+        "reviewed_accuracy": _rate(g["audit_confirmed"], g["audited"]),
+        "reviewed_accuracy_ci": [round(interval[0], 4), round(interval[1], 4)] if interval else None,
+        "doubtful_reviewed": doubtful,
+        "doubtful_errors": doubtful - (g["confirmed"] - g["audit_confirmed"]),
+    }
 
 
 def dashboard(conn: sqlite3.Connection, *, days: int = 30) -> dict[str, Any]:
@@ -188,4 +210,4 @@ def dashboard(conn: sqlite3.Connection, *, days: int = 30) -> dict[str, Any]:
 def empty_entry() -> dict[str, Any]:
     """The numbers of a version with no requests (yet)."""
     return {"requests": 0, "answered": 0, "p50_ms": None, "p95_ms": None, "flagged": None, "invalid_json": None,
-            "flag_rates": {}, "reviewed": 0, "reviewed_accuracy": None}
+            "flag_rates": {}, **reviews(_group())}

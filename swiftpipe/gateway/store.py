@@ -118,11 +118,19 @@ MIGRATIONS: list[tuple[int, str, list[Any]]] = [
         "CREATE INDEX IF NOT EXISTS request_day_latency_bucket ON request_day_latency (version, bucket, day, n)",
         lambda conn: _backfill_rollups(conn),
     ]),
+    (4, "each answer's confidence and whether it is in the random audit sample of the review queue", [
+        "ALTER TABLE requests ADD COLUMN confidence TEXT",       # JSON {field: p}; NULL: no logprobs
+        "ALTER TABLE requests ADD COLUMN row_confidence REAL",   # the least confident field
+        "ALTER TABLE requests ADD COLUMN audit INTEGER NOT NULL DEFAULT 0",  # 1: drawn for the audit sample
+        "CREATE INDEX IF NOT EXISTS requests_review ON requests (audit, row_confidence) "
+        "WHERE status = 200 AND input IS NOT NULL",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 REQUEST_COLUMNS = ("id", "ts", "version", "key_id", "endpoint", "input", "output", "fields", "valid", "flags",
-                   "latency_ms", "status", "upstream_status", "error", "prompt_tokens", "completion_tokens", "content")
+                   "latency_ms", "status", "upstream_status", "error", "prompt_tokens", "completion_tokens", "content",
+                   "confidence", "row_confidence", "audit")
 
 DEFAULT_DB = "serve/serve.sqlite"  # the gateway's database when --db is not given
 LOG_WAIT_S = 2.0  # longest a response waits for its log row; then 503 (the database is locked or full)
@@ -233,10 +241,12 @@ def _storable(value: Any) -> Any:
 
 
 def request_row(**values: Any) -> tuple:
-    """A row of `requests` in column order; `fields` and `flags` are stored as JSON."""
+    """A row of `requests` in column order; `fields`, `flags` and `confidence` are stored as JSON."""
     values = dict(values)
-    if values.get("fields") is not None:
-        values["fields"] = json.dumps(values["fields"], ensure_ascii=False)
+    for name in ("fields", "confidence"):
+        if values.get(name) is not None:
+            values[name] = json.dumps(values[name], ensure_ascii=False)
+    values["audit"] = int(bool(values.get("audit")))
     values["flags"] = json.dumps(values.get("flags") or [], ensure_ascii=False)
     if values.get("valid") is not None:
         values["valid"] = int(values["valid"])
@@ -351,7 +361,8 @@ def insert_requests(conn: sqlite3.Connection, rows: list[tuple]) -> None:
 
 def _backfill_rollups(conn: sqlite3.Connection) -> None:
     """Migration 3 on a log that has rows already: count them into the new rollups."""
-    cursor = conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests")
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}  # later migrations add columns
+    cursor = conn.execute(f"SELECT {', '.join(c if c in have else 'NULL' for c in REQUEST_COLUMNS)} FROM requests")
     while rows := cursor.fetchmany(10_000):
         add_rollups(conn, [tuple(r) for r in rows])
     seal_days(conn)

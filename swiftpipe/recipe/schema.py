@@ -222,6 +222,11 @@ class ServeSection(Section):
         description="the dtype vLLM computes in; auto = vLLM's choice on a GPU, on a CPU bfloat16 where it is native "
                     "(avx512_bf16/amx_bf16), else float32",
     )
+    accept_threshold: Optional[float] = Field(
+        None, ge=0, le=1,
+        description="row confidence at or above which an answer needs no review; none = the threshold the run's "
+                    "eval calibrated (confidence.accept_threshold in metrics.json)",
+    )
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="other `vllm serve` flags (a `dtype` here wins over serve.dtype)"
     )
@@ -241,6 +246,13 @@ class EvalSection(Section):
     timeout: float = Field(120, gt=0, description="seconds per request before a retry")
     compare_base: bool = Field(False, description="also serve and evaluate the base model")
     metric: Literal["exact_match", "ner_f1"] = Field("exact_match", description="how answers are scored")
+    confidence: bool = Field(
+        True, description="ask for the sampled tokens' logprobs and score each field's confidence (eval, serve, extract)"
+    )
+    accept_target: float = Field(
+        0.99, gt=0, le=1,
+        description="exact match the auto-accepted rows must reach on the test set: sets the accept threshold",
+    )
 
 
 class ExtractSection(Section):

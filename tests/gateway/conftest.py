@@ -179,8 +179,10 @@ class InProcess:
 @contextlib.asynccontextmanager
 async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tuple[str, ...] = (),
                      timeout: float = 2.0, retries: int = 1, client: tuple[str, int] = ("127.0.0.1", 50000),
-                     delay_ms: float = 0, content: str = "full", log_wait_s: float = 2.0) -> AsyncIterator[InProcess]:
-    """The demo recipe's task on every version; `up` answered by the scripted upstream, `down` refused."""
+                     delay_ms: float = 0, content: str = "full", log_wait_s: float = 2.0,
+                     audit_share: float = 0.0) -> AsyncIterator[InProcess]:
+    """The demo recipe's task on every version; `up` answered by the scripted upstream, `down` refused.
+    No answer joins the review queue's random audit sample unless `audit_share` says so (determinism)."""
     task = task_of(load_recipe(DEMO_RECIPE).recipe, REPO)
     names = [*up, *down]
     versions = [Version(name, f"http://{name}/v1", None, "upstream-key", task=task, source=f"scripted:{name}")
@@ -198,7 +200,7 @@ async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tup
     rollout.register(conn, [(v.name, v.source) for v in versions], None, {v.name: task.stored() for v in versions})
     conn.close()
     upstreams = UpstreamClient(timeout=timeout, retries=retries, http=httpx2.AsyncClient(transport=Routed(routes)))
-    gw = Gateway(versions, db, upstreams=upstreams, content=content, log_wait_s=log_wait_s)
+    gw = Gateway(versions, db, upstreams=upstreams, content=content, log_wait_s=log_wait_s, audit_share=audit_share)
     app = create_app(gw)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=client)

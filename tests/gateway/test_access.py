@@ -197,8 +197,10 @@ async def test_what_the_log_keeps_of_texts(tmp_path, content):
 async def test_a_locked_log_fails_fast_says_so_once_and_recovers(tmp_path, capfd):
     async with in_process(tmp_path, log_wait_s=1.0) as gw:
         assert (await gw.post("/v1/extract", {"text": WAYBILL})).status_code == 200
-        locker = sqlite3.connect(gw.db, timeout=0)
-        locker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+        # another process takes the database; it waits (up to 30 s) for the gateway's own writer, which may
+        # still be committing the first request's row and its rollups when the response arrives
+        locker = sqlite3.connect(gw.db, timeout=30)
+        locker.execute("BEGIN EXCLUSIVE")
         try:
             asked = len(gw.upstreams["v1"].asked)
             first = await gw.post("/v1/extract", {"text": WAYBILL})
