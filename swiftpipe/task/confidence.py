@@ -238,7 +238,10 @@ def pieces_from_openai(content: Optional[Sequence[Any]],
         return None
     out: list[tuple[bytes, float]] = []
     for entry in content:
-        token, logprob = _get(entry, "token"), _get(entry, "logprob")
+        if type(entry) is dict:  # a parsed JSON body (the gateway): the fast path
+            token, logprob = entry.get("token"), entry.get("logprob")
+        else:
+            token, logprob = _get(entry, "token"), _get(entry, "logprob")
         if token is None or logprob is None:
             return None
         if token.startswith("token_id:") and token[9:].isdigit():
@@ -335,14 +338,9 @@ def _align(pieces: list[bytes], text_bytes: bytes) -> Optional[int]:
     return None
 
 
-def _byte_offsets(text: str) -> list[int]:
-    """Byte offset of each character index of ``text`` (len(text) + 1 entries)."""
-    offsets = [0]
-    total = 0
-    for ch in text:
-        total += len(ch.encode("utf-8"))
-        offsets.append(total)
-    return offsets
+def _byte_offset(text: str, index: int, ascii_text: bool) -> int:
+    """Byte offset of character ``index`` of ``text`` in its UTF-8 encoding."""
+    return index if ascii_text else len(text[:index].encode("utf-8"))
 
 
 def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece, Any]]],
@@ -359,11 +357,14 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     pieces: list[bytes] = []
     logprobs: list[float] = []
     for piece, lp in tokens:
-        clean = _clean_logprob(lp)
-        if clean is None or piece is None:
+        if type(lp) is not float or not lp <= 0.0:  # the usual case in one test; else _clean_logprob's rules
+            lp = _clean_logprob(lp)
+            if lp is None:
+                return None
+        if piece is None:
             return None
         pieces.append(piece.encode("utf-8") if isinstance(piece, str) else bytes(piece))
-        logprobs.append(clean)
+        logprobs.append(lp)
     try:
         text_bytes = text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: not text a model produced
@@ -372,50 +373,48 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     if offset is None:
         return None
 
-    # Byte range of every token in text coordinates; empty tokens take the next token's range.
-    ranges: list[tuple[int, int]] = [(0, 0)] * len(pieces)
-    pos = -offset
-    pending: list[int] = []
-    for i, piece in enumerate(pieces):
-        if not piece:
-            pending.append(i)
-            continue
-        r = (pos, pos + len(piece))
-        for j in pending + [i]:
-            ranges[j] = r
-        pending = []
-        pos += len(piece)
-    # empty tokens at the very end have no next token: an empty range, attributed to nothing
-    for j in pending:
-        ranges[j] = (pos, pos)
-
-    byte_at = _byte_offsets(text)
+    ascii_text = len(text_bytes) == len(text)
     names = list(fields) if fields is not None else list(members)
     spans: dict[str, tuple[int, int]] = {}
     for name in names:
         m = members.get(name)
         if m is not None:
-            spans[name] = (byte_at[m.span[0]], byte_at[m.span[1]])
-
+            spans[name] = (_byte_offset(text, m.span[0], ascii_text), _byte_offset(text, m.span[1], ascii_text))
     region = answer_region(text)
-    region_bytes = (byte_at[region[0]], byte_at[region[1]])
+    region_bytes = (_byte_offset(text, region[0], ascii_text), _byte_offset(text, region[1], ascii_text))
+    # Spans of distinct top-level members never overlap: sorted by start, one sweep over the tokens.
+    ordered = sorted(spans.items(), key=lambda item: item[1])
     sums = {n: 0.0 for n in spans}
     mins = {n: 0.0 for n in spans}
     counts = {n: 0 for n in spans}
     other_n, other_lp = 0, 0.0
-    for (a, b), lp in zip(ranges, logprobs):
-        if b <= a:
-            continue  # an empty token at the very end (after the text): nothing to attribute
+    first = 0  # the first span that may still overlap a token (tokens come in text order)
+    pos = -offset  # byte range of the next token in text coordinates
+    pending: list[float] = []  # logprobs of empty tokens: they take the next token's range (rule 2)
+    for piece, lp in zip(pieces, logprobs):
+        if not piece:
+            pending.append(lp)
+            continue
+        a, b = pos, pos + len(piece)
+        pos = b
+        group = (*pending, lp) if pending else (lp,)
+        pending = []
+        while first < len(ordered) and ordered[first][1][1] <= a:
+            first += 1
         hit = False
-        for name, (s, e) in spans.items():
-            if a < e and b > s:
-                hit = True
-                sums[name] += lp
-                mins[name] = lp if counts[name] == 0 else min(mins[name], lp)
+        k = first
+        while k < len(ordered) and ordered[k][1][0] < b:
+            name = ordered[k][0]
+            hit = True
+            for value in group:
+                sums[name] += value
+                mins[name] = value if counts[name] == 0 else min(mins[name], value)
                 counts[name] += 1
+            k += 1
         if not hit and a < region_bytes[1] and b > region_bytes[0]:
-            other_n += 1
-            other_lp += lp
+            other_n += len(group)
+            other_lp += sum(group)
+    # empty tokens at the very end have no next token: an empty range, attributed to nothing
 
     scores: dict[str, Optional[FieldScore]] = {}
     for name in names:
