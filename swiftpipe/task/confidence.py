@@ -414,11 +414,13 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     except UnicodeEncodeError:  # lone surrogates: not text a model produced
         return None
     offset = _align(pieces, text_bytes)
-    lengths: Optional[list[int]] = [len(piece) for piece in pieces]
-    if offset is None:
-        offset, lengths = 0, _replacement_lengths(pieces, text_bytes)
-        if lengths is None:
+    if offset is not None:
+        lengths = [len(piece) for piece in pieces]
+    else:
+        fuzzy = _replacement_lengths(pieces, text_bytes)
+        if fuzzy is None:
             return None
+        offset, lengths = 0, fuzzy
 
     ascii_text = len(text_bytes) == len(text)
     names = list(fields) if fields is not None else list(members)
