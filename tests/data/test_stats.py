@@ -60,7 +60,8 @@ def test_stats_with_the_real_qwen_tokenizer_and_a_recipe(tmp_path, qwen_tokenize
                    "--png", str(tmp_path / "h.png"))
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    with_system = json.loads(run_cli("data", "stats", str(ADDRESS), "--model", str(qwen3), "--json").stdout)
+    with_system = json.loads(run_cli("data", "stats", str(ADDRESS), "--model", str(qwen3), "--json",
+                                     "--png", str(tmp_path / "h2.png")).stdout)
     assert result["prompt_tokens"] == with_system["prompt_tokens"]
 
     tok = AutoTokenizer.from_pretrained(qwen3)
@@ -70,7 +71,8 @@ def test_stats_with_the_real_qwen_tokenizer_and_a_recipe(tmp_path, qwen_tokenize
     answer = len(tok(first[2]["content"], add_special_tokens=False)["input_ids"]) + 1
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
-    single = json.loads(run_cli("data", "stats", str(one), "--model", str(qwen3), "--json").stdout)
+    single = json.loads(run_cli("data", "stats", str(one), "--model", str(qwen3), "--json",
+                                "--png", str(tmp_path / "h3.png")).stdout)
     # The prompt as vLLM serves it (thinking off: the empty think block included), the answer as
     # generated (with <|im_end|>), the whole row as ms-swift trains on it (+ the "\n" after <|im_end|>).
     assert single["prompt_tokens"]["max"] == len(served) and served[-4:] == tok.encode("<think>\n\n</think>\n\n")
@@ -83,5 +85,6 @@ def test_stats_with_the_real_qwen_tokenizer_and_a_recipe(tmp_path, qwen_tokenize
     short = tmp_path / "short.yaml"
     short.write_text(recipe.read_text(encoding="utf-8").replace("max_length: 2048", "max_length: 128"),
                      encoding="utf-8")
-    text = run_cli("data", "stats", str(ADDRESS), "--model", str(qwen3), "--recipe", str(short))
+    text = run_cli("data", "stats", str(ADDRESS), "--model", str(qwen3), "--recipe", str(short),
+                   "--png", str(tmp_path / "h4.png"))
     assert text.returncode == 1 and "train.max_length 128 TOO SHORT for the longest training row" in text.stdout
