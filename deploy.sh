@@ -2,8 +2,9 @@
 # Serve a run (or a merged model) behind the swiftpipe gateway, in the background, for production use.
 #   bash deploy.sh RUN_DIR|MODEL_DIR [--port 8000] [--name NAME] [--public] [--log FILE] [--timeout 600] [-- SERVE_ARGS]
 #   bash deploy.sh --stop [--name NAME]
-# The gateway's key comes from SWIFTPIPE_API_KEY, or is generated and printed once; it travels in
-# the environment only (not the command line, not the logs). Request log and keys: .deploy/NAME.sqlite
+# The gateway's admin key comes from SWIFTPIPE_API_KEY (32+ characters; it travels in the environment
+# only, never on the command line or in the logs), or the gateway generates one into
+# .deploy/NAME.sqlite.admin-key (mode 0600). Request log and keys: .deploy/NAME.sqlite
 # (`swiftpipe keys create --db .deploy/NAME.sqlite --name team`). Binds 127.0.0.1 unless --public
 # (then 0.0.0.0: use HTTPS, see README "Deploying"). Arguments after -- go to `swiftpipe serve`
 # (e.g. -- --recipe recipes/demo-cpu.yaml for a model directory, --ssl-certfile/--ssl-keyfile).
@@ -55,14 +56,13 @@ if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
   exit 1
 fi
 log="${log:-$state/$name.log}"
-key_generated=0
-if [ -z "${SWIFTPIPE_API_KEY:-}" ]; then
-  SWIFTPIPE_API_KEY="sk-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))')"
-  key_generated=1
-fi
-export SWIFTPIPE_API_KEY
-
 db="$state/$name.sqlite"
+if [ -n "${SWIFTPIPE_API_KEY:-}" ]; then
+  export SWIFTPIPE_API_KEY
+  key_note="from SWIFTPIPE_API_KEY"
+else  # the gateway generates its admin key into a file only you can read (never into the log)
+  key_note="in $db.admin-key (an admin key; generated on the first start, readable by you only)"
+fi
 setsid nohup .venv/bin/swiftpipe serve "$target" --host "$host" --port "$port" --db "$db" \
   ${name_args[@]+"${name_args[@]}"} ${extra[@]+"${extra[@]}"} \
   > "$log" 2>&1 < /dev/null &
@@ -96,7 +96,7 @@ scheme=http; case " ${extra[*]+"${extra[*]}"} " in *" --ssl-certfile "*) scheme=
 address="$scheme://$([ "$host" = 0.0.0.0 ] && hostname -I 2>/dev/null | awk '{print $1}' || echo 127.0.0.1):$port/v1"
 cat <<INFO
 ready: '$name' at $address (bound to $host)
-API key: $([ "$key_generated" = 1 ] && echo "$SWIFTPIPE_API_KEY (generated; store it now, it is not saved)" || echo "from SWIFTPIPE_API_KEY")
+API key: $key_note
 logs:    tail -f $log      requests: .venv/bin/swiftpipe requests --db $db
 stop:    bash deploy.sh --stop --name $name
 try:     curl -s $address/extract -H "Authorization: Bearer \$KEY" -H 'Content-Type: application/json' -d '{"text": "..."}'

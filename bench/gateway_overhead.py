@@ -287,12 +287,26 @@ def main() -> None:
     parser.add_argument("--startup-timeout", type=float, default=180.0)
     parser.add_argument("--work", help="keep the gateway's database and the logs here (default: a temporary directory)")
     parser.add_argument("--out", help="also write the JSON result to this file")
+    parser.add_argument("--confidence", choices=["on", "off"], default="on",
+                        help="off: the recipe with eval.confidence=false (no logprobs asked, no confidence computed)")
     args = parser.parse_args()
     if args.requests < 2 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--requests must be at least 2, --concurrency and --rounds at least 1, --warmup at least 0")
 
     recipe = load_recipe(str(REPO / RECIPE)).recipe
     task = task_of(recipe, REPO)
+    recipe_arg = RECIPE
+    if args.confidence == "off":
+        import dataclasses
+
+        import yaml
+
+        task = dataclasses.replace(task, confidence=False)
+        data = yaml.safe_load((REPO / RECIPE).read_text(encoding="utf-8"))
+        data["eval"]["confidence"] = False
+        off = Path(tempfile.mkdtemp(prefix="gateway-bench-recipe-")) / "demo-cpu-no-confidence.yaml"
+        off.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        recipe_arg = str(off)
     system = task.system_prompt
     if system != ADDRESS_SYSTEM_PROMPT:
         print(f"note: {RECIPE}'s system prompt differs from tasks.ADDRESS_SYSTEM_PROMPT; the recipe's is used "
@@ -300,7 +314,7 @@ def main() -> None:
     max_tokens = task.max_tokens
     texts = [row.user for row in messages.read(Path(args.data))]
     upstream_key = os.environ.get("SWIFTPIPE_UPSTREAM_API_KEY", "EMPTY")
-    gateway_key = "sk-bench-" + secrets.token_hex(8)
+    gateway_key = "sk-bench-" + secrets.token_hex(16)
     machine = machine_info()
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, procs.sigterm_as_interrupt():
@@ -330,7 +344,7 @@ def main() -> None:
 
             gw_port = free_port()
             gw_log = work / "gateway.log"
-            argv = [sys.executable, "-m", "swiftpipe.cli", "serve", "--upstream", f"bench={base_url}", "--recipe", RECIPE,
+            argv = [sys.executable, "-m", "swiftpipe.cli", "serve", "--upstream", f"bench={base_url}", "--recipe", recipe_arg,
                     "--port", str(gw_port), "--db", str(db)]
             t0 = time.perf_counter()
             gw = procs.start(argv, {"SWIFTPIPE_API_KEY": gateway_key, "SWIFTPIPE_UPSTREAM_API_KEY": upstream_key,
@@ -392,7 +406,8 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine,
         "settings": {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup,
-                     "rounds": args.rounds, "recipe": RECIPE, "max_tokens": max_tokens, "texts": len(texts),
+                     "rounds": args.rounds, "recipe": RECIPE, "confidence": args.confidence, "max_tokens": max_tokens,
+                     "texts": len(texts),
                      "timeout_s": args.timeout},
         "upstream": upstream_desc,
         "gateway_startup_s": round(startup_s, 2),

@@ -14,6 +14,12 @@ it misbehave the way real servers do:
     #nan        content with NaN (not JSON)      #deep       a body nested 100,000 levels
     #stallstream a stream that stalls for 10 s after its first event
     #ner        a CLUENER answer: {type: [entities]} (张三 a name, 浙江省杭州市 an address, 西湖 a scene)
+    #doubt      the answer's `name` generated with low token probabilities (0.5 per token)
+    #nologprobs no `logprobs` in the answer, even when asked (a server that does not support them)
+
+Asked for `logprobs: true`, it returns `choices[0].logprobs.content` as vLLM does: one entry per
+generated token (here: two characters of the answer a token), each with its logprob (0.9995 per
+token, except where #doubt plants a doubtful value).
 
 A raw ASGI app on uvicorn (no framework), so it is not the bottleneck.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import time
 
 ANSWER = {"province": "浙江省", "city": "杭州市", "district": "西湖区", "specific_location": "文三路100号",
@@ -36,10 +43,34 @@ def _user_text(body: dict) -> str:
     return ""
 
 
-def _completion(model: str, content: str) -> dict:
+SURE, DOUBTFUL = math.log(0.9995), math.log(0.5)  # a token's logprob, and a planted doubtful token's
+
+
+def token_logprobs(content: str, doubtful: str = "") -> list[dict]:
+    """vLLM's `logprobs.content` for `content`, two characters a token (about what Qwen's vocabulary
+    makes of such an answer); the tokens overlapping the value `doubtful` (its first occurrence as a
+    JSON string, with its closing quote) get DOUBTFUL."""
+    low = range(0)
+    if doubtful:
+        quoted = json.dumps(doubtful, ensure_ascii=False)
+        start = content.find(quoted)
+        if start >= 0:
+            low = range(start + 1, start + len(quoted))
+    out = []
+    for at in range(0, len(content), 2):
+        piece = content[at:at + 2]
+        doubtful_piece = any(i in low for i in range(at, at + len(piece)))
+        out.append({"token": piece, "logprob": DOUBTFUL if doubtful_piece else SURE, "bytes": list(piece.encode()),
+                    "top_logprobs": []})
+    return out
+
+
+def _completion(model: str, content: str, logprobs: list[dict] | None = None) -> dict:
+    choice: dict = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
     return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}}
+            "choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}}
 
 
 def make_app(model: str, delay_ms: float):
@@ -128,7 +159,10 @@ def make_app(model: str, delay_ms: float):
             end = b"" if "#cutstream" in text else b"data: [DONE]\n\n"
             await send({"type": "http.response.body", "body": end})
             return
-        await send_body(send, 200, json.dumps(_completion(model, content), ensure_ascii=False).encode())
+        logprobs = None
+        if body.get("logprobs") and "#nologprobs" not in text:
+            logprobs = token_logprobs(content, ANSWER["name"] if "#doubt" in text else "")
+        await send_body(send, 200, json.dumps(_completion(model, content, logprobs), ensure_ascii=False).encode())
 
     return app
 

@@ -14,6 +14,7 @@ import click
 
 from swiftpipe import __version__
 from swiftpipe.core import console
+from swiftpipe.core.dtype import DTYPES
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.gateway.store import DEFAULT_DB
 from swiftpipe.train.stages import NAMES as STAGES
@@ -107,7 +108,6 @@ def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str 
 DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
 
 
-
 @cli.command()
 @click.argument("targets", nargs=-1)
 @click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
@@ -124,15 +124,27 @@ DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
               help="Traffic split of unpinned requests, e.g. v1=90,v2=10 (default: the saved split, else all to the first).")
 @click.option("--ssl-certfile", default=None, help="Serve HTTPS with this certificate (PEM).")
 @click.option("--ssl-keyfile", default=None, help="The certificate's private key (PEM).")
-@click.option("--keep-days", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Delete request rows older than this (checked hourly).")
+@click.option("--keep-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Delete requests (and their reviews) older than this, checked hourly; 0 keeps everything.")
+@click.option("--log-content", type=click.Choice(["full", "redacted", "none"]), default="full", show_default=True,
+              help="What the request log keeps of texts: everything (review needs it), masked digits/phones/"
+                   "e-mails/ID numbers, or nothing but flags, latency, version and key.")
+@click.option("--max-connections", type=click.IntRange(16, 100_000), default=1000, show_default=True,
+              help="Open connections at most; past it idle ones are closed first (README 'Security').")
+@click.option("--accept-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Row confidence at or above which an answer needs no review, for every version (default: "
+                   "serve.accept_threshold, else the threshold each run's eval calibrated).")
+@click.option("--audit-share", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Share of answers drawn into the review queue's random audit sample, from which reviewed "
+                   "accuracy is estimated (1: every answer; README 'Confidence').")
 @click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds per upstream attempt.")
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
               help="Upstream retries on connection errors, timeouts, 429 and 5xx (with backoff).")
 def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional[str], names: tuple[str, ...],
           base: bool, host: str, port: int, db: str, weights: tuple[str, ...], ssl_certfile: Optional[str],
-          ssl_keyfile: Optional[str], keep_days: Optional[float], upstream_timeout: float, retries: int) -> None:
+          ssl_keyfile: Optional[str], keep_days: float, log_content: str, max_connections: int,
+          accept_threshold: Optional[float], audit_share: float, upstream_timeout: float, retries: int) -> None:
     """Serve versions behind the extraction gateway until Ctrl-C.
 
     \b
@@ -144,14 +156,16 @@ def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional
       swiftpipe serve v1=runs/address/a v2=runs/address/b --weights v1=90,v2=10
       swiftpipe serve --upstream v1=http://127.0.0.1:8001/v1 --recipe recipes/demo-cpu.yaml
     \b
-    Keys: SWIFTPIPE_API_KEY is accepted as a key; without it and without keys in --db, one is
-    generated and shown once. More: `swiftpipe keys create`.
+    Keys: SWIFTPIPE_API_KEY (32+ characters) is the gateway's admin key; without it and without keys
+    in --db, one is generated into DB.admin-key (mode 0600). More: `swiftpipe keys create --role`.
     """
     from swiftpipe.gateway.service import serve as serve_gateway
 
     serve_gateway(list(targets), upstreams=list(upstreams), recipe=recipe, names=list(names), base=base, host=host,
                   port=port, db=db, weights=list(weights), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
-                  keep_days=keep_days, upstream_timeout=upstream_timeout, retries=retries)
+                  keep_days=keep_days or None, upstream_timeout=upstream_timeout, retries=retries,
+                  log_content=log_content, max_connections=max_connections, accept_threshold=accept_threshold,
+                  audit_share=audit_share)
 
 
 @cli.group()
@@ -162,18 +176,36 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 @click.option("--name", required=True, help="Who uses the key (a team, a system).")
+@click.option("--role", type=click.Choice(["client", "reviewer", "admin"]), default="client", show_default=True,
+              help="client: extract, chat, models, its own requests; reviewer: also reviews and statistics; "
+                   "admin: everything.")
 @click.option("--rpm", type=int, default=None, help="Requests per minute allowed (default: unlimited).")
-def keys_create(db: str, name: str, rpm: Optional[int]) -> None:
+@click.option("--expires", default=None, metavar="DURATION", help="The key stops working after this long, e.g. 90d.")
+@click.option("--versions", default=None, metavar="A,B", help="Only these versions (others answer 404).")
+def keys_create(db: str, name: str, role: str, rpm: Optional[int], expires: Optional[str],
+                versions: Optional[str]) -> None:
     """Create a key and print it (once: only its hash is stored)."""
     from swiftpipe.gateway import commands
 
-    commands.keys_create(db, name, rpm)
+    commands.keys_create(db, name, rpm, role=role, expires=expires, versions=versions)
+
+
+@keys.command("rotate")
+@click.argument("name")
+@click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
+@click.option("--grace", default="24h", show_default=True, metavar="DURATION",
+              help="How long the old key keeps working, e.g. 24h.")
+def keys_rotate(name: str, db: str, grace: str) -> None:
+    """Create the successor of NAME's key (same role, limit, versions), print it once; the old one expires after --grace."""
+    from swiftpipe.gateway import commands
+
+    commands.keys_rotate(db, name, grace)
 
 
 @keys.command("list")
 @click.option("--db", default=DEFAULT_DB, show_default=True, help=DB_HELP)
 def keys_list(db: str) -> None:
-    """List keys (id, name, limit, created, revoked); never the keys themselves."""
+    """List keys (id, name, role, limit, versions, expiry, last use, revoked); never the keys themselves."""
     from swiftpipe.gateway import commands
 
     commands.keys_list(db)
@@ -255,8 +287,17 @@ def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str
               help="Rows the vLLM engine runs at once, max_num_seqs (default: extract.batch_size, 256).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Requests in flight, server engine (default: extract.concurrency, 32).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="dtype of the offline and ray engines (default: extract.dtype, else serve.dtype: auto = on a CPU "
+                   "bfloat16 where it is native, else float32; on a GPU vLLM's choice).")
+@click.option("--accept-threshold", type=click.FloatRange(0, 1), default=None,
+              help="Row confidence at or above which a row needs no review (default: serve.accept_threshold, else "
+                   "the threshold the run's eval calibrated).")
+@click.option("--no-confidence", is_flag=True,
+              help="Ask for no token logprobs: the confidence column stays null, needs_review uses flags only.")
 def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_field, fmt, no_text, retry_errors,
-            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency) -> None:
+            served_name, ray_address, replicas, chunk_rows, batch_size, concurrency, dtype, accept_threshold,
+            no_confidence) -> None:
     """Extract JSON from every text of INPUT (JSONL, CSV, Parquet; a file, directory or glob) into OUT.
 
     \b
@@ -271,7 +312,8 @@ def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_fi
     extract_command(input_spec, out=out, model=model, engine=engine, base_urls=list(base_urls), recipe=recipe,
                     text_field=text_field, id_field=id_field, fmt=fmt, no_text=no_text, retry_errors=retry_errors,
                     served_name=served_name, ray_address=ray_address, replicas=replicas, chunk_rows=chunk_rows,
-                    batch_size=batch_size, concurrency=concurrency)
+                    batch_size=batch_size, concurrency=concurrency, dtype=dtype, accept_threshold=accept_threshold,
+                    confidence=not no_confidence)
 
 
 @cli.command("eval")
@@ -460,13 +502,17 @@ def data_stats(path: str, model: Optional[str], recipe: Optional[str], png: Opti
 @click.option("--since", default=None, help="Only reviews since a time (2026-11-23) or an age (7d).")
 @click.option("--holdout", type=float, default=0.0, show_default=True, help="Share held out for evaluation.")
 @click.option("--holdout-out", default=None, type=click.Path(dir_okay=False), help="Where the held-out rows go.")
+@click.option("--reviewer", "reviewers", default=None, metavar="NAME[,NAME]",
+              help="Only reviews made with these keys (names); default: every reviewer and admin key, never a "
+                   "client key.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
 def data_corrections(db: str, out: str, version: Optional[str], since: Optional[str], holdout: float,
-                     holdout_out: Optional[str], seed: int) -> None:
+                     holdout_out: Optional[str], reviewers: Optional[str], seed: int) -> None:
     """Reviewed answers from the gateway (corrected or confirmed) as ms-swift training rows."""
     from swiftpipe.data.corrections import corrections_command
 
-    corrections_command(db, out, version=version, since=since, holdout=holdout, holdout_out=holdout_out, seed=seed)
+    corrections_command(db, out, version=version, since=since, holdout=holdout, holdout_out=holdout_out, seed=seed,
+                        reviewers=[r.strip() for r in reviewers.split(",") if r.strip()] if reviewers else None)
 
 
 @data.command("split")

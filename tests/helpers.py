@@ -37,6 +37,19 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def cpuinfo(model: str, flags: str, processors: int = 2) -> str:
+    """/proc/cpuinfo as Linux writes it on x86: one block per logical CPU."""
+    return "".join(f"processor\t: {i}\nvendor_id\t: x\nmodel name\t: {model}\nflags\t\t: {flags}\n\n"
+                   for i in range(processors))
+
+
+# The two kinds of x86 CPU for vLLM's dtype rule (swiftpipe.core.dtype): AVX2 only (an AMD EPYC VM as
+# measured in issue 25: bfloat16 emulated) and AVX-512 with bf16 and AMX (this machine's kind).
+CPUINFO_NO_BF16 = cpuinfo("AMD EPYC 7B13", "fpu vme sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 bmi2 sha_ni")
+CPUINFO_BF16 = cpuinfo("Intel(R) Xeon(R) Processor", "fpu sse2 avx avx2 avx512f avx512bw avx512_bf16 avx512_vnni "
+                       "amx_bf16 avx512_fp16 amx_tile amx_int8")
+
+
 def swiftpipe_cmd() -> list[str]:
     """The CLI of the interpreter running the tests (works without an activated venv)."""
     return [sys.executable, "-m", "swiftpipe.cli"]
@@ -180,8 +193,8 @@ class GatewayProcess:
     ready once it prints `serving`."""
 
     def __init__(self, tmp_path: Path, *args: str, scheme: str = "http", startup_s: float = 120,
-                 env: Optional[dict] = None):
-        self.port = free_port()
+                 env: Optional[dict] = None, port: Optional[int] = None):
+        self.port = port or free_port()
         self.db = tmp_path / "serve" / "gw.sqlite"
         self.out = tmp_path / f"gateway-{self.port}.out"
         self.env = env or child_env(SWIFTPIPE_API_KEY=KEY)

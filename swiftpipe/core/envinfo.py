@@ -1,4 +1,4 @@
-"""What a run ran on: package versions, git commit, host, GPUs. No heavy imports."""
+"""What a run ran on: package versions, git commit, host, CPU (native bfloat16 or not), GPUs. No heavy imports."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Optional
+
+from swiftpipe.core.dtype import cpu_bf16
 
 TRACKED_PACKAGES = [
     "swiftpipe", "ms-swift", "torch", "transformers", "peft", "trl", "accelerate",
@@ -126,6 +128,7 @@ def environment(cwd: Path, seed: Optional[int] = None) -> dict:
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_bf16().record(),  # its model and native bfloat16: what vLLM computes in on it (core.dtype)
         "gpus": gpus(),
         "packages": package_versions(),
         "git": git_commit(cwd),

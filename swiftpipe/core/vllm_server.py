@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from swiftpipe.core import procs
+from swiftpipe.core import console, procs
+from swiftpipe.core.dtype import DtypeChoice, vllm_dtype
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.shell import Command, cli_flags
 
@@ -87,6 +88,27 @@ class ServeSettings(Protocol):
     startup_timeout: float
     extra_args: dict[str, Any]
 
+    @property
+    def dtype(self) -> str:  # auto | bfloat16 | float16 | float32 (`swiftpipe.core.dtype.vllm_dtype`)
+        ...
+
+
+def dtype_setting(settings: ServeSettings) -> tuple[str, str]:
+    """(dtype, the key that gives it) of a recipe's `serve` section: `serve.extra_args.dtype` when
+    set (the raw flag wins, as every extra flag does), else `serve.dtype`."""
+    given = settings.extra_args.get("dtype")
+    if given is not None:
+        return str(given), "serve.extra_args.dtype"
+    return settings.dtype, "serve.dtype"
+
+
+def serve_dtype(target: ServeTarget, settings: ServeSettings, cpuinfo: Optional[str] = None) -> DtypeChoice:
+    """The dtype a server is given (`dtype_setting`); `auto` is the rule of `vllm_dtype` (CPU:
+    bfloat16 where native, else float32; GPU: vLLM's own choice). `cpuinfo`: /proc/cpuinfo's text,
+    read when None."""
+    dtype, source = dtype_setting(settings)
+    return vllm_dtype(dtype, cpu=target.cpu, source=source, cpuinfo=cpuinfo)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -95,7 +117,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """Whether a server could not bind `port` now. SO_REUSEADDR, as servers bind: connections a
+    killed server left in TIME-WAIT do not count (a restart right after a SIGKILL binds at once)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -103,7 +128,10 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def render_serve(target: ServeTarget, settings: ServeSettings, port: int) -> Command:
+def render_serve(target: ServeTarget, settings: ServeSettings, port: int, *,
+                 dtype: Optional[DtypeChoice] = None) -> Command:
+    """`vllm serve` with its environment; `dtype`: the server's dtype (default: `serve_dtype`)."""
+    dtype = dtype or serve_dtype(target, settings)
     structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
     if target.cpu:
         # Without it a small model under a schema can loop on whitespace until max_tokens.
@@ -117,6 +145,7 @@ def render_serve(target: ServeTarget, settings: ServeSettings, port: int) -> Com
         "generation-config": "vllm",
         "max-model-len": target.max_model_len,
         "structured-outputs-config": structured,
+        "dtype": dtype.dtype,  # None (a GPU, auto): no flag, vLLM's own choice
     }
     if target.cpu:
         args["enforce-eager"] = True  # skips torch.compile: ~30 s instead of ~60 s to start
@@ -125,7 +154,7 @@ def render_serve(target: ServeTarget, settings: ServeSettings, port: int) -> Com
         args["tensor-parallel-size"] = settings.tensor_parallel_size
         if settings.data_parallel_size > 1:
             args["data-parallel-size"] = settings.data_parallel_size
-    args.update(settings.extra_args)
+    args.update({k: v for k, v in settings.extra_args.items() if k != "dtype"})  # dtype: in `dtype` already
     argv = ["vllm", "serve", target.model_dir]
     for name, value in args.items():
         if value is True:
@@ -172,6 +201,7 @@ class VllmServer:
         self.api_key = api_key or new_api_key()
         self.proc: Optional[subprocess.Popen] = None
         self.port: Optional[int] = None
+        self.dtype = serve_dtype(target, settings)  # printed at launch, recorded by the eval stage
 
     @property
     def base_url(self) -> str:
@@ -179,7 +209,7 @@ class VllmServer:
         return f"http://{host}:{self.port}/v1"
 
     def command(self) -> Command:
-        return render_serve(self.target, self.settings, self.port or 0)
+        return render_serve(self.target, self.settings, self.port or 0, dtype=self.dtype)
 
     def start(self) -> "VllmServer":
         self.launch()
@@ -198,8 +228,9 @@ class VllmServer:
             )
         self.port = port or free_port(host)
         cmd = self.command()
+        console.say(f"  {self.dtype.line()}")
         with open(self.log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n$ {cmd.shell()}\n")
+            log.write(f"\n# {self.dtype.line()}\n$ {cmd.shell()}\n")
         self.proc = procs.start(cmd.argv, {**cmd.env, "VLLM_API_KEY": self.api_key}, self.log_path)
         return self
 

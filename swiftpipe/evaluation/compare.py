@@ -10,7 +10,7 @@ from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.jsonl import write_atomic
 from swiftpipe.evaluation import leaderboard as runs
 from swiftpipe.evaluation.evaluate import read_records
-from swiftpipe.evaluation.reports import pct
+from swiftpipe.evaluation.reports import mcnemar_line, pct
 from swiftpipe.recipe.explain import format_value
 from swiftpipe.recipe.rundir import NotARun, RunDir
 
@@ -69,7 +69,8 @@ def comparison(a: Path, b: Path, *, examples: int = 20) -> str:
         lines.append(f"| {name} | {pct(va)} | {pct(vb)} | {delta} |")
     flips = flipped(a, b)
     to_b = sum(1 for _, rb in flips if rb["correct"])
-    lines += ["", f"## Flipped examples: {len(flips)} ({to_b} right only in B, {len(flips) - to_b} right only in A)", ""]
+    lines += ["", f"## Flipped examples: {len(flips)} ({to_b} right only in B, {len(flips) - to_b} right only in A)", "",
+              f"B fixes {to_b}, breaks {len(flips) - to_b}: {mcnemar_line(len(flips) - to_b, to_b)}.", ""]
     for ra, rb in flips[:examples]:
         lines += [f"- input: {ra['input']}", f"  - gold: {json.dumps(ra['gold'], ensure_ascii=False)}",
                   f"  - A ({'right' if ra['correct'] else 'wrong'}): {json.dumps(ra['prediction'], ensure_ascii=False)}",

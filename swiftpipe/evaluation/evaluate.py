@@ -22,6 +22,7 @@ from swiftpipe.recipe.schema import EvalSection
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, messages
 from swiftpipe.task.answers import parse_answer
+from swiftpipe.task.confidence import METRICS
 from swiftpipe.task.messages import Example
 
 
@@ -38,6 +39,7 @@ async def _ask(api, endpoint: client.Endpoint, row: Example, task: Task) -> dict
     done = await client.chat(api, task.sdk_kwargs(endpoint.model, row.user, system=row.system), endpoint)
     prediction, think = parse_answer(done.text)
     correct, fields = scoring.score(row.answer, prediction)
+    scored = task.score(done.text, done.pieces) if prediction is not None else None
     return {
         "index": row.index,
         "key": row.key,
@@ -47,6 +49,11 @@ async def _ask(api, endpoint: client.Endpoint, row: Example, task: Task) -> dict
         "raw": done.text,
         "correct": correct,
         "fields": fields,
+        "outcomes": scoring.field_outcomes(row.answer, prediction, row.user, task.verbatim_fields),
+        # per field, the probability of its exact value (task.confidence); None: no logprobs from the server
+        "confidence": scored.values() if scored else None,
+        "row_confidence": scored.row_value() if scored else None,
+        "confidence_aggregates": {m: scored.values(m) for m in METRICS} if scored else None,
         "think_block": think,
         "error": done.error,
         "latency_s": done.latency_s,
@@ -107,23 +114,31 @@ async def _evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], o
 
 
 def evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Path, *, schema: Optional[dict],
-             settings: EvalSection, progress: bool = True, title: str = "") -> dict:
+             settings: EvalSection, progress: bool = True, title: str = "", extra: Optional[dict] = None,
+             verbatim_fields: Sequence[str] = ()) -> dict:
     """Run (or resume) the evaluation into `out`; returns metrics.json's content.
 
-    `endpoints`: one or more servers of the same model; rows alternate between them.
+    `endpoints`: one or more servers of the same model; rows alternate between them. `extra`: more
+    keys for metrics.json (what the caller knows of the server, e.g. the dtype it served in).
+    `verbatim_fields`: fields whose value must occur in the text (a value that does not is "invented").
     """
     out.mkdir(parents=True, exist_ok=True)
     # Each row carries its system prompt (its own, else the recipe's): the task brings the rest.
-    task = Task(schema=schema, max_tokens=settings.max_tokens, metric=settings.metric)
+    task = Task(schema=schema, max_tokens=settings.max_tokens, metric=settings.metric,
+                verbatim_fields=tuple(verbatim_fields), confidence=settings.confidence)
     records, wall, sent = asyncio.run(_evaluate(endpoints, rows, out, task=task, settings=settings,
                                                 progress=progress))
     # Final form: one line per row, in test-file order.
     jsonl.write_lines(out / "predictions.jsonl", records)
-    metrics = scoring.compute_metrics(records, wall_seconds=wall, sent=sent, metric=settings.metric)
+    metrics = scoring.compute_metrics(records, wall_seconds=wall, sent=sent, metric=settings.metric,
+                                      accept_target=settings.accept_target)
     metrics.update(model=endpoints[0].model, base_url=endpoints[0].base_url,
                    replicas=[e.base_url for e in endpoints[1:]], schema_constrained=schema is not None)
+    metrics.update(extra or {})
     jsonl.write_json(out / "metrics.json", metrics)
-    jsonl.write_atomic(out / "report.md", reports.report_markdown(metrics, records, title=title or endpoints[0].model))
+    figure = reports.reliability_png(metrics, out / reports.RELIABILITY_PNG)
+    jsonl.write_atomic(out / "report.md", reports.report_markdown(metrics, records, title=title or endpoints[0].model,
+                                                                  figure=figure))
     return metrics
 
 
@@ -157,7 +172,8 @@ def eval_command(test_file: str, *, base_urls: list[str], model: str, out_dir: s
     key = os.environ.get("OPENAI_API_KEY", "EMPTY")
     endpoints = [client.Endpoint(url, model, key, timeout=settings.timeout) for url in base_urls]
     metrics = evaluate(endpoints, rows, Path(out_dir), schema=schema, settings=settings,
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), verbatim_fields=loaded.data.verbatim_fields if loaded else ())
     console.say(f"{reports.headline(metrics)}, {(metrics['requests_per_s'] or 0):.1f} requests/s")
+    console.say(reports.accept_sentence(metrics.get("confidence")))
     console.say(f"written: {Path(out_dir) / 'predictions.jsonl'}, metrics.json, report.md")
 

@@ -67,6 +67,7 @@ def record(run: Path) -> dict[str, Any]:
     row["ner_micro_f1"] = tuned["ner"]["micro"]["f1"] if tuned and tuned.get("ner") else None
     row["invalid_json"] = tuned["invalid_json"] if tuned else None
     row["api_errors"] = tuned["api_errors"] if tuned else None
+    row["served_dtype"] = ((tuned or {}).get("served_dtype") or {}).get("dtype")  # --column served_dtype
     for name, value in ((tuned or {}).get("per_field") or {}).items():
         row[f"field.{name}"] = value
     losses = loss_curve(run)

@@ -1,7 +1,15 @@
-"""Scoring answers against gold: exact match, per-field hits, NER F1, and the metrics of a run.
+"""Scoring answers against gold: exact match, per-field hits and how a field is wrong, NER F1, and
+the metrics of a run (with bootstrap intervals and, when the server gave logprobs, calibration).
 
 Exact match is the reference evaluator's rule: the parsed prediction equals the parsed gold answer
 (Python `==` on the JSON values: key order does not matter, types do, so "1" != 1).
+
+How a field is wrong (`field_outcomes`), as ExtractBench separates it:
+- `correct`: the answer's value equals the gold one;
+- `omitted`: gold has a value, the answer's is empty or missing (or there is no parsed answer);
+- `invented`: gold is empty and the answer is not, or a verbatim field's value (data.verbatim_fields)
+  does not occur in the text (a name or phone made up);
+- `wrong`: any other difference (a value of the text, but not the right one).
 """
 
 from __future__ import annotations
@@ -9,8 +17,12 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from swiftpipe.core.stats import percentile
-from swiftpipe.evaluation import ner
+from swiftpipe.evaluation import calibration, ner
+from swiftpipe.task.flags import is_empty
 from swiftpipe.task.messages import Example
+
+OUTCOMES = ("correct", "wrong", "omitted", "invented")
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def _json_type(value: Any) -> str:
@@ -52,8 +64,32 @@ def score(gold: Any, prediction: Any) -> tuple[bool, dict[str, bool]]:
     return gold == prediction, fields
 
 
+def field_outcomes(gold: Any, prediction: Any, text: str, verbatim_fields: Sequence[str] = ()) -> dict[str, str]:
+    """Per gold field: correct | wrong | omitted | invented (module docstring)."""
+    if not isinstance(gold, dict):
+        return {}
+    pred = prediction if isinstance(prediction, dict) else {}
+    out = {}
+    for name, want in gold.items():
+        got = pred.get(name)
+        if name in pred and got == want:
+            out[name] = "correct"
+        elif is_empty(got):
+            out[name] = "omitted" if not is_empty(want) else "wrong"
+        elif is_empty(want) or (name in verbatim_fields and isinstance(got, str) and got not in text):
+            out[name] = "invented"
+        else:
+            out[name] = "wrong"
+    return out
+
+
+def _interval(values: Sequence[float]) -> Optional[list[float]]:
+    ci = calibration.bootstrap_ci(values, n_boot=BOOTSTRAP_RESAMPLES)
+    return None if ci.lo is None or ci.hi is None else [round(ci.lo, 4), round(ci.hi, 4)]
+
+
 def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None, sent: int = 0,
-                    metric: str = "exact_match") -> dict:
+                    metric: str = "exact_match", accept_target: float = 0.99) -> dict:
     n = len(records)
     correct = sum(r["correct"] for r in records)
     field_hits: dict[str, list[bool]] = {}
@@ -61,14 +97,23 @@ def compute_metrics(records: list[dict], *, wall_seconds: Optional[float] = None
         for name, hit in r.get("fields", {}).items():
             field_hits.setdefault(name, []).append(hit)
     latencies = [r["latency_s"] for r in records if r.get("latency_s") is not None]
+    outcomes: dict[str, dict[str, int]] = {}
+    for r in records:
+        for name, outcome in (r.get("outcomes") or {}).items():
+            counts = outcomes.setdefault(name, dict.fromkeys(OUTCOMES, 0))
+            counts[outcome] += 1
     return {
         "n": n,
         "correct": correct,
         "exact_match": correct / n if n else 0.0,
+        "exact_match_ci": _interval([float(r["correct"]) for r in records]),
         "invalid_json": sum(1 for r in records if r["error"] is None and r["prediction"] is None),
         "api_errors": sum(1 for r in records if r["error"] is not None),
         "think_blocks": sum(1 for r in records if r.get("think_block")),
         "per_field": {name: sum(h) / len(h) for name, h in field_hits.items()},
+        "per_field_ci": {name: _interval([float(x) for x in h]) for name, h in field_hits.items()},
+        "field_outcomes": outcomes,
+        "confidence": calibration.confidence_metrics(records, accept_target),
         "latency_p50_s": percentile(latencies, 0.5),
         "latency_p95_s": percentile(latencies, 0.95),
         "requests_per_s": (sent / wall_seconds) if wall_seconds and sent else None,

@@ -4,14 +4,17 @@ directory is found before a model is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
 from typing import Optional
 
 from swiftpipe.core import console, envinfo, jsonl, procs
+from swiftpipe.core.dtype import cpu_bf16
+from swiftpipe.core.vllm_server import dtype_setting
 from swiftpipe.extract import parts
-from swiftpipe.extract.engines import OfflineSettings, ServerEngine
+from swiftpipe.extract.engines import OfflineSettings, ServerEngine, offline_dtype
 from swiftpipe.extract.inputs import Input, fingerprint, resolve
 from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress, Totals, check_fields, open_output
 from swiftpipe.recipe.derived import context_length, device_is_cpu
@@ -20,18 +23,20 @@ from swiftpipe.recipe.schema import ExtractSection, Recipe
 from swiftpipe.recipe.task import Task, task_of, token_counter
 
 
-def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path]:
-    """(model directory, recipe, base for the recipe's relative paths)."""
+def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path,
+                                                                           Optional[float]]:
+    """(model directory, recipe, base for the recipe's relative paths, the accept threshold the run's
+    eval calibrated)."""
     from swiftpipe.recipe.load import load_recipe
 
     given = load_recipe(recipe).recipe if recipe else None
     if model is None:
-        return None, given, Path.cwd()
+        return None, given, Path.cwd(), None
     try:
         found = resolve_target(model, recipe=given, recipe_from=recipe, option="--model ")
     except NotARun as exc:
         raise ExtractError(str(exc)) from None
-    return found.model_dir, found.recipe, found.base
+    return found.model_dir, found.recipe, found.base, found.run.accept_threshold() if found.run else None
 
 
 def extract_command(input_spec: str, *, out: str, **options) -> dict:
@@ -47,11 +52,12 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
                     recipe: Optional[str], text_field: str, id_field: Optional[str], fmt: Optional[str], no_text: bool,
                     retry_errors: bool, served_name: Optional[str], ray_address: Optional[str],
                     replicas: Optional[int], chunk_rows: Optional[int], batch_size: Optional[int],
-                    concurrency: Optional[int]) -> dict:
-    model_dir, loaded, base = _model_and_recipe(model, recipe)
+                    concurrency: Optional[int], dtype: Optional[str] = None,
+                    accept_threshold: Optional[float] = None, confidence: bool = True) -> dict:
+    model_dir, loaded, base, calibrated = _model_and_recipe(model, recipe)
     section = loaded.extract if loaded else ExtractSection()
     given = {"engine": engine, "format": fmt, "chunk_rows": chunk_rows, "batch_size": batch_size,
-             "concurrency": concurrency, "replicas": replicas}
+             "concurrency": concurrency, "replicas": replicas, "dtype": dtype}
     settings = ExtractSection.model_validate({**section.model_dump(), **{k: v for k, v in given.items() if v is not None}})
     which = "server" if base_urls and engine is None and section.engine == "offline" else settings.engine
     if which == "server" and not base_urls:
@@ -60,10 +66,24 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
         raise ExtractError(f"--base-url is for --engine server; the {which} engine runs the model itself (--model)")
     if which != "server" and model_dir is None:
         raise ExtractError(f"the {which} engine needs --model RUN_DIR or MODEL_DIR (or use --engine server --base-url URL)")
+    if which == "server" and dtype is not None:
+        raise ExtractError("--dtype is for the offline and ray engines; a server's dtype is set where it is started "
+                           "(serve.dtype)")
+    offline = (_offline_settings(model_dir, loaded, settings, "--dtype" if dtype is not None else "extract.dtype")
+               if model_dir is not None and which != "server" else None)
     if loaded is None:
         console.warn("no recipe (--recipe, or --model RUN_DIR): requests carry no system prompt and no answer schema, "
                      "and texts have no length limit; output rows keep the raw answer")
     task = task_of(loaded, base) if loaded else Task()
+    if not confidence:  # --no-confidence: no logprobs asked, no confidence column values, no threshold
+        task = dataclasses.replace(task, confidence=False)
+    # --accept-threshold, else serve.accept_threshold, else what the run's eval calibrated
+    if task.confidence:
+        task = task.with_threshold(accept_threshold if accept_threshold is not None else
+                                   task.accept_threshold if task.accept_threshold is not None else calibrated)
+    console.say("extract: " + (f"rows with row confidence >= {task.accept_threshold:g} need no review"
+                               if task.accept_threshold is not None else
+                               "no accept threshold: needs_review marks only invalid answers and values not in the text"))
     fields = task.fields
     check_fields(fields)
 
@@ -90,6 +110,7 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
     totals = Totals(chunks_skipped=len(chunks) - len(pending))
     started = time.monotonic()
     load_s = 0.0
+    loaded_dtype: Optional[str] = None  # what vLLM resolved, when the engine ran in this process
     if pending:
         if which != "server":
             procs.watch_descendants()  # vLLM's engine processes (and Ray's) end with this one, even on SIGKILL
@@ -98,10 +119,11 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
         progress = Progress(total_rows if pending_rows is not None else sum(c.rows for c in pending), initial)
         try:
             if which == "ray":
-                load_s = _run_ray(job, model_dir, loaded, settings, pending, ray_address, totals, progress)
+                assert offline is not None
+                load_s = _run_ray(job, offline, settings, pending, ray_address, totals, progress)
             else:
-                load_s = _run_here(job, which, model_dir, loaded, settings, pending, base_urls, served_name,
-                                   totals, progress)
+                load_s, loaded_dtype = _run_here(job, which, model_dir, offline, loaded, settings, pending,
+                                                 base_urls, served_name, totals, progress)
         finally:
             progress.close()
     elapsed = time.monotonic() - started
@@ -115,6 +137,10 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
         tokens_per_s=round((totals.prompt_tokens + totals.completion_tokens) / work_s, 1) if totals.rows else None,
         prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
         versions={**envinfo.package_versions(), **_extra_versions()},
+        # The engine's dtype on this machine (Ray actors on other machines choose for their own CPU);
+        # a server's is set where the server is started.
+        dtype={**offline_dtype(offline).record(), "loaded": loaded_dtype} if offline else None,
+        cpu=cpu_bf16().record(),
     )
     jsonl.write_json(out_dir / "summary.json", summary)
     console.resume_hint(None)
@@ -139,25 +165,39 @@ def _extra_versions() -> dict:
     return found
 
 
-def _offline_settings(model_dir: str, recipe: Optional[Recipe], settings: ExtractSection) -> OfflineSettings:
-    cpu = device_is_cpu(recipe, len(envinfo.gpus())) if recipe else not envinfo.gpus()
+def _offline_settings(model_dir: str, recipe: Optional[Recipe], settings: ExtractSection,
+                      dtype_from: str = "extract.dtype", gpu_count: Optional[int] = None) -> OfflineSettings:
+    """The offline engine's settings. Its dtype: `settings.dtype` (--dtype, else extract.dtype; named
+    by `dtype_from`), else the recipe's server's (serve.extra_args.dtype, else serve.dtype), else auto."""
+    gpus = len(envinfo.gpus()) if gpu_count is None else gpu_count
+    cpu = device_is_cpu(recipe, gpus) if recipe else not gpus
     max_len = context_length(recipe) if recipe else None
+    dtype: str
+    if settings.dtype is not None:
+        dtype = settings.dtype
+    elif recipe:
+        dtype, dtype_from = dtype_setting(recipe.serve)
+    else:
+        dtype, dtype_from = "auto", "dtype (default)"
     return OfflineSettings(model_dir=model_dir, cpu=cpu, max_model_len=max_len, batch_size=settings.batch_size,
                            structured_outputs_backend=recipe.serve.structured_outputs_backend if recipe else "xgrammar",
                            gpu_memory_utilization=recipe.serve.gpu_memory_utilization if recipe else 0.9,
-                           tensor_parallel_size=recipe.serve.tensor_parallel_size if recipe else 1)
+                           tensor_parallel_size=recipe.serve.tensor_parallel_size if recipe else 1,
+                           dtype=dtype, dtype_from=dtype_from)
 
 
-def _run_here(job: Job, which: str, model_dir: Optional[str], recipe: Optional[Recipe], settings: ExtractSection,
-              pending, base_urls: list[str], served_name: Optional[str], totals: Totals, progress: Progress) -> float:
+def _run_here(job: Job, which: str, model_dir: Optional[str], offline: Optional[OfflineSettings],
+              recipe: Optional[Recipe], settings: ExtractSection, pending, base_urls: list[str],
+              served_name: Optional[str], totals: Totals, progress: Progress) -> tuple[float, Optional[str]]:
+    """Run the pending chunks with an engine in this process: (load seconds, the dtype vLLM loaded)."""
     loading = time.monotonic()
     engine: object
     if which == "offline":
         from swiftpipe.extract.engines import OfflineEngine
 
-        assert model_dir is not None
+        assert model_dir is not None and offline is not None
         console.say(f"loading {model_dir} into vLLM (offline engine)")
-        engine = OfflineEngine(_offline_settings(model_dir, recipe, settings), job.task)
+        engine = OfflineEngine(offline, job.task)
     else:
         key = os.environ.get("OPENAI_API_KEY", "EMPTY")
         counter = token_counter(model_dir) if model_dir else None
@@ -179,15 +219,13 @@ def _run_here(job: Job, which: str, model_dir: Optional[str], recipe: Optional[R
         close = getattr(engine, "close", None)
         if callable(close):
             close()
-    return load_s
+    return load_s, getattr(engine, "loaded_dtype", None)
 
 
-def _run_ray(job: Job, model_dir: Optional[str], recipe: Optional[Recipe], settings: ExtractSection, pending,
-             address: Optional[str], totals: Totals, progress: Progress) -> float:
+def _run_ray(job: Job, offline: OfflineSettings, settings: ExtractSection, pending, address: Optional[str],
+             totals: Totals, progress: Progress) -> float:
     from swiftpipe.extract import on_ray
 
-    assert model_dir is not None
-    offline = _offline_settings(model_dir, recipe, settings)
     replicas = settings.replicas or (1 if offline.cpu else max(1, len(envinfo.gpus()) // offline.tensor_parallel_size))
 
     def on_chunk(result) -> None:

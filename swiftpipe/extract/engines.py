@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from swiftpipe.core import console
+from swiftpipe.core.dtype import DtypeChoice, vllm_dtype
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.vllm_server import ModelListError, list_models
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, flags
 from swiftpipe.task.client import ROLLOUT_ALIAS
+from swiftpipe.task.confidence import pieces_from_vllm
 
 
 class EngineError(SwiftpipeError):
@@ -40,6 +42,7 @@ class Answer:
     timed_out: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    pieces: Optional[list[tuple[bytes, float]]] = None  # the sampled tokens and logprobs (task.confidence)
 
     @property
     def flag(self) -> str:
@@ -63,6 +66,30 @@ class OfflineSettings:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     seed: int = 0
+    dtype: str = "auto"  # auto | bfloat16 | float16 | float32 (`swiftpipe.core.dtype.vllm_dtype`)
+    dtype_from: str = "extract.dtype"  # which setting gave `dtype`, for the printed reason
+
+
+def offline_dtype(settings: OfflineSettings, cpuinfo: Optional[str] = None) -> DtypeChoice:
+    """The engine's dtype on this machine (the rule of `vllm_dtype` for `auto`)."""
+    return vllm_dtype(settings.dtype, cpu=settings.cpu, source=settings.dtype_from, cpuinfo=cpuinfo)
+
+
+def llm_kwargs(settings: OfflineSettings, dtype: DtypeChoice) -> dict[str, Any]:
+    """The keyword arguments of vLLM's `LLM` for these settings (pure: no vLLM import)."""
+    structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
+    kwargs: dict[str, Any] = dict(model=settings.model_dir, max_model_len=settings.max_model_len, seed=settings.seed,
+                                  max_num_seqs=settings.batch_size, generation_config="vllm",
+                                  structured_outputs_config=structured)
+    if dtype.dtype is not None:
+        kwargs["dtype"] = dtype.dtype
+    if settings.cpu:
+        structured["disable_any_whitespace"] = True  # a small model under a schema can loop on whitespace
+        kwargs["enforce_eager"] = True
+    else:
+        kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
+                      tensor_parallel_size=settings.tensor_parallel_size)
+    return kwargs
 
 
 def offline_environment(cpu: bool) -> None:
@@ -87,33 +114,27 @@ class OfflineEngine:
         from vllm import LLM
 
         self.task, self.settings = task, settings
-        structured: dict[str, Any] = {"backend": settings.structured_outputs_backend}
-        kwargs: dict[str, Any] = {}
-        if settings.cpu:
-            structured["disable_any_whitespace"] = True  # a small model under a schema can loop on whitespace
-            kwargs["enforce_eager"] = True
-        else:
-            kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
-                          tensor_parallel_size=settings.tensor_parallel_size)
+        self.dtype = offline_dtype(settings)
+        console.say(self.dtype.line())
         try:
-            self.llm = LLM(model=settings.model_dir, max_model_len=settings.max_model_len, seed=settings.seed,
-                           max_num_seqs=settings.batch_size, generation_config="vllm",
-                           structured_outputs_config=structured, **kwargs)
+            self.llm = LLM(**llm_kwargs(settings, self.dtype))
         except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds at start-up
             raise EngineError(f"vLLM could not load {settings.model_dir}: {type(exc).__name__}: {exc}") from None
         self.tokenizer = self.llm.get_tokenizer()
+        # What vLLM resolved (`torch.float32` -> float32): the dtype the engine really computes in.
+        self.loaded_dtype = str(getattr(self.llm.model_config, "dtype", "")).removeprefix("torch.") or None
         self.sampling = task.sampling_params()
         self._finished: dict[str, Answer] = {}  # answers of finished requests not collected yet
 
     def length(self, text: str) -> tuple[int, str]:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]), "tokens"
 
-    @staticmethod
-    def _answer(out) -> Answer:
+    def _answer(self, out) -> Answer:
         done = out.outputs[0] if out.outputs else None
         return Answer(raw=done.text if done else None, error=None if done else "engine error: no output",
                       error_kind=None if done else ENGINE_ERROR, prompt_tokens=len(out.prompt_token_ids or []),
-                      completion_tokens=len(done.token_ids) if done else 0)
+                      completion_tokens=len(done.token_ids) if done else 0,
+                      pieces=pieces_from_vllm(done, self.tokenizer) if done and self.task.confidence else None)
 
     def submit(self, texts: list[str]) -> list:
         """Queue `texts` in the engine without waiting; returns a ticket for `collect`. A text the
@@ -207,7 +228,8 @@ class ServerEngine:
             done = await client.chat(self.apis[which], self.task.sdk_kwargs(endpoint.model, texts[i]), endpoint)
             answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}",
                                 error_kind=SERVER_ERROR if done.error else None, timed_out=done.timed_out,
-                                prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens)
+                                prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                                pieces=done.pieces)
             if progress:
                 progress(1)
 

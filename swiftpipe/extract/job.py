@@ -76,13 +76,15 @@ class Job:
             out["text"] = row.text if isinstance(row.text, str) else None
         values: dict = {}
         valid, row_flags, raw = False, [], None
+        confidence, needs_review = None, True  # no answer: a person has to look
         error, kind = (problem.message, problem.kind) if problem else (None, None)
         if answer is not None:
             if answer.error:
                 error, kind, row_flags = answer.error, answer.error_kind, [answer.flag]
             else:
-                checked = self.task.check(row.text, answer.raw)
+                checked = self.task.check(row.text, answer.raw, answer.pieces)
                 valid, row_flags = checked.valid, checked.flags
+                confidence, needs_review = checked.confidence, checked.needs_review
                 values = checked.fields if isinstance(checked.fields, dict) else {}
                 if checked.fields is None:
                     error, kind = "the answer is not JSON", flags.INVALID_JSON
@@ -92,7 +94,8 @@ class Job:
                 raw = answer.raw if (not valid or not self.fields) else None
         for name in self.fields:
             out[name] = parts.cell(values.get(name))
-        out.update(valid=valid, flags=row_flags, error=error, error_kind=kind, raw=raw)
+        out.update(valid=valid, flags=row_flags, error=error, error_kind=kind, raw=raw,
+                   confidence=parts.confidence_cell(confidence), needs_review=needs_review)
         return out
 
     def _problems(self, rows: list[Row], engine) -> tuple[list[Optional[dict]], list[int]]:
@@ -188,21 +191,25 @@ class Job:
 
     def summary(self) -> dict:
         """Counts over every finished part (read one at a time, three columns each)."""
-        rows = valid = errors = 0
+        rows = valid = errors = review = 0
         flag_counts: collections.Counter = collections.Counter()
         error_counts: collections.Counter = collections.Counter()
         chunks = 0
-        for _, part_rows in parts.iter_rows(self.out, self.fmt, ["valid", "flags", "error", "error_kind"]):
+        for _, part_rows in parts.iter_rows(self.out, self.fmt, ["valid", "flags", "error", "error_kind",
+                                                                 "needs_review"]):
             chunks += 1
             for r in part_rows:
                 rows += 1
                 valid += bool(r["valid"])
+                review += r["needs_review"] is not False  # a part of an older swiftpipe: unknown, counted
                 flag_counts.update(r["flags"] or [])
                 if r["error"]:
                     errors += 1
                     error_counts[r["error_kind"] or "other"] += 1
         return {"rows": rows, "valid": valid, "valid_pct": round(100 * valid / rows, 2) if rows else None,
                 "errors": errors, "errors_by_kind": dict(error_counts.most_common()),
+                "needs_review": review, "needs_review_share": round(review / rows, 4) if rows else None,
+                "accept_threshold": self.task.accept_threshold,
                 "flags": dict(sorted(flag_counts.items())), "finished_chunks": chunks}
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from swiftpipe.core import console
 from swiftpipe.core.errors import SwiftpipeError
-from swiftpipe.extract.engines import OfflineEngine, OfflineSettings, offline_environment
+from swiftpipe.extract.engines import OfflineEngine, OfflineSettings, offline_dtype, offline_environment
 from swiftpipe.extract.inputs import Chunk
 from swiftpipe.extract.job import ChunkResult, Job
 
@@ -55,6 +55,9 @@ def run(job: Job, settings: OfflineSettings, pending: list[Chunk], *, address: O
             ray.init(num_cpus=cpus, runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False)
         console.say(f"ray: {'cluster at ' + address if address else 'a local cluster'}; {replicas} actor(s); "
                     f"actor logs: {ray.get_runtime_context().gcs_address and _log_dir(ray)}")
+    # Each actor chooses for its own CPU and prints it in its log; this is the choice on this machine.
+    console.say(f"ray actors: {offline_dtype(settings).line()}" + ("" if not address else " (here; each actor "
+                "chooses for its own machine's CPU)"))
     try:
         from ray.data import DataContext
 

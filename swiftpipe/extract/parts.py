@@ -4,7 +4,10 @@
 one column per answer field (strings; a non-string value as JSON text), `valid`, `flags` (a list),
 `error` (why the row has no valid answer, else null), `error_kind` (that reason as a name: empty_text,
 too_long, not_text, server_error, engine_error, invalid_json, schema_violation) and `raw` (the model's
-answer when it was not valid). A part exists only when its chunk is finished: it is written beside its final name and
+answer when it was not valid), `confidence` (JSON text {field: p}, the probability the model gave
+each field's exact value; null when the engine returned no logprobs) and `needs_review` (the answer
+is not valid, has a value not in the text, or its row confidence is below the accept threshold or
+unknown). A part exists only when its chunk is finished: it is written beside its final name and
 renamed, so a kill leaves either the whole part or none.
 """
 
@@ -17,7 +20,7 @@ from typing import Any, Iterator, Optional
 
 from swiftpipe.core import jsonl
 
-FIXED = ("id", "text", "valid", "flags", "error", "error_kind", "raw")
+FIXED = ("id", "text", "valid", "flags", "error", "error_kind", "raw", "confidence", "needs_review")
 EXTENSIONS = {"parquet": ".parquet", "jsonl": ".jsonl"}
 
 
@@ -51,6 +54,12 @@ def cell(value: Any) -> Optional[str]:
     return json.dumps(value, ensure_ascii=False)
 
 
+def confidence_cell(values: Optional[dict]) -> Optional[str]:
+    """{field: p} as stored: JSON text (the same in JSONL and Parquet; Parquet readers parse it with
+    json.loads or DuckDB's json functions), None without confidence."""
+    return None if values is None else json.dumps(values, ensure_ascii=False)
+
+
 def _arrow_schema(fields: list[str], keep_text: bool, int_ids: bool):
     import pyarrow as pa
 
@@ -59,7 +68,8 @@ def _arrow_schema(fields: list[str], keep_text: bool, int_ids: bool):
         columns.append(("text", pa.string()))
     columns += [(name, pa.string()) for name in fields]
     columns += [("valid", pa.bool_()), ("flags", pa.list_(pa.string())), ("error", pa.string()),
-                ("error_kind", pa.string()), ("raw", pa.string())]
+                ("error_kind", pa.string()), ("raw", pa.string()), ("confidence", pa.string()),
+                ("needs_review", pa.bool_())]
     return pa.schema(columns)
 
 

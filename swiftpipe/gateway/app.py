@@ -1,13 +1,13 @@
 """The gateway's HTTP API (FastAPI): `/v1/extract`, OpenAI-compatible `/v1/chat/completions` and
 `/v1/models`, the review API (`/v1/feedback`, `/v1/review/next`, `/v1/requests/{id}`, `/v1/stats`),
-the pages, `/health` and `/metrics`.
+the pages, `/health`, `/metrics` and (admin keys) `/openapi.json`.
 
 Thin routes: the work is in `handlers` (extract, chat) and the `Gateway` state (`state`); bodies
-and errors are `protocol`'s. Every `/v1/*` call needs a key of the database (`swiftpipe keys
-create`); `/health` and `/metrics` are open to loopback clients only. A request is routed to a
+and errors are `protocol`'s; who may call what is `access`'s, checked from the headers before any
+body byte is read (the routes find the key in `request.state.key`). A request is routed to a
 version (pinned by its `model`, else by the rollout weights, sticky per key), sent upstream,
-checked (`swiftpipe.task.flags`), written to the request log (committed before the response leaves; in
-one place: `answer`) and counted in the metrics. Errors are OpenAI-shaped:
+checked (`swiftpipe.task.flags`), written to the request log (committed before the response
+leaves; in one place: `Gateway.answer`) and counted in the metrics. Errors are OpenAI-shaped:
 `{"error": {"message", "type", "code", "id"}}`.
 """
 
@@ -15,31 +15,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Awaitable, Optional
+from typing import Optional
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
-from swiftpipe.gateway import feedback, handlers, keys, pages
+from swiftpipe.gateway import feedback, handlers, keys
 from swiftpipe.gateway import stats as numbers
-from swiftpipe.gateway.middleware import ArrivalClock, BodyLimit, CatchAll
-from swiftpipe.gateway.protocol import INVALID_REQUEST, NOT_FOUND, ApiError, ChatBody, ExtractBody, FeedbackBody, last_user_text
-from swiftpipe.gateway.state import Call, Failure, Gateway, Outcome
+from swiftpipe.gateway.access import AuthGate
+from swiftpipe.gateway.middleware import ArrivalClock, BodyLimit, CatchAll, SecurityHeaders
+from swiftpipe.gateway.pages import mount as mount_pages
+from swiftpipe.gateway.protocol import (
+    INVALID_REQUEST,
+    NOT_FOUND,
+    ApiError,
+    ChatBody,
+    ExtractBody,
+    FeedbackBody,
+    last_user_text,
+)
+from swiftpipe.gateway.state import Failure, Gateway, fail
 
 router = APIRouter()
+LOGGED = {"/v1/extract": "extract", "/v1/chat/completions": "chat"}  # paths whose refused bodies get a row
 
 
 def gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-async def authenticated(request: Request) -> keys.Key:
-    return gateway(request).authenticate(request)
+def key_of(request: Request) -> keys.Key:
+    """The key `access.AuthGate` checked for this request."""
+    return request.state.key
 
 
-# Bodies as dependencies declared after the key: a request without a valid key is refused (401)
-# before its body is validated (422).
+# Bodies as dependencies: parsed after the gate has checked the key.
 async def extract_body(body: ExtractBody) -> ExtractBody:
     return body
 
@@ -52,81 +64,56 @@ async def feedback_body(body: FeedbackBody) -> FeedbackBody:
     return body
 
 
-def loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    return host.startswith(("127.", "::ffff:127.")) or host in ("::1", "localhost")
-
-
-async def answer(gw: Gateway, call: Call, work: Awaitable[Outcome]) -> Response:
-    """Await a handler and answer the client; the one place a request's log row is written, for
-    every outcome: answered, failed, or streamed (when the stream ends)."""
-    async def record(outcome: Outcome) -> float:
-        return await gw.record(call, outcome)
-
-    try:
-        outcome = await work
-    except Failure as failure:
-        await record(failure.outcome())
-        raise failure.api_error(call.rid) from None
-    if outcome.relay is not None:
-        return outcome.relay.response_for(record)
-    latency = await record(outcome)
-    assert outcome.respond is not None
-    return outcome.respond(latency)
-
-
 @router.post("/v1/extract")
-async def extract(request: Request, key: keys.Key = Depends(authenticated),
-                  body: ExtractBody = Depends(extract_body)) -> Response:
+async def extract(request: Request, body: ExtractBody = Depends(extract_body)) -> Response:
     gw = gateway(request)
-    call = gw.call(request, key, "extract", body.text)
-    return await answer(gw, call, handlers.extract(gw, call, body))
+    call = gw.call(request.scope, key_of(request), "extract", body.text)
+    return await gw.answer(call, handlers.extract(gw, call, body))
 
 
 @router.post("/v1/chat/completions")
-async def chat(request: Request, key: keys.Key = Depends(authenticated),
-               body: ChatBody = Depends(chat_body)) -> Response:
+async def chat(request: Request, body: ChatBody = Depends(chat_body)) -> Response:
     gw = gateway(request)
-    call = gw.call(request, key, "chat-stream" if body.stream else "chat", last_user_text(body.messages),
-                   prefix="chatcmpl-")
-    return await answer(gw, call, handlers.chat(gw, call, body))
+    call = gw.call(request.scope, key_of(request), "chat-stream" if body.stream else "chat",
+                   last_user_text(body.messages), prefix="chatcmpl-")
+    return await gw.answer(call, handlers.chat(gw, call, body))
 
 
 @router.get("/v1/models")
-async def models(request: Request, key: keys.Key = Depends(authenticated)) -> JSONResponse:
-    return JSONResponse(gateway(request).models())
+async def models(request: Request) -> JSONResponse:
+    return JSONResponse(gateway(request).models(key_of(request)))
 
 
 @router.post("/v1/feedback")
-async def feedback_post(request: Request, key: keys.Key = Depends(authenticated),
-                        body: FeedbackBody = Depends(feedback_body)) -> JSONResponse:
+async def feedback_post(request: Request, body: FeedbackBody = Depends(feedback_body)) -> JSONResponse:
     """A review of an answer: {"id", "fields"} corrects it, {"id", "verdict": "correct"} confirms it."""
     gw = gateway(request)
     try:
-        stored = await asyncio.to_thread(gw.review, body.id, fields=body.fields, verdict=body.verdict, key=key)
+        stored = await asyncio.to_thread(gw.review, body.id, fields=body.fields, verdict=body.verdict,
+                                         key=key_of(request))
     except feedback.FeedbackError as exc:
         raise ApiError(exc.status, exc.message, INVALID_REQUEST if exc.status == 400 else NOT_FOUND) from None
     return JSONResponse(stored)
 
 
 @router.get("/v1/review/next")
-async def review_next(request: Request, version: Optional[str] = None, flag: Optional[str] = None, exclude: str = "",
-                      key: keys.Key = Depends(authenticated)) -> JSONResponse:
+async def review_next(request: Request, version: Optional[str] = None, flag: Optional[str] = None,
+                      exclude: str = "") -> JSONResponse:
     ids = [x for x in exclude.split(",") if x]
     return JSONResponse(await asyncio.to_thread(feedback.next_for_review, gateway(request).conn,
                                                 version=version or None, flag=flag or None, exclude=ids))
 
 
 @router.get("/v1/requests/{request_id}")
-async def request_get(request: Request, request_id: str, key: keys.Key = Depends(authenticated)) -> JSONResponse:
-    view = gateway(request).request_detail(request_id)
+async def request_get(request: Request, request_id: str) -> JSONResponse:
+    view = gateway(request).request_detail(request_id, key_of(request))
     if view is None:
         raise ApiError(404, f"no request with id '{request_id}' in the request log", NOT_FOUND)
     return JSONResponse(view)
 
 
 @router.get("/v1/stats")
-async def stats(request: Request, days: int = 30, key: keys.Key = Depends(authenticated)) -> JSONResponse:
+async def stats(request: Request, days: int = 30) -> JSONResponse:
     if not 1 <= days <= 3660:
         raise ApiError(400, f"days must be from 1 to 3660 (got {days})", INVALID_REQUEST)
     return JSONResponse(await asyncio.to_thread(numbers.dashboard, gateway(request).conn, days=days))
@@ -134,20 +121,20 @@ async def stats(request: Request, days: int = 30, key: keys.Key = Depends(authen
 
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
-    gw = gateway(request)
-    if not loopback(request):
-        gw.authenticate(request)
-    status, body = await gw.health()
-    return JSONResponse(body, status_code=status)
+    key = getattr(request.state, "key", None)  # none: from this machine
+    status, body = await gateway(request).health(details=key is None or key.may("admin"))
+    return JSONResponse(body, status_code=status, headers={"Retry-After": "5"} if status == 503 else None)
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    gw = gateway(request)
-    if not loopback(request):
-        gw.authenticate(request)
-    data, content_type = gw.metrics.render()
+    data, content_type = gateway(request).metrics.render()
     return Response(data, media_type=content_type)
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -155,10 +142,32 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+async def _refused_body(request: Request, status: int, message: str) -> Response:
+    """A body that cannot be taken (422): on the extraction endpoints it is logged like any request."""
+    endpoint, key = LOGGED.get(request.url.path), getattr(request.state, "key", None)
+    error = ApiError(status, message, INVALID_REQUEST)
+    if endpoint is not None and key is not None:
+        gw = gateway(request)
+        try:
+            await gw.answer(gw.call(request.scope, key, endpoint, ""), fail(Failure(status, message, INVALID_REQUEST)))
+        except ApiError as logged:
+            error = logged
+    return error.response()
+
+
 async def _invalid_body(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-    return ApiError(422, f"malformed request body: {problems}", INVALID_REQUEST).response()
+    return await _refused_body(request, 422, f"malformed request body: {problems}")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors, OpenAI-shaped; a body that is not UTF-8 JSON is a 422 like any malformed one."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        return await _refused_body(request, 422, "malformed request body: not UTF-8 JSON")
+    kind = NOT_FOUND if exc.status_code == 404 else INVALID_REQUEST
+    return ApiError(exc.status_code, str(exc.detail), kind).response()
 
 
 def create_app(gw: Gateway) -> FastAPI:
@@ -170,13 +179,17 @@ def create_app(gw: Gateway) -> FastAPI:
         finally:
             await gw.stop()
 
-    app = FastAPI(title="swiftpipe gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="swiftpipe gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, on_refusal=lambda status: gw.metrics.rejected.labels(str(status)).inc())
+    app.add_middleware(AuthGate, gateway=gw)
     app.add_middleware(ArrivalClock)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(CatchAll)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(HTTPException, _http_error)
     app.include_router(router)
-    pages.mount(app)
+    mount_pages(app)
     return app
+

@@ -1,9 +1,10 @@
 """The work of `/v1/extract` and `/v1/chat/completions`: route the request to a version, ask its
 upstream, check the answer. Each handler returns an `Outcome` or raises a `Failure` (the one error
-type); the route records either, once (`app.answer`)."""
+type); `Gateway.answer` records either, once."""
 
 from __future__ import annotations
 
+from swiftpipe.gateway import privacy
 from swiftpipe.gateway.protocol import (
     INVALID_REQUEST,
     UPSTREAM,
@@ -12,6 +13,7 @@ from swiftpipe.gateway.protocol import (
     ChatBody,
     ExtractBody,
     message_content,
+    token_pieces,
     usage,
 )
 from swiftpipe.gateway.relay import Relay
@@ -53,10 +55,66 @@ async def model_name(gw: Gateway, version: Version) -> str:
     return model
 
 
+# What a client may send to /v1/chat/completions: everything else is refused (400, naming it), so a
+# request cannot ask a model server for more than one answer of a bounded length.
+CHAT_PARAMETERS = ("model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
+                   "max_completion_tokens", "stop", "seed", "response_format", "presence_penalty",
+                   "frequency_penalty", "n", "user", "logprobs", "top_logprobs", "chat_template_kwargs")
+MAX_TOP_LOGPROBS = 5
+
+
+def refuse_unfit_text(*named: tuple[str, object]) -> None:
+    """400 for a text with a NUL or a lone surrogate (naming the field and the position)."""
+    for what, value in named:
+        problem = privacy.text_problem(value, what)
+        if problem:
+            raise Failure(400, problem, INVALID_REQUEST)
+
+
+def message_texts(messages: list) -> list[tuple[str, object]]:
+    """(where, text) of every text in a chat request's messages."""
+    found: list[tuple[str, object]] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            found.append((f"messages[{i}].content", content))
+        elif isinstance(content, list):
+            found += [(f"messages[{i}].content[{j}].text", part.get("text")) for j, part in enumerate(content)
+                      if isinstance(part, dict)]
+    return found
+
+
+def check_chat_parameters(payload: dict, version: Version) -> None:
+    """The chat pass-through allow-list: unknown parameters, n other than 1, max_tokens over the
+    version's limit, and chat_template_kwargs other than enable_thinking are refused."""
+    unknown = [name for name in payload if name not in CHAT_PARAMETERS]
+    if unknown:
+        raise Failure(400, f"parameter {unknown[0]!r} is not passed on by the gateway; allowed: "
+                           f"{', '.join(CHAT_PARAMETERS)}", INVALID_REQUEST, param=unknown[0])
+    if payload.get("n", 1) != 1:
+        raise Failure(400, f"'n' must be 1 (got {payload['n']!r}): the gateway returns one answer per request",
+                      INVALID_REQUEST, param="n")
+    limit = version.task.max_tokens
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = payload.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit):
+            raise Failure(400, f"'{name}' must be an integer from 1 to {limit}, the limit of version "
+                               f"'{version.name}' (got {value!r})", INVALID_REQUEST, param=name)
+    top = payload.get("top_logprobs")
+    if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise Failure(400, f"'top_logprobs' must be from 0 to {MAX_TOP_LOGPROBS} (got {top!r})", INVALID_REQUEST,
+                      param="top_logprobs")
+    kwargs = payload.get("chat_template_kwargs")
+    if kwargs is not None and (not isinstance(kwargs, dict) or set(kwargs) - {"enable_thinking"}):
+        raise Failure(400, "'chat_template_kwargs' may only set enable_thinking", INVALID_REQUEST,
+                      param="chat_template_kwargs")
+
+
 async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
     """`/v1/extract`: the version's task as the request, its answer checked into fields and flags."""
     from fastapi.responses import JSONResponse
 
+    refuse_unfit_text(("'model'", body.model), ("'text'", body.text))
     version = gw.route(body.model, call)
     problem = version.task.input_problem(body.text, who=f"version '{version.name}'")
     if problem:
@@ -69,11 +127,13 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
     content, missing = message_content(result.body)
     if missing:
         raise unusable(result, version, missing)
-    checked = version.task.check(body.text, content)
+    checked = version.task.check(body.text, content, token_pieces(result.body))
 
     def respond(latency: float) -> JSONResponse:
         return JSONResponse({"id": call.rid, "version": version.name, "fields": checked.fields, "valid": checked.valid,
-                             "flags": checked.flags, "latency_ms": latency}, headers={"X-Request-Id": call.rid})
+                             "flags": checked.flags, "confidence": checked.confidence,
+                             "row_confidence": checked.row_confidence, "needs_review": checked.needs_review,
+                             "latency_ms": latency}, headers={"X-Request-Id": call.rid})
 
     return Outcome(output=content, checked=checked, upstream=result, tokens=usage(result.body), respond=respond)
 
@@ -84,7 +144,9 @@ async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
     from fastapi.responses import JSONResponse
 
     payload = body.model_dump(exclude_unset=True)
+    refuse_unfit_text(("'model'", body.model), *message_texts(body.messages))
     version = gw.route(body.model, call)
+    check_chat_parameters(payload, version)
     payload["model"] = await model_name(gw, version)
     headers = {"X-Request-Id": call.rid, "X-Swiftpipe-Version": version.name}
     if body.stream:
@@ -99,7 +161,7 @@ async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
     content, missing = message_content(answer)
     if missing:
         raise unusable(result, version, missing)
-    checked = version.task.check(call.input, content)
+    checked = version.task.check(call.input, content, token_pieces(answer))
     answer["id"], answer["model"] = call.rid, version.name
     return Outcome(output=content, checked=checked, upstream=result, tokens=usage(answer),
                    respond=lambda latency: JSONResponse(answer, headers=headers))

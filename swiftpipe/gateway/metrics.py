@@ -23,8 +23,15 @@ class Metrics:
                                        ["version", "kind"], registry=self.registry)
         self.weight = Gauge("swiftpipe_version_weight_percent", "Share of unpinned traffic", ["version"],
                             registry=self.registry)
-        self.rejected = Counter("swiftpipe_rejected", "Requests refused before routing (401, 429)", ["status"],
-                                registry=self.registry)
+        self.rejected = Counter("swiftpipe_rejected", "Requests refused before routing (401, 403, 408, 413, 429)",
+                                ["status"], registry=self.registry)
+        self.refused_connections = Counter("swiftpipe_refused_connections",
+                                           "Connections closed by the gateway's limits, by reason (too many, idle "
+                                           "evicted, headers too large, headers too slow)", ["reason"],
+                                           registry=self.registry)
+        self.log_failures = Counter("swiftpipe_request_log_failures",
+                                    "Requests refused (503) or failed (500) because the request log could not be "
+                                    "written", registry=self.registry)
 
     def observe(self, version: str, endpoint: str, status: int, latency_s: float, flags: Iterable[str]) -> None:
         self.requests.labels(version, endpoint, str(status)).inc()

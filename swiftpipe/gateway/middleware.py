@@ -1,19 +1,26 @@
-"""ASGI middleware of the gateway, outermost first: `CatchAll` (an unexpected error is a 500 and one
-line in the gateway's output, never a traceback to the client), `ArrivalClock` (when a request
-arrived, for its latency), `BodyLimit` (a declared body over the limit is refused with 413 before it
-is read)."""
+"""ASGI middleware of the gateway, outermost first:
+
+- `CatchAll`: an unexpected error is a 500 and one line in the gateway's output, never a traceback
+  to the client (and the server goes on);
+- `SecurityHeaders`: every response says nosniff, no framing, no referrer, and HSTS over HTTPS;
+- `ArrivalClock`: when a request arrived, for its latency;
+- `access.AuthGate`: the key, its role and its rate, from the headers (before the body);
+- `BodyLimit`: a body over the limit is refused with 413 — declared (Content-Length) before a byte
+  is read, chunked as soon as it passes the limit — and a body that stops coming gets 408.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from pathlib import Path
-
-from fastapi import Request
+from typing import Any
 
 from swiftpipe.gateway.protocol import INVALID_REQUEST, SERVER, ApiError
 
 MAX_REQUEST_BYTES = 8 * 1024 * 1024
+BODY_IDLE_S = 30.0  # longest pause between two pieces of a request's body
 
 
 class CatchAll:
@@ -45,6 +52,38 @@ class CatchAll:
                                SERVER).response()(scope, receive, send)
 
 
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+FRAME_ANCESTORS = b"frame-ancestors 'none'"
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+class SecurityHeaders:
+    """Headers every response carries: no MIME sniffing, never in a frame (X-Frame-Options and the
+    CSP's frame-ancestors), no Referer to other sites, and HSTS when serving HTTPS."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])]
+                names = {k.lower() for k, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", FRAME_ANCESTORS))
+                if scope.get("scheme") == "https":
+                    headers.append(HSTS)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 class ArrivalClock:
     """Notes when a request arrived, before its body is read and validated, so `latency_ms`
     includes the time it waited in the gateway."""
@@ -58,22 +97,53 @@ class ArrivalClock:
         await self.app(scope, receive, send)
 
 
-def arrived(request: Request) -> tuple[float, float]:
+def arrived_at(scope: Any) -> tuple[float, float]:
     """(perf_counter, unix time) of the request's arrival."""
-    return getattr(request.state, "arrived", None) or (time.perf_counter(), time.time())
+    return (scope.get("state") or {}).get("arrived") or (time.perf_counter(), time.time())
 
 
 class BodyLimit:
-    """A request whose Content-Length is over `MAX_REQUEST_BYTES` is answered 413 without reading it."""
+    """The body's size and pace: over `limit` bytes → 413 (declared: before reading; streamed: as
+    soon as it passes the limit, nothing more is read); `idle_s` without a byte → 408; either way
+    the connection is closed afterwards. The body is read here, whole, before the app sees it (the
+    app gets it back as one piece), so no handler can be fed more than `limit` bytes."""
 
-    def __init__(self, app, limit: int = MAX_REQUEST_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_REQUEST_BYTES, idle_s: float = BODY_IDLE_S, on_refusal=None):
+        self.app, self.limit, self.idle_s, self.on_refusal = app, limit, idle_s, on_refusal
+
+    def _refuse(self, status: int, message: str) -> ApiError:
+        if self.on_refusal is not None:
+            self.on_refusal(status)
+        return ApiError(status, message, INVALID_REQUEST, headers={"Connection": "close"})
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self.limit:
-                await ApiError(413, f"request body over {self.limit} bytes", INVALID_REQUEST).response()(
-                    scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            return await self._refuse(413, f"request body over {self.limit} bytes").response()(scope, receive, send)
+        parts, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except asyncio.TimeoutError:
+                error = self._refuse(408, f"the request body stopped coming (nothing for {self.idle_s:g} s)")
+                return await error.response()(scope, receive, send)
+            if message["type"] != "http.request":  # the client went away
                 return
-        await self.app(scope, receive, send)
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.limit:
+                return await self._refuse(413, f"request body over {self.limit} bytes").response()(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+        body, given = b"".join(parts), False
+
+        async def replay():
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the client's disconnect, whenever it comes
+
+        await self.app(scope, replay, send)

@@ -11,16 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from swiftpipe.task import flags
 from swiftpipe.task.client import ROLLOUT_ALIAS as ALIAS  # route by the rollout weights
+from swiftpipe.task.confidence import pieces_from_openai
 
 # OpenAI's error `type`s, and the gateway's own for upstream failures.
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
+PERMISSION = "permission_error"
 RATE_LIMIT = "rate_limit_error"
 NOT_FOUND = "not_found_error"
 SERVER = "server_error"
 UPSTREAM_TIMEOUT = "upstream_timeout"
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 UPSTREAM = flags.UPSTREAM_ERROR  # the upstream's answer is unusable
+RETRY_AFTER_S = 5  # a 503's Retry-After, unless it knows better
 
 
 class ApiError(Exception):
@@ -32,7 +35,10 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "code": self.status, **self.extra}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        headers = dict(self.headers or {})
+        if self.status == 503:
+            headers.setdefault("Retry-After", str(RETRY_AFTER_S))  # every 503 says when to come back
+        return JSONResponse(body, status_code=self.status, headers=headers)
 
 
 class ExtractBody(BaseModel):
@@ -76,6 +82,16 @@ def message_content(body: Any) -> tuple[Optional[str], Optional[str]]:
     if content is not None and not isinstance(content, str):
         return None, f"choices[0].message.content is {type(content).__name__}, not text"
     return content, None
+
+
+def token_pieces(body: Any) -> Optional[list[tuple[bytes, float]]]:
+    """The sampled tokens and their logprobs (choices[0].logprobs.content) of a chat completion body;
+    None when the server sent none (not asked, or not supported): confidence is then unknown."""
+    try:
+        content = body["choices"][0]["logprobs"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return pieces_from_openai(content) if isinstance(content, list) else None
 
 
 def usage(body: Any) -> tuple[Optional[int], Optional[int]]:

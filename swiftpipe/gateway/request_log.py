@@ -18,7 +18,10 @@ from swiftpipe.gateway.stats import ALL, empty_entry, version_stats
 from swiftpipe.task.flags import INVALID_JSON
 
 # The numbers `requests --compare` shows for each version, in this order (then one column per flag).
-COMPARED = ("requests", "answered", "invalid_json", "flagged", "p50_ms", "p95_ms", "reviewed", "reviewed_accuracy")
+# reviewed_accuracy: from the random audit sample (audited reviews), with its 95% interval; the
+# reviews of the most doubtful answers and the errors they found beside it (`gateway.stats`).
+COMPARED = ("requests", "answered", "invalid_json", "flagged", "p50_ms", "p95_ms", "reviewed", "audited",
+            "reviewed_accuracy", "reviewed_accuracy_ci", "doubtful_reviewed", "doubtful_errors")
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -68,7 +71,9 @@ def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since
     finally:
         conn.close()
     frame["flags"] = frame["flags"].map(lambda s: json.loads(s) if s else [])
-    frame["fields"] = frame["fields"].map(lambda s: json.loads(s) if isinstance(s, str) else None)
+    for column in ("fields", "confidence"):
+        frame[column] = frame[column].map(lambda s: json.loads(s) if isinstance(s, str) else None)
+    frame["audit"] = frame["audit"].astype(bool)
     frame["time_utc"] = pd.to_datetime(frame["ts"], unit="s", utc=True).dt.tz_convert(None).dt.strftime("%Y-%m-%d %H:%M:%S")
     return frame
 
@@ -76,7 +81,7 @@ def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since
 def versions_of(db: str) -> list[str]:
     conn = store.connect(Path(db), create=False)
     try:
-        names = [r[0] for r in conn.execute("SELECT DISTINCT version FROM requests WHERE version IS NOT NULL")]
+        names = [r[0] for r in conn.execute("SELECT DISTINCT version FROM request_days")]
         names += [r[0] for r in conn.execute("SELECT name FROM versions") if r[0] not in names]
     finally:
         conn.close()
@@ -120,7 +125,10 @@ def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str]
         console.say("no requests match")
         return
     if fmt == "table":
-        view = frame[["time_utc", "id", "version", "endpoint", "status", "valid", "flags", "latency_ms", "input"]].copy()
+        view = frame[["time_utc", "id", "version", "endpoint", "status", "valid", "row_confidence", "flags",
+                      "latency_ms", "input"]].copy()
+        view = view.rename(columns={"row_confidence": "confidence"})
+        view["confidence"] = view["confidence"].map(lambda p: "" if p is None or p != p else f"{p:.3f}")
         view["flags"] = view["flags"].map(lambda f: ",".join(f))
         view["input"] = view["input"].map(lambda s: (s or "")[:40].replace("\n", " "))
         console.say(view.to_string(index=False))
@@ -131,7 +139,7 @@ def show(db: str, *, flagged: bool, version: Optional[str], since: Optional[str]
 
 def _print(frame, fmt: str) -> None:
     frame = frame.astype(object).where(frame.notna(), None)  # missing values: null / empty, never NaN
-    for column in ("flags", "fields"):
+    for column in ("flags", "fields", "confidence", "reviewed_accuracy_ci"):
         if column in frame and fmt == "csv":
             frame[column] = frame[column].map(lambda v: json.dumps(v, ensure_ascii=False) if v is not None else "")
     if fmt == "csv":

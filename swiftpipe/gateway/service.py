@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,7 +20,7 @@ from typing import Callable, Optional
 from swiftpipe.core import console, envinfo, procs
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.core.vllm_server import ServeTarget, VllmServer, new_api_key, port_in_use
-from swiftpipe.gateway import keys, rollout, store
+from swiftpipe.gateway import connections, feedback, keys, rollout, store
 from swiftpipe.gateway.upstream import UpstreamClient, Version
 from swiftpipe.recipe.derived import device_is_cpu, model_ref, run_serve_target, serve_target
 from swiftpipe.recipe.rundir import NotARun, resolve_target
@@ -46,6 +47,7 @@ class Planned:
     url: Optional[str] = None  # an upstream that already runs
     source: str = ""
     task: Task = field(default_factory=Task)  # its recipe's; none: no system prompt, schema or length limit
+    calibrated: Optional[float] = None  # the accept threshold its run's eval calibrated
 
 
 def split_name(spec: str) -> tuple[Optional[str], str]:
@@ -63,8 +65,10 @@ def _load_recipe(path: str) -> Recipe:
 
 
 def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[str], names: list[str],
-                  base: bool, log_dir: Path) -> list[Planned]:
-    """Check every target and decide what to start; raises before anything is started."""
+                  base: bool, log_dir: Path, accept_threshold: Optional[float] = None) -> list[Planned]:
+    """Check every target and decide what to start; raises before anything is started. A version's
+    accept threshold: `accept_threshold` (--accept-threshold), else its recipe's serve.accept_threshold,
+    else the one its run's eval calibrated, else none (flags and the queue use confidence alone)."""
     if not targets and not upstreams:
         raise GatewayError("nothing to serve: pass run directories, model directories (with --recipe) or "
                          "--upstream NAME=URL (with --recipe)")
@@ -87,7 +91,8 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
             what = run_serve_target(run_recipe, which="base" if base else "finetuned", final_model=run.final_model,
                                        base=run.base, run_name=run.name, cpu=device_is_cpu(run_recipe, gpu_count))
             version = name or f"{run.name}@{run.run_id}" + ("-base" if base else "")
-            planned.append(Planned(version, run_recipe, run.base, what, run.log("serve"), source=str(run.path)))
+            planned.append(Planned(version, run_recipe, run.base, what, run.log("serve"), source=str(run.path),
+                                   calibrated=run.accept_threshold("base" if base else "finetuned")))
         else:
             version = name or found.path.name
             assert found.model_dir is not None
@@ -114,6 +119,9 @@ def plan_versions(targets: list[str], upstreams: list[str], *, recipe: Optional[
     seen: set[str] = set()
     for p in planned:
         p.task = task_of(p.recipe, p.recipe_base) if p.recipe else Task()
+        if p.task.accept_threshold is None:
+            p.task = p.task.with_threshold(p.calibrated)
+        p.task = p.task.with_threshold(accept_threshold)
         if p.name in seen:
             raise GatewayError(f"two targets are both named '{p.name}'; name them apart with NAME=PATH")
         if p.name == ROLLOUT_ALIAS or not p.name.strip():
@@ -138,30 +146,47 @@ def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str])
                    source=p.source)
 
 
-def ensure_key(conn) -> Optional[str]:
-    """SWIFTPIPE_API_KEY is registered (as 'env'); without it and without any active key, a key
-    is created and returned (to be shown once)."""
+def key_file(db: Path) -> Path:
+    """Where a generated admin key is kept (0600, beside the database)."""
+    return db.with_name(db.name + ".admin-key")
+
+
+def ensure_key(conn, db: Path) -> Optional[Path]:
+    """The gateway's own key is an admin key: SWIFTPIPE_API_KEY (registered as 'env'; at least
+    MIN_ENV_KEY characters), else — when the database has no active key at all — one generated and
+    written to a 0600 file beside the database (never to a log). Returns that file when it made one."""
     env_key = os.environ.get("SWIFTPIPE_API_KEY")
     if env_key:
+        if len(env_key) < keys.MIN_ENV_KEY:
+            raise GatewayError(f"SWIFTPIPE_API_KEY has {len(env_key)} characters; use at least {keys.MIN_ENV_KEY}, "
+                               f"e.g. SWIFTPIPE_API_KEY=$(python3 -c 'import secrets; print(\"sk-\" + "
+                               f"secrets.token_urlsafe(32))')")
         found = keys.find(conn, env_key)
         if found is None:  # a new SWIFTPIPE_API_KEY replaces the earlier one
             for old in [k for k in keys.listing(conn) if k["name"] == "env" and not k["revoked"]]:
                 keys.revoke(conn, old["id"])
-            keys.create(conn, "env", key=env_key)
-        elif found.revoked is not None:
-            console.warn("SWIFTPIPE_API_KEY is a revoked key of this database: requests with it get 401")
+            keys.create(conn, "env", key=env_key, role="admin")
+        elif found.revoked is not None or found.expired():
+            console.warn("SWIFTPIPE_API_KEY is a revoked or expired key of this database: requests with it get 401")
         return None
     if not keys.active(conn):
-        _, key = keys.create(conn, "default")
-        return key
+        _, key = keys.create(conn, "default", role="admin")
+        path = key_file(db)
+        path.unlink(missing_ok=True)
+        store.private_file(path)
+        path.write_text(key + "\n", encoding="utf-8")
+        return path
     return None
 
 
 def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], names: list[str], base: bool,
           host: str, port: int, db: str, weights: list[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str],
-          keep_days: Optional[float], upstream_timeout: float, retries: int) -> None:
+          keep_days: Optional[float], upstream_timeout: float, retries: int, log_content: str = "full",
+          max_connections: int = 1000, accept_threshold: Optional[float] = None,
+          audit_share: float = feedback.AUDIT_SHARE) -> None:
     db_path = Path(db).resolve()
-    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=db_path.parent)
+    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=db_path.parent,
+                            accept_threshold=accept_threshold)
     given_weights = rollout.parse_weights(weights, what="--weights") if weights else None
     if given_weights:
         rollout.apply({p.name: 0.0 for p in planned}, given_weights)  # unknown names, sums: fail before starting
@@ -172,6 +197,10 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
         raise GatewayError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
     if port_in_use(host, port):
         raise GatewayError(f"port {port} on {host} is already in use; pass another --port")
+    if db_path.is_file() and store.readable_by_others(db_path):
+        console.warn(f"{db_path} can be read by other users of this machine (mode "
+                     f"{oct(db_path.stat().st_mode & 0o777)}); it holds the logged texts: chmod 600 it (and its "
+                     f"-wal and -shm files)")
     if host not in LOOPBACK:
         console.warn(f"the gateway binds {host}: it is reachable from other machines. Every /v1 call needs a key, "
                      f"but keys and texts cross the network in clear unless you use --ssl-certfile/--ssl-keyfile "
@@ -179,7 +208,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
     conn = store.connect(db_path)
     new_weights = rollout.register(conn, [(p.name, p.source) for p in planned], given_weights,
                                    {p.name: p.task.stored() for p in planned})
-    shown_key = ensure_key(conn)
+    made_key = ensure_key(conn, db_path)
     if keep_days is not None:
         store.prune(conn, keep_days)
     conn.close()
@@ -216,19 +245,33 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                 assert p.url is not None
                 versions.append(version_of(p, base_url=p.url, api_key=upstream_key, model=None))
         gw = Gateway(versions, db_path, upstreams=UpstreamClient(timeout=upstream_timeout, retries=retries),
-                     keep_days=keep_days)
+                     keep_days=keep_days, content=log_content, audit_share=audit_share)
+        open_files = connections.raise_open_file_limit(max_connections + 256)
+        limits = connections.Limits(max_connections=max(16, min(max_connections, open_files - 128)))
+
+        def refused(reason: str, limit: object) -> None:
+            gw.metrics.refused_connections.labels(reason).inc()
+            gw.say_once_a_minute(reason, "refused: " + connections.REASONS[reason].format(limit=limit))
+
         config = uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
                                 ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
-                                lifespan="on")
+                                lifespan="on", server_header=False, http=connections.protocol_class(limits, refused),
+                                timeout_keep_alive=int(limits.keep_alive_s))
         scheme = "https" if ssl_certfile else "http"
         shown_host = f"[{host}]" if ":" in host else host
 
         def announce() -> None:  # once the port is bound: `serving` means requests are answered now
             console.say(f"serving {len(versions)} version(s) at {scheme}://{shown_host}:{port}/v1 "
                         f"({rollout.describe(new_weights)}); request log: {db_path}")
-            if shown_key:
-                console.say(f"API key (generated, shown once; create more with `swiftpipe keys create --db {db}`): "
-                            f"{shown_key}")
+            for p in planned:
+                t = p.task.accept_threshold
+                console.say(f"  version '{p.name}': " + (f"answers with row confidence >= {t:g} need no review"
+                            if t is not None else "no accept threshold (every answer is a review candidate)"))
+            if made_key:
+                console.say(f"admin key generated, in {made_key} (readable by you only); create client keys with "
+                            f"`swiftpipe keys create --db {db} --name NAME`")
+                if sys.stdout.isatty():
+                    console.say(f"  the key: {made_key.read_text(encoding='utf-8').strip()}")
             console.say("Ctrl-C stops the gateway and its vLLM servers.")
 
         gateway = _Server(config, announce)

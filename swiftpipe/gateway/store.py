@@ -1,35 +1,47 @@
 """The gateway's SQLite file: the request log, the API keys (hashes only), the versions and their
-traffic weights, and an event log (rollouts, key changes).
+traffic weights, the reviews, and an event log (rollouts, key changes).
 
 One file, WAL mode, so `swiftpipe requests`, `keys` and `rollout` read and write it while the
 gateway runs. Request rows are written by one writer thread that commits a batch of concurrent
 requests at once; each request's response waits for the commit that holds its row (a response
-the client got is in the log, SIGKILL included).
+the client got is in the log, SIGKILL included) — for a bounded time: a locked or full database
+makes requests fail fast (503), never hang, and the log recovers by itself.
+
+Private by construction: the file (and SQLite's -wal and -shm beside it, which take its mode) is
+created 0600, in a directory created 0700, whatever the umask; deleted rows are overwritten
+(`secure_delete`) and the file shrinks after large prunes (incremental vacuum).
+
+The schema is a list of numbered migrations (`MIGRATIONS`), applied in order when a database is
+opened; `schema_version` says how far a file has come.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import queue
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.task.flags import INVALID_JSON
 
-SCHEMA = """
+BASELINE = """
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
     ts REAL NOT NULL,                 -- unix time the request arrived
     version TEXT,
     key_id TEXT,                      -- keys.id, never the key
     endpoint TEXT NOT NULL,           -- extract | chat | chat-stream
-    input TEXT,                       -- the text (extract) or the last user message (chat)
-    output TEXT,                      -- the model's raw answer
-    fields TEXT,                      -- the parsed answer, JSON
+    input TEXT,                       -- the text (extract) or the last user message (chat), as --log-content keeps it
+    output TEXT,                      -- the model's raw answer, likewise
+    fields TEXT,                      -- the parsed answer, JSON, likewise
     valid INTEGER,
     flags TEXT NOT NULL DEFAULT '[]', -- JSON list
     latency_ms REAL,
@@ -45,7 +57,7 @@ CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     hash TEXT NOT NULL UNIQUE,        -- sha256 of the key
-    rpm INTEGER,                      -- requests per minute; NULL = unlimited
+    rpm INTEGER,                      -- requests per minute (NULL: unlimited)
     created REAL NOT NULL,
     revoked REAL
 );
@@ -58,11 +70,11 @@ CREATE TABLE IF NOT EXISTS versions (
 );
 CREATE TABLE IF NOT EXISTS tasks (
     version TEXT PRIMARY KEY,         -- every version ever served, kept after it is no longer served
-    task TEXT NOT NULL,               -- JSON: the recipe's name, system prompt, schema, verbatim fields, metric
+    task TEXT NOT NULL,               -- JSON: Task.stored(): the recipe's name, system prompt, schema, ...
     updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS feedback (
-    request_id TEXT PRIMARY KEY,      -- requests.id; a later review of a request replaces the earlier one
+    request_id TEXT PRIMARY KEY,      -- requests.id: a later review of a request replaces the earlier one
     verdict TEXT NOT NULL,            -- correct | corrected
     fields TEXT NOT NULL,             -- the right answer (JSON): the confirmed or the corrected one
     key_id TEXT,                      -- the reviewer's key id
@@ -70,38 +82,148 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
-    kind TEXT NOT NULL,               -- serve | rollout | key-create | key-revoke | prune
+    kind TEXT NOT NULL,               -- serve | rollout | key-create | key-revoke | key-rotate | prune
     detail TEXT NOT NULL              -- JSON
 );
 """
 
-REQUEST_COLUMNS = ("id", "ts", "version", "key_id", "endpoint", "input", "output", "fields", "valid", "flags",
-                   "latency_ms", "status", "upstream_status", "error", "prompt_tokens", "completion_tokens")
+# (number, what it adds, statements). A migration runs once per database, in order, in one
+# transaction with the new schema_version; a database made before migrations existed is version 0.
+MIGRATIONS: list[tuple[int, str, list[Any]]] = [
+    (1, "the request log, keys, versions, tasks, reviews and events",
+     [statement.strip() for statement in BASELINE.split(";") if statement.strip()]),
+    (2, "key roles, expiry, allowed versions and last use; what a request row keeps of its text", [
+        "ALTER TABLE keys ADD COLUMN role TEXT NOT NULL DEFAULT 'client'",  # client | reviewer | admin
+        "ALTER TABLE keys ADD COLUMN expires REAL",                        # unix time (NULL: never)
+        "ALTER TABLE keys ADD COLUMN versions TEXT",                       # JSON list; NULL = every version
+        "ALTER TABLE keys ADD COLUMN last_used REAL",
+        # The gateway's own key (SWIFTPIPE_API_KEY, or the one it generated) is an admin key.
+        "UPDATE keys SET role = 'admin' WHERE name IN ('env', 'default')",
+        "ALTER TABLE requests ADD COLUMN content TEXT",                    # full | redacted | none
+        "CREATE INDEX IF NOT EXISTS feedback_key ON feedback (key_id)",
+    ]),
+    (3, "per version and UTC day: request counts, flag counts and a latency histogram (the statistics)", [
+        # p50_ms/p95_ms: the day's latency percentiles, set once the day is over (sealed = 1)
+        "CREATE TABLE IF NOT EXISTS request_days (version TEXT NOT NULL, day TEXT NOT NULL, "
+        "requests INTEGER NOT NULL, answered INTEGER NOT NULL, flagged INTEGER NOT NULL, "
+        "invalid_json INTEGER NOT NULL, p50_ms REAL, p95_ms REAL, sealed INTEGER NOT NULL DEFAULT 0, "
+        "PRIMARY KEY (version, day)) WITHOUT ROWID",
+        "CREATE INDEX IF NOT EXISTS request_days_open ON request_days (day) WHERE sealed = 0",
+        "CREATE TABLE IF NOT EXISTS request_day_flags (version TEXT NOT NULL, day TEXT NOT NULL, "
+        "flag TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (version, day, flag)) WITHOUT ROWID",
+        # latencies of answered requests, bucket b holding [1.05**b, 1.05**(b+1)) milliseconds
+        "CREATE TABLE IF NOT EXISTS request_day_latency (version TEXT NOT NULL, day TEXT NOT NULL, "
+        "bucket INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (version, day, bucket)) WITHOUT ROWID",
+        # a window's histogram, summed per bucket in index order (no sort of every day's buckets)
+        "CREATE INDEX IF NOT EXISTS request_day_latency_bucket ON request_day_latency (version, bucket, day, n)",
+        lambda conn: _backfill_rollups(conn),
+    ]),
+    (4, "each answer's confidence and whether it is in the random audit sample of the review queue", [
+        "ALTER TABLE requests ADD COLUMN confidence TEXT",       # JSON {field: p}; NULL: no logprobs
+        "ALTER TABLE requests ADD COLUMN row_confidence REAL",   # the least confident field
+        "ALTER TABLE requests ADD COLUMN audit INTEGER NOT NULL DEFAULT 0",  # 1: drawn for the audit sample
+        "CREATE INDEX IF NOT EXISTS requests_review ON requests (audit, row_confidence) "
+        "WHERE status = 200 AND input IS NOT NULL",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+REQUEST_COLUMNS = ("id", "ts", "version", "key_id", "endpoint", "input", "output", "fields", "valid", "flags",
+                   "latency_ms", "status", "upstream_status", "error", "prompt_tokens", "completion_tokens", "content",
+                   "confidence", "row_confidence", "audit")
 
 DEFAULT_DB = "serve/serve.sqlite"  # the gateway's database when --db is not given
+LOG_WAIT_S = 2.0  # longest a response waits for its log row; then 503 (the database is locked or full)
+BUSY_MS = 500  # how long one statement waits for another process's lock
 
 
 class StoreError(SwiftpipeError):
     pass
 
 
-def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and create) the gateway database; WAL mode, waits up to 10 s for a lock."""
+def private_dir(path: Path) -> None:
+    """Create `path` (and its parents) 0700; an existing directory is left as its owner made it."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+
+
+def private_file(path: Path) -> bool:
+    """Create `path` 0600 when it is missing (whatever the umask); True when it was created."""
+    private_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    os.chmod(path, 0o600)
+    return True
+
+
+def readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False
+
+
+def connect(path: Path, *, create: bool = True, busy_ms: int = 10_000) -> sqlite3.Connection:
+    """Open (and create, privately) the gateway database, migrated to the current schema; WAL mode."""
     path = Path(path)
     if not create and not path.is_file():
         raise StoreError(f"{path}: no such database; it is created by `swiftpipe serve` (--db) or "
                          f"`swiftpipe keys create --db {path}`")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    new = private_file(path)
     try:
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
+        if new:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect before the first table
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
-        conn.executescript(SCHEMA)
+        conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, whatever the build's default
+        conn.row_factory = sqlite3.Row
+        migrate(conn)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path}: not a usable SQLite database ({exc}); pass another --db") from None
-    conn.row_factory = sqlite3.Row
     return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied REAL NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this database lacks; returns its schema version."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"the database has schema version {version}, newer than this swiftpipe's "
+                         f"{SCHEMA_VERSION}; upgrade swiftpipe")
+    for number, _, statements in MIGRATIONS:
+        if number <= version:
+            continue
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if schema_version(conn) >= number:  # another process migrated meanwhile
+                continue
+            for statement in statements:
+                if callable(statement):  # a step SQL alone cannot do portably (e.g. a backfill)
+                    statement(conn)
+                elif number == 2 and statement.startswith("ALTER TABLE") and _has_column(conn, statement):
+                    continue
+                else:
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (number, time.time()))
+        version = number
+    return version
+
+
+def _has_column(conn: sqlite3.Connection, alter: str) -> bool:
+    """Whether `ALTER TABLE t ADD COLUMN c ...` has been applied already (a file of an older build)."""
+    words = alter.split()
+    table, column = words[2], words[5]
+    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
 
 
 def add_event(conn: sqlite3.Connection, kind: str, detail: dict[str, Any]) -> None:
@@ -119,42 +241,183 @@ def _storable(value: Any) -> Any:
 
 
 def request_row(**values: Any) -> tuple:
-    """A row of `requests` in column order; `fields` and `flags` are stored as JSON."""
+    """A row of `requests` in column order; `fields`, `flags` and `confidence` are stored as JSON."""
     values = dict(values)
-    if values.get("fields") is not None:
-        values["fields"] = json.dumps(values["fields"], ensure_ascii=False)
+    for name in ("fields", "confidence"):
+        if values.get(name) is not None:
+            values[name] = json.dumps(values[name], ensure_ascii=False)
+    values["audit"] = int(bool(values.get("audit")))
     values["flags"] = json.dumps(values.get("flags") or [], ensure_ascii=False)
     if values.get("valid") is not None:
         values["valid"] = int(values["valid"])
     return tuple(_storable(values.get(c)) for c in REQUEST_COLUMNS)
 
 
-_INSERT = f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
+_INSERT = f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
+_AT = {name: REQUEST_COLUMNS.index(name) for name in ("ts", "version", "flags", "latency_ms", "status")}
+
+# The statistics' rollups (`request_days`, `request_day_flags`, `request_day_latency`) grow with
+# every request row, in the same transaction, so the dashboard reads a few rows per version and
+# day instead of the whole log; they hold no text and outlive the rows `--keep-days` prunes.
+LATENCY_BASE = 1.05  # histogram buckets 5% wide: a percentile read from them is within 2.5%
+_LOG_BASE = math.log(LATENCY_BASE)
+
+
+def utc_day(ts: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def latency_bucket(ms: float) -> int:
+    return math.floor(math.log(max(ms, 0.01)) / _LOG_BASE)
+
+
+def bucket_ms(bucket: int) -> float:
+    """The value a bucket stands for: its geometric middle."""
+    return LATENCY_BASE ** (bucket + 0.5)
+
+
+def histogram_percentile(histogram: dict[int, int], q: float) -> Optional[float]:
+    """The q-quantile of the latencies a histogram counted, as `core.stats.percentile` computes it
+    (linear between the closest ranks), each latency taken as its bucket's geometric middle."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    pos = (total - 1) * q
+    lo, hi = int(pos), min(int(pos) + 1, total - 1)
+    values, seen = {}, 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        for rank in (lo, hi):
+            if rank not in values and seen > rank:
+                values[rank] = bucket_ms(bucket)
+        if hi in values:
+            break
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+def _rollups(rows: list[tuple]) -> tuple[dict, dict, dict]:
+    days: dict[tuple[str, str], list[int]] = {}
+    flags: dict[tuple[str, str, str], int] = {}
+    latency: dict[tuple[str, str, int], int] = {}
+    for row in rows:
+        version = row[_AT["version"]]
+        if version is None:
+            continue
+        day = utc_day(row[_AT["ts"]])
+        names = json.loads(row[_AT["flags"]] or "[]")
+        answered = row[_AT["status"]] == 200
+        counts = days.setdefault((version, day), [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += answered
+        counts[2] += bool(names)
+        counts[3] += INVALID_JSON in names
+        for name in set(names):
+            flags[(version, day, name)] = flags.get((version, day, name), 0) + 1
+        if answered and row[_AT["latency_ms"]] is not None:
+            key = (version, day, latency_bucket(row[_AT["latency_ms"]]))
+            latency[key] = latency.get(key, 0) + 1
+    return days, flags, latency
+
+
+def add_rollups(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Count request rows (in REQUEST_COLUMNS order) into the rollups; inside the caller's transaction."""
+    days, flags, latency = _rollups(rows)
+    conn.executemany(
+        "INSERT INTO request_days (version, day, requests, answered, flagged, invalid_json) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (version, day) DO UPDATE SET requests = requests + excluded.requests, "
+        "answered = answered + excluded.answered, flagged = flagged + excluded.flagged, "
+        "invalid_json = invalid_json + excluded.invalid_json, sealed = 0",
+        [(*key, *counts) for key, counts in days.items()])
+    conn.executemany("INSERT INTO request_day_flags (version, day, flag, n) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (version, day, flag) DO UPDATE SET n = n + excluded.n",
+                     [(*key, n) for key, n in flags.items()])
+    conn.executemany("INSERT INTO request_day_latency (version, day, bucket, n) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (version, day, bucket) DO UPDATE SET n = n + excluded.n",
+                     [(*key, n) for key, n in latency.items()])
+
+
+def seal_days(conn: sqlite3.Connection, *, now: Optional[float] = None) -> int:
+    """Store the latency percentiles of every day that is over and not sealed yet (the day just
+    ended, or a past day that rows reached late), so statistics over years read one row a day.
+    Returns how many days were sealed."""
+    today = utc_day(time.time() if now is None else now)
+    open_days = conn.execute("SELECT version, day FROM request_days WHERE sealed = 0 AND day < ?", (today,)).fetchall()
+    sealed = []
+    for version, day in open_days:
+        histogram = dict(conn.execute("SELECT bucket, n FROM request_day_latency WHERE version = ? AND day = ?",
+                                      (version, day)).fetchall())
+        sealed.append((histogram_percentile(histogram, 0.5), histogram_percentile(histogram, 0.95), version, day))
+    conn.executemany("UPDATE request_days SET p50_ms = ?, p95_ms = ?, sealed = 1 WHERE version = ? AND day = ?",
+                     sealed)
+    return len(sealed)
+
+
+def insert_requests(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    """The one way request rows enter the log: the rows and their rollups, in the caller's transaction."""
+    conn.executemany(_INSERT, rows)
+    add_rollups(conn, rows)
+    seal_days(conn)
+
+
+def _backfill_rollups(conn: sqlite3.Connection) -> None:
+    """Migration 3 on a log that has rows already: count them into the new rollups."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}  # later migrations add columns
+    cursor = conn.execute(f"SELECT {', '.join(c if c in have else 'NULL' for c in REQUEST_COLUMNS)} FROM requests")
+    while rows := cursor.fetchmany(10_000):
+        add_rollups(conn, [tuple(r) for r in rows])
+    seal_days(conn)
+
+
+class LogUnavailable(StoreError):
+    """The request log cannot be written now (locked, full, broken): requests are refused (503)."""
 
 
 class RequestLog:
-    """Group commit: `await log.add(row)` returns once the row is committed."""
+    """Group commit: `await log.add(row)` returns once the row is committed, or raises
+    LogUnavailable after LOG_WAIT_S (a row not committed by then is not committed at all).
 
-    def __init__(self, path: Path, *, max_batch: int = 256):
+    While the log is failing (`failing`), callers refuse requests before doing any work; the writer
+    probes the database every half second and clears `failing` as soon as a write goes through, so
+    a released lock or freed disk is noticed without a restart."""
+
+    def __init__(self, path: Path, *, max_batch: int = 256, wait_s: float = LOG_WAIT_S):
         self.path = Path(path)
         self.max_batch = max_batch
+        self.wait_s = wait_s
         self._queue: queue.Queue = queue.Queue()
-        self._conn = connect(self.path)
+        self._conn = connect(self.path, busy_ms=BUSY_MS)
+        self.failing: Optional[str] = None  # why the last write failed, while it fails
+        self.failures = 0  # rows that could not be written, for the metrics
         self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
         self._thread.start()
-        self.failed: Optional[str] = None
+
+    @property
+    def failed(self) -> Optional[str]:
+        return self.failing
 
     async def add(self, row: tuple) -> None:
         if not self._thread.is_alive():
-            raise StoreError(f"the request log writer of {self.path} has stopped ({self.failed or 'closed'})")
+            raise LogUnavailable(f"the request log writer of {self.path} has stopped ({self.failing or 'closed'})")
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._queue.put((row, done, loop))
-        await done
+        item = _Pending(row, done, loop)
+        self._queue.put(item)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.wait_s)
+        except asyncio.TimeoutError:
+            item.abandoned = True  # the writer skips it if it has not written it yet
+            self.failures += 1
+            raise LogUnavailable(f"the request log ({self.path}) did not take the row within {self.wait_s:g}s "
+                                 f"({self.failing or 'the database is locked or slow'})") from None
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.failing:
+                    self._probe()
+                continue
             if item is None:
                 return
             batch = [item]
@@ -167,20 +430,23 @@ class RequestLog:
                     self._queue.put(None)
                     break
                 batch.append(more)
-            errors = self._commit([row for row, _, _ in batch])
-            for (_, done, loop), error in zip(batch, errors):
-                loop.call_soon_threadsafe(_settle, done, error)
+            batch = [i for i in batch if not i.abandoned]
+            if batch:
+                errors = self._commit([i.row for i in batch])
+                for i, error in zip(batch, errors):
+                    i.loop.call_soon_threadsafe(_settle, i.done, error)
 
-    def _insert(self, rows: list[tuple]) -> Optional[BaseException]:
+    def _insert(self, rows: list[tuple], attempts: int = 3) -> Optional[BaseException]:
         error: Optional[BaseException] = None
-        for attempt in range(5):
+        for attempt in range(attempts):
             try:
                 with self._conn:  # BEGIN ... COMMIT
                     self._conn.execute("BEGIN IMMEDIATE")
-                    self._conn.executemany(_INSERT, rows)
+                    insert_requests(self._conn, rows)
                 return None
-            except sqlite3.OperationalError as exc:  # locked by a long reader, disk full, ...: retried
+            except sqlite3.OperationalError as exc:  # locked by another process, disk full, ...: retried
                 error = exc
+                self.failing = f"{type(exc).__name__}: {exc}"  # new requests are refused at once meanwhile
                 time.sleep(0.05 * 2**attempt)
             except Exception as exc:  # noqa: BLE001 - a row SQLite refuses: not retried
                 return exc
@@ -190,12 +456,26 @@ class RequestLog:
         """One commit for the batch; if it fails, row by row, so a bad row fails only its request."""
         error = self._insert(rows)
         if error is None:
-            self.failed = None
+            self.failing = None
             return [None] * len(rows)
-        errors: list[Optional[BaseException]] = [self._insert([row]) for row in rows] if len(rows) > 1 else [error]
+        if isinstance(error, sqlite3.OperationalError) or len(rows) == 1:  # the database, not a row: all fail
+            errors: list[Optional[BaseException]] = [error] * len(rows)
+        else:
+            errors = [self._insert([row], attempts=1) for row in rows]
         failed = [e for e in errors if e is not None]
-        self.failed = f"{type(failed[0]).__name__}: {failed[0]}" if len(failed) == len(rows) else None
+        self.failures += len(failed)
+        if len(failed) == len(rows):
+            self.failing = f"{type(failed[0]).__name__}: {failed[0]}"
         return errors
+
+    def _probe(self) -> None:
+        """A write that changes nothing: it goes through once the database takes writes again."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
+            self.failing = None
+        except sqlite3.Error as exc:
+            self.failing = f"{type(exc).__name__}: {exc}"
 
     def close(self) -> None:
         self._queue.put(None)
@@ -203,11 +483,20 @@ class RequestLog:
         self._conn.close()
 
 
+class _Pending:
+    __slots__ = ("row", "done", "loop", "abandoned")
+
+    def __init__(self, row: tuple, done: asyncio.Future, loop: asyncio.AbstractEventLoop):
+        self.row, self.done, self.loop, self.abandoned = row, done, loop, False
+
+
 def _settle(done: asyncio.Future, error: Optional[BaseException]) -> None:
     if done.done():
         return
     if error is None:
         done.set_result(None)
+    elif isinstance(error, sqlite3.OperationalError):  # locked, full, read-only: the database, for now
+        done.set_exception(LogUnavailable(f"the request log could not be written: {error}"))
     else:
         done.set_exception(StoreError(f"the request log could not be written: {error}"))
 
@@ -220,10 +509,20 @@ def task(conn: sqlite3.Connection, version: Optional[str]) -> Optional[dict]:
     return json.loads(row["task"]) if row else None
 
 
+DEFAULT_KEEP_DAYS = 30.0  # requests (and their reviews) older than this are deleted by a running gateway
+
+
 def prune(conn: sqlite3.Connection, keep_days: float) -> int:
-    """Delete request rows older than `keep_days`; returns how many."""
+    """Delete request rows older than `keep_days`, and their reviews (the same personal data); the
+    freed pages go back to the file system (incremental vacuum). Returns how many requests."""
     cutoff = time.time() - keep_days * 86400
-    deleted = conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
-    if deleted:
-        add_event(conn, "prune", {"keep_days": keep_days, "deleted": deleted})
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        reviews = conn.execute("DELETE FROM feedback WHERE request_id IN (SELECT id FROM requests WHERE ts < ?)",
+                               (cutoff,)).rowcount
+        deleted = conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+        if deleted:
+            add_event(conn, "prune", {"keep_days": keep_days, "deleted": deleted, "reviews": reviews})
+    if deleted and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        conn.execute("PRAGMA incremental_vacuum").fetchall()  # runs it to the end
     return deleted

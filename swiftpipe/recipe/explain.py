@@ -80,6 +80,8 @@ def keys(model: type[BaseModel] = Recipe, prefix: str = "") -> Iterator[KeyDoc]:
 
 
 def _choices(annotation: Any) -> list[str]:
+    if typing.get_origin(annotation) is typing.Union:  # Optional[Literal[...]]: its choices (none = the default)
+        return [c for a in typing.get_args(annotation) if a is not type(None) for c in _choices(a)]
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in typing.get_args(annotation)]
     return []

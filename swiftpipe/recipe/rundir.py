@@ -142,6 +142,12 @@ class RunDir:
     def metrics(self, which: str = "finetuned") -> Optional[dict]:
         return read_json(self.eval_dir(which) / "metrics.json")
 
+    def accept_threshold(self, which: str = "finetuned") -> Optional[float]:
+        """The row-confidence threshold the run's eval calibrated (metrics.json confidence.accept_threshold):
+        what `serve` and `extract` use unless told otherwise; None before an eval with confidence."""
+        value = ((self.metrics(which) or {}).get("confidence") or {}).get("accept_threshold")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
     def env(self) -> dict[str, Any]:
         return read_json(self.path / "env.json") or {}
 

@@ -217,7 +217,26 @@ class ServeSection(Section):
     data_parallel_size: int = Field(1, ge=1, description="replicas behind the one endpoint (vLLM data parallel)")
     structured_outputs_backend: str = Field("xgrammar", description="vLLM structured-outputs backend")
     startup_timeout: float = Field(600, gt=0, description="seconds to wait for the server to be ready")
-    extra_args: dict[str, Any] = Field(default_factory=dict, description="other `vllm serve` flags")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="the dtype vLLM computes in; auto = vLLM's choice on a GPU, on a CPU bfloat16 where it is native "
+                    "(avx512_bf16/amx_bf16), else float32",
+    )
+    accept_threshold: Optional[float] = Field(
+        None, ge=0, le=1,
+        description="row confidence at or above which an answer needs no review; none = the threshold the run's "
+                    "eval calibrated (confidence.accept_threshold in metrics.json)",
+    )
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="other `vllm serve` flags (a `dtype` here wins over serve.dtype)"
+    )
+
+    @model_validator(mode="after")
+    def _one_dtype(self) -> "ServeSection":
+        given = self.extra_args.get("dtype")
+        if given is not None and self.dtype != "auto" and str(given) != self.dtype:
+            raise ValueError(f"dtype {self.dtype!r} and extra_args.dtype {given!r} disagree: set one of them")
+        return self
 
 
 class EvalSection(Section):
@@ -227,6 +246,13 @@ class EvalSection(Section):
     timeout: float = Field(120, gt=0, description="seconds per request before a retry")
     compare_base: bool = Field(False, description="also serve and evaluate the base model")
     metric: Literal["exact_match", "ner_f1"] = Field("exact_match", description="how answers are scored")
+    confidence: bool = Field(
+        True, description="ask for the sampled tokens' logprobs and score each field's confidence (eval, serve, extract)"
+    )
+    accept_target: float = Field(
+        0.99, gt=0, le=1,
+        description="exact match the auto-accepted rows must reach on the test set: sets the accept threshold",
+    )
 
 
 class ExtractSection(Section):
@@ -238,6 +264,9 @@ class ExtractSection(Section):
     batch_size: int = Field(256, ge=1, description="rows the vLLM engine runs at once, its max_num_seqs (offline, ray)")
     concurrency: int = Field(32, ge=1, description="requests in flight with the server engine")
     replicas: Optional[int] = Field(None, ge=1, description="Ray actors, one engine each; none = one per GPU (1 on CPU)")
+    dtype: Optional[Literal["auto", "bfloat16", "float16", "float32"]] = Field(
+        None, description="the dtype of the offline and Ray engines; none = serve's (serve.extra_args.dtype, else serve.dtype)"
+    )
 
 
 class OutputSection(Section):

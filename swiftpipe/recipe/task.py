@@ -9,12 +9,16 @@ way vLLM's request models convert themselves (`to_sampling_params`):
 - `request_body(model, text)`: the same request as the raw JSON body (the gateway's upstream calls);
 - `sampling_params()` and `chat_template_kwargs`: the same request for vLLM's offline engine;
 - `input_problem(text)`: why a text cannot be sent (empty, too long), or None;
-- `check(text, raw)`: the answer's fields, validity and flags (`swiftpipe.task.flags`);
+- `check(text, raw, pieces)`: the answer's fields, validity, flags and per-field confidence
+  (`swiftpipe.task.flags`, `swiftpipe.task.confidence`; `pieces` are the sampled tokens with their
+  logprobs, None when the server gave none: then confidence is None, never invented);
 - `stored()` / `from_stored()`: what the gateway's database keeps of it.
 
 Every request is the same: the system prompt, the text, temperature 0, Qwen3 thinking off, and the
 answer's JSON schema as `response_format` json_schema — never the `guided_json` field that vLLM
-0.12 removed (it is ignored silently, with HTTP 200 and unconstrained text).
+0.12 removed (it is ignored silently, with HTTP 200 and unconstrained text) — and, with
+`confidence` on (eval.confidence, default), the sampled tokens' logprobs (`logprobs: true`;
+`SamplingParams(logprobs=0)` offline): one number per generated token, no top alternatives.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Callable, ClassVar, Optional
 from swiftpipe.core import console, jsonl
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.recipe.schema import Recipe
+from swiftpipe.task import confidence as scoring
 from swiftpipe.task import flags, messages
 
 _DEFAULT: Any = object()  # "the task's own system prompt"
@@ -41,6 +46,8 @@ class Task:
     max_tokens: int = 512  # new tokens per answer (eval.max_tokens)
     metric: str = "exact_match"  # eval.metric: ner_f1 answers are {type: [entities]}
     recipe: Optional[str] = None  # the recipe's name, for messages
+    confidence: bool = True  # ask for token logprobs and score each field (eval.confidence)
+    accept_threshold: Optional[float] = None  # row confidence needing no review (serve.accept_threshold / the run's)
     count_tokens: Optional[Callable[[str], int]] = field(default=None, compare=False, repr=False)  # None: characters
 
     # Qwen3 thinking off, on every request (the template's `enable_thinking`).
@@ -71,6 +78,8 @@ class Task:
             "max_tokens": self.max_tokens,
             "extra_body": {"chat_template_kwargs": dict(self.chat_template_kwargs)},
         }
+        if self.confidence:
+            kwargs["logprobs"] = True  # the sampled token's logprob only (no top_logprobs)
         if self.schema:
             kwargs["response_format"] = self._response_format()
         return kwargs
@@ -89,7 +98,8 @@ class Task:
         from vllm.sampling_params import StructuredOutputsParams
 
         structured = StructuredOutputsParams(json=self.schema) if self.schema else None
-        return SamplingParams(temperature=0, max_tokens=self.max_tokens, structured_outputs=structured)
+        return SamplingParams(temperature=0, max_tokens=self.max_tokens, structured_outputs=structured,
+                              logprobs=0 if self.confidence else None)
 
     # ------------------------------------------------------------ the checks
 
@@ -106,9 +116,21 @@ class Task:
         return flags.input_problem(text, max_length=self.max_length, length=length or self.length, who=who,
                                    source=f"train.max_length of recipe '{self.recipe}'")
 
-    def check(self, text: str, raw: Optional[str]) -> flags.Checked:
-        """The model's raw answer to `text`, parsed and checked against the schema and verbatim fields."""
-        return flags.check(text, raw, schema=self.schema, verbatim_fields=self.verbatim_fields)
+    def check(self, text: str, raw: Optional[str], pieces: Optional[list[tuple[bytes, float]]] = None) -> flags.Checked:
+        """The model's raw answer to `text`, parsed and checked against the schema and verbatim fields,
+        with each field's confidence from the sampled tokens `pieces` ((bytes, logprob) in order)."""
+        checked = flags.check(text, raw, schema=self.schema, verbatim_fields=self.verbatim_fields)
+        scored = self.score(raw, pieces) if checked.fields is not None else None
+        threshold = self.accept_threshold if self.confidence else None  # not asked for: nothing to cut at
+        if scored is None:
+            return checked.with_confidence(None, None, threshold)
+        return checked.with_confidence(scored.values(), scored.row_value(), threshold)
+
+    def score(self, raw: Optional[str], pieces: Optional[list[tuple[bytes, float]]]) -> Optional[scoring.Confidence]:
+        """The answer's per-field confidence (every aggregate), or None without logprobs or an object."""
+        if pieces is None or raw is None:
+            return None
+        return scoring.answer_confidence(raw, pieces, self.fields or None)
 
     # ------------------------------------------------------------ stored form
 
@@ -117,7 +139,8 @@ class Task:
         turn reviewed answers into training rows after the version is no longer served."""
         return {"recipe": self.recipe, "system_prompt": self.system_prompt, "schema": self.schema,
                 "verbatim_fields": list(self.verbatim_fields), "metric": self.metric, "max_length": self.max_length,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens, "confidence": self.confidence,
+                "accept_threshold": self.accept_threshold}
 
     @classmethod
     def from_stored(cls, data: Optional[dict[str, Any]]) -> "Task":
@@ -125,18 +148,26 @@ class Task:
         return cls(system_prompt=data.get("system_prompt"), schema=data.get("schema"),
                    verbatim_fields=tuple(data.get("verbatim_fields") or ()), max_length=data.get("max_length"),
                    max_tokens=data.get("max_tokens") or 512, metric=data.get("metric") or "exact_match",
-                   recipe=data.get("recipe"))
+                   recipe=data.get("recipe"), confidence=data.get("confidence", True),
+                   accept_threshold=data.get("accept_threshold"))
 
     def with_counter(self, count_tokens: Optional[Callable[[str], int]]) -> "Task":
         """The same task, counting input length with this tokenizer."""
         return dataclasses.replace(self, count_tokens=count_tokens)
+
+    def with_threshold(self, accept_threshold: Optional[float]) -> "Task":
+        """The same task with this accept threshold (None: keep the task's)."""
+        if accept_threshold is None:
+            return self
+        return dataclasses.replace(self, accept_threshold=accept_threshold)
 
 
 def task_of(recipe: Recipe, base: Path) -> Task:
     """A recipe's task (relative paths of the recipe against `base`)."""
     return Task(system_prompt=system_prompt(recipe, base), schema=recipe.data.json_schema(),
                 verbatim_fields=tuple(recipe.data.verbatim_fields), max_length=recipe.train.max_length,
-                max_tokens=recipe.eval.max_tokens, metric=recipe.eval.metric, recipe=recipe.name)
+                max_tokens=recipe.eval.max_tokens, metric=recipe.eval.metric, recipe=recipe.name,
+                confidence=recipe.eval.confidence, accept_threshold=recipe.serve.accept_threshold)
 
 
 def system_prompt(recipe: Recipe, base: Path) -> Optional[str]:

@@ -29,11 +29,11 @@ def parse_answer(text: Optional[str]) -> tuple[Optional[Any], bool]:
         return None, had_think
 
 
-def _no_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
 def strict_loads(text: "str | bytes") -> Any:
     """json.loads without NaN/Infinity (not JSON, and not serialisable back); ValueError or
     RecursionError (nesting too deep) when it is not JSON."""
-    return json.loads(text, parse_constant=_no_constant)
+    return json.loads(text, parse_constant=reject_constant)

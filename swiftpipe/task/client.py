@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.task.confidence import pieces_from_openai
 
 # The model name a swiftpipe gateway answers for "the version its rollout weights pick for this key".
 ROLLOUT_ALIAS = "auto"
@@ -52,6 +53,7 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: Optional[str] = None
+    pieces: Optional[list[tuple[bytes, float]]] = None  # the sampled tokens and logprobs; None: not returned
 
 
 def http_client():
@@ -115,10 +117,12 @@ async def chat(client, kwargs: dict, endpoint: Endpoint) -> Completion:
             return result
         choice = response.choices[0]
         usage = response.usage
+        logprobs = getattr(choice, "logprobs", None)
         return Completion(text=choice.message.content, latency_s=time.perf_counter() - started,
                           prompt_tokens=usage.prompt_tokens if usage else 0,
                           completion_tokens=usage.completion_tokens if usage else 0,
-                          finish_reason=choice.finish_reason)
+                          finish_reason=choice.finish_reason,
+                          pieces=pieces_from_openai(getattr(logprobs, "content", None)))
     return result
 
 

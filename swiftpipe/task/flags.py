@@ -10,9 +10,13 @@ means the same in the request log, the metrics and an extraction's output:
 - `not_in_text:<field>`: a field the recipe marks verbatim (`data.verbatim_fields`) whose value is
   not a substring of the input text (a name or phone the model made up);
 - `think_block`: the answer started with a `<think>` block (thinking should be off);
+- `low_confidence:<field>`: a field whose confidence (`swiftpipe.task.confidence`, the probability
+  the model gave its exact value) is below the version's accept threshold;
 - `upstream_error`, `timeout`: no answer at all (added by the caller, who knows why).
 
 `valid` means: parsed JSON that satisfies the schema. Empty and not-in-text fields are warnings.
+`needs_review`: not valid, a field not in the text, a think block, or (with an accept threshold) a
+row confidence below it or unknown: an answer nobody can vouch for is never auto-accepted.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ SCHEMA_VIOLATION = "schema_violation"
 THINK_BLOCK = "think_block"
 UPSTREAM_ERROR = "upstream_error"
 TIMEOUT = "timeout"
+LOW_CONFIDENCE = "low_confidence"  # low_confidence:<field>
+NOT_IN_TEXT = "not_in_text"  # not_in_text:<field>
 
 
 @dataclass
@@ -35,6 +41,26 @@ class Checked:
     valid: bool
     flags: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # schema errors, for the log
+    confidence: Optional[dict[str, Optional[float]]] = None  # {field: p}; None: no logprobs (never invented)
+    row_confidence: Optional[float] = None  # the least confident field; None when unknown
+    accept_threshold: Optional[float] = None  # the version's cut-off the flags and needs_review used
+
+    @property
+    def needs_review(self) -> bool:
+        """Whether a person should look at this answer (module docstring)."""
+        if not self.valid or any(f == THINK_BLOCK or f.startswith(NOT_IN_TEXT + ":") for f in self.flags):
+            return True
+        if self.accept_threshold is None:
+            return False
+        return self.row_confidence is None or self.row_confidence < self.accept_threshold
+
+    def with_confidence(self, values: Optional[dict[str, Optional[float]]], row: Optional[float],
+                        threshold: Optional[float]) -> "Checked":
+        """This check with the answer's confidence, flagging the fields below `threshold`."""
+        self.confidence, self.row_confidence, self.accept_threshold = values, row, threshold
+        if values and threshold is not None:
+            self.flags += [f"{LOW_CONFIDENCE}:{name}" for name, p in values.items() if p is not None and p < threshold]
+        return self
 
 
 _validators: dict[int, Any] = {}
@@ -73,7 +99,7 @@ def check(text: str, raw: Optional[str], *, schema: Optional[dict], verbatim_fie
         for name in verbatim_fields:  # from the recipe
             value = parsed.get(name)
             if isinstance(value, str) and value and value not in text:
-                flags.append(f"not_in_text:{name}")
+                flags.append(f"{NOT_IN_TEXT}:{name}")
     return Checked(fields=parsed, valid=not problems, flags=flags, problems=problems)
 
 

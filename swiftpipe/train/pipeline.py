@@ -33,6 +33,9 @@ PER_MACHINE_KEYS = (("hardware", "node_rank"),)
 # Sections a run does not use (batch extraction settings): changing them, or a run made before they
 # existed, is not a recipe change.
 NOT_RUN_SECTIONS = ("extract",)
+# Keys added to the schema after runs were made with it, at their default (what those runs did):
+# a stored resolved.yaml without them is the same recipe.
+ADDED_KEYS = ((("serve", "dtype"), "auto"),)
 
 
 @dataclass
@@ -81,6 +84,9 @@ def _same_recipe_text(text: str) -> str:
         (data.get(section) or {}).pop(key, None)
     for section in NOT_RUN_SECTIONS:
         data.pop(section, None)
+    for (section, key), default in ADDED_KEYS:
+        if (data.get(section) or {}).get(key, default) == default:
+            (data.get(section) or {}).pop(key, None)
     return yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=100)
 
 

@@ -110,9 +110,14 @@ def stage_eval(p: "RunPlan", which: str, fresh: bool) -> dict:
         echo(f"  serving '{target.served_name}' at {server.base_url}; evaluating {len(rows)} rows")
         endpoint = client.Endpoint(server.base_url, target.served_name, server.api_key, timeout=recipe.eval.timeout)
         metrics = evaluate.evaluate([endpoint], rows, out, schema=schema, settings=recipe.eval,
-                                    progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})")
+                                    progress=sys.stderr.isatty(), title=f"{p.loaded.name} ({which})",
+                                    extra={"served_dtype": server.dtype.record()},
+                                    verbatim_fields=recipe.data.verbatim_fields)
     echo(f"  {which}: {reports.headline(metrics)}")
-    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": target.model_dir}
+    echo(f"  {which}: {reports.accept_sentence(metrics.get('confidence'))}")
+    return {"exact_match": metrics["exact_match"], "metrics": str(out / "metrics.json"), "model": target.model_dir,
+            "dtype": server.dtype.dtype or "auto",
+            "accept_threshold": (metrics.get("confidence") or {}).get("accept_threshold")}
 
 
 def stage_report(p: "RunPlan", fresh: bool) -> dict:
@@ -126,6 +131,8 @@ def stage_report(p: "RunPlan", fresh: bool) -> dict:
             base, tuned, evaluate.read_records(base_dir), evaluate.read_records(tuned_dir))
     else:
         text = (tuned_dir / "report.md").read_text(encoding="utf-8")
+    if (tuned_dir / reports.RELIABILITY_PNG).is_file():  # the report links it beside itself
+        shutil.copyfile(tuned_dir / reports.RELIABILITY_PNG, p.run.path / reports.RELIABILITY_PNG)
     write_atomic(p.run.path / "report.md", text)
     echo(text.split("\n## ", 1)[0].rstrip())  # the summary table; examples stay in the file
     return {"report": str(p.run.path / "report.md")}
@@ -152,7 +159,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", lambda r: r.merges, stage_export, lambda o: {"merged_model": o.get("merged_model"),
                                                                  "final_model": o.get("merged_model")}),
     Stage("eval", evaluates, lambda p, fresh: stage_eval(p, "finetuned", fresh),
-          lambda o: {"exact_match": o.get("exact_match")}),
+          lambda o: {"exact_match": o.get("exact_match"), "accept_threshold": o.get("accept_threshold")}),
     Stage("eval-base", lambda r: evaluates(r) and r.eval.compare_base, lambda p, fresh: stage_eval(p, "base", fresh),
           lambda o: {"base_exact_match": o.get("exact_match")}),
     Stage("report", evaluates, stage_report, lambda o: {"report": o.get("report")}),

@@ -28,3 +28,18 @@ def test_leaderboard_and_compare_show_a_list_of_training_files(tmp_path, make_ru
     assert list(picked["run"]) == ["demo/b"]
     assert compare.param_diff(a, b) == [("data.train", "d/train.jsonl", ["d/train.jsonl", "corrections.jsonl"])]
     assert "| data.train | d/train.jsonl | [d/train.jsonl, corrections.jsonl] |" in compare.comparison(a, b)
+
+
+def test_leaderboard_shows_the_dtype_a_run_was_served_in_on_request(tmp_path, make_run):
+    import json
+
+    run = make_run(tmp_path, "a", rank=8, outcomes=[True], losses=[1.0])
+    make_run(tmp_path, "old", rank=8, outcomes=[True], losses=[1.0])  # evaluated before the dtype was recorded
+    metrics_path = run / "eval" / "finetuned" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["served_dtype"] = {"dtype": "float32", "requested": "auto", "device": "cpu", "reason": "..."}
+    metrics_path.write_text(json.dumps(metrics))
+    frame = runs.leaderboard(tmp_path, sort="-run", columns=["served_dtype"])  # "-": ascending
+    assert list(frame["run"]) == ["demo/a", "demo/old"] and frame["served_dtype"][0] == "float32"
+    assert frame["served_dtype"].isna()[1]
+    assert "served_dtype" not in runs.leaderboard(tmp_path)  # not a default column

@@ -14,3 +14,14 @@ def test_comparison_lists_changed_rows():
     assert "| exact match | 50.0% (1/2) | 50.0% (1/2) |" in text
     assert "1 fixed by fine-tuning, 1 broken by it" in text
     assert "- input: in1" in text and "base: 'junk'" in text and "- input: in2" in text
+
+
+def test_comparison_gives_the_exact_mcnemar_p_value_of_its_flips():
+    # 12 fixed, 3 broken: two-sided exact binomial p = 2 * P(X <= 3 | n=15, 1/2) = 0.0352
+    assert "p = 0.0352" in reports.mcnemar_line(3, 12)
+    assert "can be chance" in reports.mcnemar_line(2, 4)  # p = 0.6875
+    base = {"n": 2, "correct": 0, "exact_match": 0.0, "invalid_json": 0, "api_errors": 0, "per_field": {}}
+    tuned = {**base, "correct": 2, "exact_match": 1.0}
+    rows = [{"key": f"k{i}", "correct": False, "prediction": {}, "raw": "{}", "input": "x", "gold": {}} for i in range(2)]
+    text = reports.comparison_markdown(base, tuned, rows, [{**r, "correct": True} for r in rows])
+    assert "2 fixed by fine-tuning, 0 broken by it (exact McNemar test on the flips: p = 0.5" in text

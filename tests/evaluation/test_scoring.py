@@ -36,3 +36,19 @@ def test_schema_from_gold():
     assert schema["required"] == ["name", "n"] and schema["additionalProperties"] is False
     assert schema["properties"] == {"name": {"type": "string"}, "n": {"type": ["integer", "number"]}}
     assert scoring.schema_from_gold([Example(0, 1, None, "u", "", ["x"])]) is None
+
+
+def test_field_outcomes_say_how_a_field_is_wrong():
+    from swiftpipe.evaluation.scoring import field_outcomes
+
+    gold = {"name": "张三", "phone": "", "city": "杭州市", "district": "西湖区", "street": "文三路"}
+    answer = {"name": "王五", "phone": "110", "city": "", "district": "西湖区", "street": "文二路"}
+    assert field_outcomes(gold, answer, "张三 文三路 文二路", ["name"]) == {
+        "name": "invented",  # verbatim, and 王五 is not in the text
+        "phone": "invented",  # gold empty, the answer not
+        "city": "omitted", "district": "correct",
+        "street": "wrong",  # a value of the text, not the right one
+    }
+    # no parsed answer: what gold has is omitted; an empty gold field is not right either (no answer)
+    assert field_outcomes(gold, None, "") == {"name": "omitted", "phone": "wrong", "city": "omitted",
+                                              "district": "omitted", "street": "omitted"}

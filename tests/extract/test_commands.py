@@ -42,3 +42,12 @@ def test_cli_unwritable_out_is_a_message_not_a_traceback(tmp_path):
     done = run_cli("extract", str(src), "--out", str(blocker / "out"), *NO_SERVER)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and f"{blocker / 'out'}: Not a directory" in done.stderr
+
+
+def test_cli_dtype_is_checked_and_is_for_the_engines_that_load_the_model(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a"}])
+    done = run_cli("extract", str(src), "--out", str(tmp_path / "out"), "--dtype", "float64", *NO_SERVER)
+    assert done.returncode == 2 and "'float64' is not one of 'auto', 'bfloat16', 'float16', 'float32'" in done.stderr
+    done = run_cli("extract", str(src), "--out", str(tmp_path / "out"), "--dtype", "float32", *NO_SERVER)
+    assert done.returncode == 1 and "--dtype is for the offline and ray engines" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

@@ -8,9 +8,11 @@ from swiftpipe.extract import parts
 
 def test_parts_round_trip_and_atomic_names(tmp_path):
     rows = [{"id": 1, "text": "t", "a": "x", "b": parts.cell({"k": [1]}), "valid": True, "flags": [], "error": None,
-             "error_kind": None, "raw": None},
+             "error_kind": None, "raw": None, "confidence": parts.confidence_cell({"a": 0.9731, "b": 0.5}),
+             "needs_review": False},
             {"id": 2, "text": "u", "a": None, "b": None, "valid": False, "flags": ["invalid_json"],
-             "error": "the answer is not JSON", "error_kind": "invalid_json", "raw": "{"}]
+             "error": "the answer is not JSON", "error_kind": "invalid_json", "raw": "{", "confidence": None,
+             "needs_review": True}]
     for fmt in ("parquet", "jsonl"):
         path = parts.part_path(tmp_path / fmt, 3, fmt)
         parts.write(path, rows, fmt=fmt, fields=["a", "b"], keep_text=True)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
@@ -62,9 +63,11 @@ class StreamingASGI(httpx2.AsyncBaseTransport):
     def __init__(self, app):
         self.app = app
         self.open = 0  # answers not closed yet by the client (the gateway)
+        self.asked: list[str] = []  # the paths of the requests it got
 
     async def handle_async_request(self, request):
         transport = self
+        self.asked.append(request.url.path)
         chunks: asyncio.Queue = asyncio.Queue()
         started, gone = asyncio.Event(), asyncio.Event()
         head: dict[str, Any] = {}
@@ -146,8 +149,13 @@ class InProcess:
     client: httpx.AsyncClient
     gw: Gateway
     db: Path
-    limited_key: str  # a key with --rpm 3
+    keys: dict[str, str]  # by who holds it: admin (KEY), client, other (another client), reviewer, limited
+    #                       (a client, --rpm 3), expired, revoked
     upstreams: dict[str, Any]  # the transports of the versions, by name
+
+    @property
+    def limited_key(self) -> str:
+        return self.keys["limited"]
 
     async def post(self, path: str, body: Any, key: Optional[str] = KEY, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -171,8 +179,10 @@ class InProcess:
 @contextlib.asynccontextmanager
 async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tuple[str, ...] = (),
                      timeout: float = 2.0, retries: int = 1, client: tuple[str, int] = ("127.0.0.1", 50000),
-                     delay_ms: float = 0) -> AsyncIterator[InProcess]:
-    """The demo recipe's task on every version; `up` answered by the scripted upstream, `down` refused."""
+                     delay_ms: float = 0, content: str = "full", log_wait_s: float = 2.0,
+                     audit_share: float = 0.0) -> AsyncIterator[InProcess]:
+    """The demo recipe's task on every version; `up` answered by the scripted upstream, `down` refused.
+    No answer joins the review queue's random audit sample unless `audit_share` says so (determinism)."""
     task = task_of(load_recipe(DEMO_RECIPE).recipe, REPO)
     names = [*up, *down]
     versions = [Version(name, f"http://{name}/v1", None, "upstream-key", task=task, source=f"scripted:{name}")
@@ -181,14 +191,18 @@ async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tup
     routes.update({n: Down() for n in down})
     db = tmp_path / "gateway.sqlite"
     conn = store.connect(db)
-    keys.create(conn, "tests", key=KEY)
-    _, limited = keys.create(conn, "limited", rpm=3)
+    keys.create(conn, "tests", key=KEY, role="admin")
+    secrets = {"admin": KEY}
+    for name, options in (("client", {}), ("other", {}), ("reviewer", {"role": "reviewer"}), ("limited", {"rpm": 3}),
+                          ("expired", {"expires": time.time() - 1}), ("revoked", {})):
+        secrets[name] = keys.create(conn, name, **options)[1]  # type: ignore[arg-type]
+    keys.revoke(conn, "revoked")
     rollout.register(conn, [(v.name, v.source) for v in versions], None, {v.name: task.stored() for v in versions})
     conn.close()
     upstreams = UpstreamClient(timeout=timeout, retries=retries, http=httpx2.AsyncClient(transport=Routed(routes)))
-    gw = Gateway(versions, db, upstreams=upstreams)
+    gw = Gateway(versions, db, upstreams=upstreams, content=content, log_wait_s=log_wait_s, audit_share=audit_share)
     app = create_app(gw)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=client)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as http:
-            yield InProcess(http, gw, db, limited, routes)
+            yield InProcess(http, gw, db, secrets, routes)

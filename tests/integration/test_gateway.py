@@ -7,6 +7,7 @@ real vLLM runs in test_gateway_vllm.py."""
 import json
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -14,7 +15,7 @@ import threading
 import httpx
 import pytest
 
-from tests.helpers import DEMO_RECIPE, KEY, GatewayProcess, free_port, processes_mentioning, run_cli, wait_for
+from tests.helpers import DEMO_RECIPE, KEY, GatewayProcess, child_env, free_port, processes_mentioning, run_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +122,80 @@ def test_https_and_weights_checked_before_start(tmp_path, scripted):
             httpx.post(gw.url.replace("https", "http") + "/v1/extract", json={"text": "a"}, timeout=5)
     finally:
         gw.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status", encoding="ascii"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def send_chunked(port: int, mib: int, key: str = "") -> bytes:
+    """Send a `mib` MiB chunked body as fast as the gateway takes it; what it answered."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    sock.sendall(f"POST /v1/extract HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n"
+                 f"Transfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = b"100000\r\n" + b"x" * 0x100000 + b"\r\n"
+    try:
+        for _ in range(mib):
+            sock.sendall(chunk)
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:  # the gateway answered and closed: the rest is never read
+        pass
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+    finally:
+        sock.close()
+
+
+def test_uploads_refused_before_they_are_read_and_idle_connections_starve_nobody(tmp_path, scripted):
+    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE)
+    idle: list[socket.socket] = []
+    try:
+        before = rss_kib(gw.proc.pid)
+        answer = send_chunked(gw.port, 400)  # 400 MiB, no key
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+        grown = rss_kib(gw.proc.pid) - before
+        assert grown < 50 * 1024, f"RSS grew {grown} KiB for an unauthenticated upload"
+        over = send_chunked(gw.port, 12, key=KEY)  # with a key: read up to the cap, then 413
+        assert over.startswith(b"HTTP/1.1 413"), over[:200]
+        assert b"server:" not in over.lower()  # no banner
+
+        # 1,100 connections that never send a byte: the oldest idle ones make room, others are served.
+        for _ in range(1100):
+            idle.append(socket.create_connection(("127.0.0.1", gw.port), timeout=10))
+        ok = gw.post("/v1/extract", {"text": "张三"})
+        assert ok.status_code == 200, ok.text
+        metrics = gw.get("/metrics").text
+        evicted = re.search(r'swiftpipe_refused_connections_total\{reason="idle_evicted"\} (\S+)', metrics)
+        assert evicted and float(evicted.group(1)) >= 100, metrics[-2000:]
+    finally:
+        for sock in idle:
+            sock.close()
+        gw.stop()
+    lines = [line for line in gw.output().splitlines() if "an idle connection was closed" in line]
+    assert len(lines) == 1, lines  # one line per kind of refusal per minute, not one per connection
+
+
+def test_a_generated_key_goes_to_a_private_file_and_a_restart_after_sigkill_binds_at_once(tmp_path, scripted):
+    env = {k: v for k, v in child_env().items() if k != "SWIFTPIPE_API_KEY"}
+    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE, env=env)
+    key_path = gw.db.with_name(gw.db.name + ".admin-key")
+    try:
+        assert oct(key_path.stat().st_mode & 0o777) == "0o600"
+        secret = key_path.read_text().strip()
+        assert str(key_path) in gw.output() and secret not in gw.output()  # stdout is not a terminal here
+        for _ in range(5):
+            assert gw.post("/v1/extract", {"text": "张三"}, key=secret).status_code == 200
+    finally:
+        gw.stop(signal.SIGKILL)
+    again = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE, env=env,
+                           port=gw.port)  # the same port, at once: its old connections sit in TIME-WAIT
+    try:
+        assert again.post("/v1/extract", {"text": "张三"}, key=secret).status_code == 200
+    finally:
+        again.stop()

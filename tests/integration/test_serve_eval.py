@@ -42,6 +42,19 @@ def test_demo_pipeline_base_vs_finetuned(demo_run):
     assert info["exact_match"] == tuned["exact_match"] and info["base_exact_match"] == base["exact_match"]
     assert processes_mentioning(str(run)) == [], "a server outlived the run"
 
+    # Both servers ran in the dtype the rule picks for this CPU; it was said once each and recorded.
+    from swiftpipe.core.dtype import vllm_dtype
+
+    expected = vllm_dtype(cpu=True)
+    for which, log in (("finetuned", "eval.log"), ("base", "eval-base.log")):
+        metrics = json.loads((run / "eval" / which / "metrics.json").read_text())
+        assert metrics["served_dtype"] == expected.record()
+        assert f"--dtype {expected.dtype} " in (run / "logs" / log).read_text()
+    assert out.stdout.count(expected.line()) == 2
+    assert json.loads((run / "stages" / "eval.done").read_text())["dtype"] == expected.dtype
+    env = json.loads((run / "env.json").read_text())
+    assert env["cpu"]["native_bf16"] == (expected.dtype == "bfloat16")
+
 
 def test_api_key_never_written_to_run_dir(demo_run):
     run, _ = demo_run

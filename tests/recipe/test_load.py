@@ -205,3 +205,24 @@ def test_recipe_extract_section_is_strict():
                                                          "extract.replicas=0"])
     message = str(err.value)
     assert "chunk_rows" in message and "spark" in message and "replicas" in message
+
+
+def test_serve_dtype_and_extract_dtype_are_checked():
+    from swiftpipe.recipe import explain
+
+    recipe = load_recipe(REPO / "recipes" / "demo-cpu.yaml").recipe
+    assert recipe.serve.dtype == "auto" and recipe.extract.dtype is None
+    with pytest.raises(RecipeError, match="serve.dtype: Input should be 'auto', 'bfloat16'.*got 'float64'"):
+        load_recipe(REPO / "recipes" / "demo-cpu.yaml", ["serve.dtype=float64"])
+    with pytest.raises(RecipeError, match="extract.dtype"):
+        load_recipe(REPO / "recipes" / "demo-cpu.yaml", ["extract.dtype=half"])
+    # extra_args.dtype (the raw `vllm serve --dtype`) still works alone and with an agreeing serve.dtype;
+    # two different values are refused rather than one silently winning.
+    load_recipe(REPO / "recipes" / "demo-cpu.yaml", ["serve.extra_args={dtype: float32}"])
+    load_recipe(REPO / "recipes" / "demo-cpu.yaml", ["serve.extra_args={dtype: float32}", "serve.dtype=float32"])
+    with pytest.raises(RecipeError, match="dtype 'bfloat16' and extra_args.dtype 'float32' disagree"):
+        load_recipe(REPO / "recipes" / "demo-cpu.yaml", ["serve.extra_args={dtype: float32}", "serve.dtype=bfloat16"])
+    doc = explain.find("serve.dtype")
+    assert doc is not None and doc.default == "auto" and doc.description.endswith("auto | bfloat16 | float16 | float32")
+    extract_doc = explain.find("extract.dtype")
+    assert extract_doc is not None and extract_doc.default == "null" and "serve.dtype" in extract_doc.description

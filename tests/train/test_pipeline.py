@@ -46,3 +46,17 @@ def test_extract_settings_are_not_a_recipe_change_for_a_run(tmp_path):
     again = pipeline.plan(load_recipe(ADDRESS, [f"output.root={tmp_path}", "extract.chunk_rows=50",
                                                 "extract.engine=ray"]), run_id="r", base=REPO)
     assert pipeline.prepare_run_dir(again) is True
+
+
+def test_a_run_made_before_serve_dtype_existed_reopens(tmp_path, demo_plan):
+    """serve.dtype is new: a resolved.yaml without it is the same recipe while it is auto."""
+    first = demo_plan()
+    assert pipeline.prepare_run_dir(first) is False
+    stored = first.run.resolved.read_text(encoding="utf-8")
+    assert "  dtype: auto\n" in stored
+    first.run.resolved.write_text(stored.replace("  dtype: auto\n", ""), encoding="utf-8")
+    assert pipeline.prepare_run_dir(demo_plan()) is True
+    with pytest.raises(RecipeError, match=r"different recipe:\n.*dtype: float32"):
+        pipeline.prepare_run_dir(demo_plan("serve.dtype=float32"))
+    env = (first.run.path / "env.json").read_text(encoding="utf-8")
+    assert '"native_bf16"' in env  # what the CPU offers vLLM, beside the versions

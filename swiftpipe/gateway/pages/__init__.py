@@ -18,7 +18,7 @@ def mount(app) -> None:
     from fastapi.responses import HTMLResponse, Response
 
     headers = {"Cache-Control": "no-cache", "Content-Security-Policy":
-               "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'"}
+               "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"}
 
     def page_route(filename: str):
         async def page() -> HTMLResponse:

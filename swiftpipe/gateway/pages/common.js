@@ -123,8 +123,18 @@ function renderHighlight(container, legend, text, fields, version) {
   return missing;
 }
 
-// An editable form of the answer: text inputs for strings, JSON for the rest.
-function renderForm(container, fields, version, missing) {
+// A field is doubtful when the gateway flagged it below the version's accept threshold
+// (low_confidence:<field>) or, without a threshold, when its confidence is under one half.
+const DOUBTFUL = 0.5;
+
+function isLowConfidence(name, p, flags) {
+  if ((flags || []).includes("low_confidence:" + name)) return true;
+  return typeof p === "number" && p < DOUBTFUL;
+}
+
+// An editable form of the answer: text inputs for strings, JSON for the rest; beside each field
+// the probability the model gave its value (`confidence`, none without logprobs), low ones marked.
+function renderForm(container, fields, version, missing, confidence, flags) {
   container.replaceChildren();
   const schema = (version && version.schema && version.schema.properties) || {};
   for (const name of fieldNames(fields, version)) {
@@ -137,7 +147,12 @@ function renderForm(container, fields, version, missing) {
     const note = missing.includes(name)
       ? el("span", {class: "badge missing", "data-missing": name, text: "not in the text"})
       : el("span", {});
-    container.append(el("div", {class: "form-row"}, el("label", {text: name}), input, note));
+    const p = confidence ? confidence[name] : undefined;
+    const shown = typeof p === "number"
+      ? el("span", {class: "confidence" + (isLowConfidence(name, p, flags) ? " low" : ""), "data-confidence": name,
+                    title: "the probability the model gave this value", text: p.toFixed(3)})
+      : el("span", {class: "confidence none", "data-confidence": name, title: "no confidence (no logprobs)", text: "–"});
+    container.append(el("div", {class: "form-row"}, el("label", {text: name}), input, shown, note));
   }
 }
 

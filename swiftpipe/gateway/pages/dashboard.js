@@ -61,14 +61,18 @@ async function refresh() {
       tbody.append(el("tr", {"data-version": name}, el("td", {text: name}), cell("requests", num(t.requests)),
                       cell("p50", num(t.p50_ms)), cell("p95", num(t.p95_ms)), cell("flagged", pct(t.flagged)),
                       cell("invalid_json", pct(t.invalid_json)), cell("reviewed", num(t.reviewed)),
-                      cell("reviewed_accuracy", pct(t.reviewed_accuracy))));
+                      cell("reviewed_accuracy", pct(t.reviewed_accuracy)),
+                      cell("reviewed_accuracy_ci", t.reviewed_accuracy_ci ? pct(t.reviewed_accuracy_ci[0]) + " – " +
+                           pct(t.reviewed_accuracy_ci[1]) + " (" + t.audited + " audited)" : "–"),
+                      cell("doubtful", t.doubtful_reviewed ? t.doubtful_errors + " errors in the " +
+                           t.doubtful_reviewed + " most doubtful" : "–")));
     }
     const series = (key) => names.map((name) => ({
       name, points: Object.entries(stats.versions[name].days).map(([day, d]) => ({day, y: d[key]}))}));
     chart(document.getElementById("chart-requests"), "requests per day", series("requests"), allDays, null, (v) => String(Math.round(v)));
     chart(document.getElementById("chart-latency"), "latency p95 (ms)", series("p95_ms"), allDays, null, (v) => v.toFixed(0));
     chart(document.getElementById("chart-flagged"), "flagged answers", series("flagged"), allDays, 1, pct);
-    chart(document.getElementById("chart-accuracy"), "reviewed accuracy", series("reviewed_accuracy"), allDays, 1, pct);
+    chart(document.getElementById("chart-accuracy"), "reviewed accuracy (audit sample)", series("reviewed_accuracy"), allDays, 1, pct);
     setStatus(names.length ? "" : "no requests in this period", false);
   } catch (e) { setStatus(e.message, true); }
 }

@@ -21,7 +21,10 @@ function show(answer, text) {
   renderFlags(document.getElementById("flags"), answer.flags);
   const missing = renderHighlight(document.getElementById("highlight"), document.getElementById("legend"),
                                   text, answer.fields || {}, version);
-  renderForm(document.getElementById("form"), answer.fields || {}, version, missing);
+  renderForm(document.getElementById("form"), answer.fields || {}, version, missing, answer.confidence, answer.flags);
+  document.getElementById("row-confidence").textContent =
+    answer.row_confidence === null || answer.row_confidence === undefined ? "–" : answer.row_confidence.toFixed(3);
+  document.getElementById("needs-review").hidden = !answer.needs_review;
 }
 
 async function extract() {

@@ -1,4 +1,5 @@
-// The review queue: one answer at a time, flagged ones first; a = accept, e = edit, Ctrl+Enter = save, s = skip.
+// The review queue: one answer at a time, the most doubtful first (invalid, then lowest confidence),
+// one in ten from the random audit sample (marked); a = accept, e = edit, Ctrl+Enter = save, s = skip.
 "use strict";
 
 let versions = {};
@@ -19,7 +20,8 @@ async function next() {
   try {
     const answer = await api("/v1/review/next?" + params.toString());
     document.getElementById("remaining").textContent =
-      answer.remaining.flagged + " flagged, " + answer.remaining.unflagged + " unflagged to review";
+      answer.remaining.flagged + " flagged, " + answer.remaining.unflagged + " unflagged to review (" +
+      answer.remaining.audit + " in the audit sample)";
     item = answer.request;
     document.getElementById("item").hidden = !item;
     document.getElementById("empty").hidden = !!item;
@@ -28,9 +30,12 @@ async function next() {
     document.getElementById("item-id").textContent = item.id;
     document.getElementById("item-version").textContent = item.version;
     renderFlags(document.getElementById("flags"), item.flags);
+    document.getElementById("audit").hidden = !item.audit;
+    document.getElementById("item-confidence").textContent =
+      item.row_confidence === null || item.row_confidence === undefined ? "–" : item.row_confidence.toFixed(3);
     const missing = renderHighlight(document.getElementById("highlight"), document.getElementById("legend"),
                                     item.input || "", item.fields || {}, version);
-    renderForm(document.getElementById("form"), item.fields || {}, version, missing);
+    renderForm(document.getElementById("form"), item.fields || {}, version, missing, item.confidence, item.flags);
     setStatus("", false);
   } catch (e) { setStatus(e.message, true); }
 }

@@ -74,8 +74,10 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     v2_metrics = json.loads((v2 / "eval" / "finetuned" / "metrics.json").read_text())
     assert v2_metrics["exact_match"] >= 0.9, v2_metrics
 
-    # Side by side at 50/50 on the same database; every answer reviewed.
-    gw = GatewayProcess(tmp_path, f"v1={v1}", f"v2={v2}", "--weights", "v1=50,v2=50", startup_s=600)
+    # Side by side at 50/50 on the same database; every answer reviewed, every answer in the audit
+    # sample (--audit-share 1: the accuracy estimate is over all of them).
+    gw = GatewayProcess(tmp_path, f"v1={v1}", f"v2={v2}", "--weights", "v1=50,v2=50", "--audit-share", "1",
+                        startup_s=600)
     try:
         conn = store.connect(gw.db)
         secrets = [keys.create(conn, f"client-{i}")[1] for i in range(24)]

@@ -43,7 +43,8 @@ def extract_in_playground(page, gw, version: str, text: str) -> None:
 
 
 def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot):
-    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE)
+    # no random audit sample: the queue's order is the doubt's alone (the audit sample: the next test)
+    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE, "--audit-share", "0")
     try:
         flagged = api(gw, "/v1/extract", {"text": "李四 住在上海"}).json()  # the answer is not in this text
         assert "not_in_text:name" in flagged["flags"]
@@ -100,8 +101,53 @@ def test_playground_review_and_dashboard(tmp_path, scripted, page, screenshot):
         api(gw, "/v1/extract", {"text": WAYBILL})
         page.click("#refresh")
         page.wait_for_selector(f"tr[data-version='v1'] td[data-col='requests']:has-text('{before + 1}')")
-        assert page.locator("svg#chart-accuracy circle[data-version='v1']").count() >= 1
+        # no audited review: no accuracy estimate; the doubtful reviews are counted beside it
+        assert page.locator("tr[data-version='v1'] td[data-col='reviewed_accuracy']").text_content() == "–"
+        assert page.locator("tr[data-version='v1'] td[data-col='doubtful']").text_content() == \
+            "0 errors in the 2 most doubtful"
         screenshot(page, "dashboard")
+    finally:
+        gw.stop()
+
+
+def test_confidence_in_the_playground_audit_rows_in_review_and_accuracy_with_its_interval(tmp_path, scripted, page,
+                                                                                          screenshot):
+    # every answer in the audit sample (--audit-share 1), the demo's threshold 0.9
+    gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE, "--audit-share", "1",
+                        "--accept-threshold", "0.9")
+    try:
+        extract_in_playground(page, gw, "v1", WAYBILL + " #doubt")
+        shown = {name: page.locator(f"#form [data-confidence='{name}']") for name in
+                 ("province", "city", "district", "specific_location", "name", "phone")}
+        values = {name: float(cell.text_content()) for name, cell in shown.items()}
+        assert min(values, key=values.get) == "name" and values["name"] < 0.3 and values["phone"] > 0.99
+        assert [n for n, cell in shown.items() if "low" in cell.get_attribute("class").split()] == ["name"]
+        assert page.locator("#row-confidence").text_content() == f"{values['name']:.3f}"
+        assert page.locator("#needs-review").is_visible()
+        assert page.locator("#flags [data-flag='low_confidence:name']").count() == 1
+        screenshot(page, "playground-confidence")
+
+        for i in range(3):
+            api(gw, "/v1/extract", {"text": f"{WAYBILL} 订单{i}"})
+        page.goto(gw.url + "/review")
+        page.wait_for_selector("#item-id:not(:empty)")
+        assert page.locator("#audit").is_visible() and "3 in the audit sample" in page.locator("#remaining").text_content()
+        screenshot(page, "review-audit")
+        for _ in range(4):  # confirm all four: the audit sample's accuracy is 4 of 4
+            current = page.locator("#item-id").text_content()
+            page.keyboard.press("a")
+            page.wait_for_selector(f"#done:has-text('{current}')")
+        page.wait_for_selector("#empty:not([hidden])")
+
+        page.goto(gw.url + "/dashboard")
+        accuracy = page.locator("tr[data-version='v1'] td[data-col='reviewed_accuracy']")
+        accuracy.wait_for()
+        assert accuracy.text_content() == "100.0%"
+        # Wilson 95% interval of 4 of 4
+        assert page.locator("tr[data-version='v1'] td[data-col='reviewed_accuracy_ci']").text_content() == \
+            "51.0% – 100.0% (4 audited)"
+        assert page.locator("svg#chart-accuracy circle[data-version='v1']").count() == 1
+        screenshot(page, "dashboard-audit")
     finally:
         gw.stop()
 

@@ -1,0 +1,439 @@
+"""Per-field confidence of a JSON extraction answer from the model's own sampled-token log-probs.
+
+One function (`answer_confidence`), used wherever an answer is produced: the evaluator, the
+gateway's `/v1/extract` and batch extraction (`Task.check` calls it). Pure Python.
+
+Inputs
+------
+- ``text``: the generated text (``message.content`` / ``CompletionOutput.text``), a JSON object,
+  possibly after a leading ``<think>...</think>`` block or inside a ```json fence (the same two
+  things ``swiftpipe.task.answers.parse_answer`` strips, with its regexes).
+- ``tokens``: the sampled tokens in order, each ``(piece, logprob)``; ``piece`` is the token's
+  exact bytes (preferred: from token ids, see ``token_bytes``) or a ``str`` (encoded as UTF-8:
+  what vLLM puts in ``logprobs.content[i].token``, see ``pieces_from_openai``).
+- ``fields``: the schema's top-level field names (``schema["properties"]``); None: every key of the
+  answer.
+
+Rules
+-----
+1. Everything is done in bytes. The concatenated token bytes ``B`` must contain the UTF-8 bytes
+   ``T`` of ``text``: either ``B`` starts with ``T`` (tokens after the text, such as the EOS
+   ``<|im_end|>`` that vLLM keeps in ``token_ids``/logprobs but not in the text, are ignored) or
+   ``T`` follows a think block in ``B`` (a server-side reasoning parser strips the block from the
+   content but not from the logprobs). Otherwise: ``None`` (never guess an alignment).
+2. A token with no bytes (vLLM's string form gives ``""`` to a token that ends in the middle of
+   a UTF-8 character and the whole character to the token that completes it) is attached to the
+   next token that has bytes: it is part of the same character.
+3. The answer is scanned with positions (``value_spans``): for each top-level key, the byte span
+   of its value in the generated text, extended to *what the model chose for the value*:
+     - string: the contents **and the closing quote**, not the opening quote. The opening quote is
+       fixed by the schema (``type: string``); the closing quote is the decision "the value ends
+       here" (``"北京"`` vs ``"北京市"``), so P(exact value) = P(contents) x P(closing quote).
+       Hence an empty string ``""`` still has one token (the one carrying its closing quote):
+       its confidence is the probability that the model left the field empty.
+     - number: the digits **and the next byte** (``,`` ``}`` or whitespace): the token carrying
+       it is the decision to stop the number (``1`` vs ``10``).
+     - ``true`` / ``false`` / ``null``: the literal (it ends itself).
+     - array / object: from the opening to the closing bracket, both included (the separators
+       and the closing bracket inside are choices of the model: more items or not).
+4. A token is attributed to a field when its byte range overlaps the field's span, **in full**,
+   whatever else it covers. So ``","`` (closing quote of one value + comma + opening quote of
+   the next key) belongs to the value it closes; ``":"`` (key's closing quote + colon + value's
+   opening quote) overlaps no span and is structure; ``"}`` belongs to the last value. A token
+   overlapping two spans (it would have to cover a whole key; never seen) counts for both.
+   Tokens overlapping no span (``{"``, key names, ``":"``, EOS) are excluded: under structured
+   outputs they are forced or nearly so, and they say nothing about the values.
+5. Per field, over its tokens: ``logprob`` = sum, ``prob`` = exp(sum) = the probability of the
+   exact value text as tokenized (given everything before it; a lower bound of the probability
+   of the text over all tokenizations), ``min_prob`` = the least likely token, ``geo_mean`` =
+   exp(mean logprob) (length-normalised; dilutes one bad token in a long value).
+   vLLM's logprobs are taken *after* the grammar mask (it masks the logits before the sampler
+   computes logprobs, in every `logprobs_mode`), i.e. renormalised over
+   the tokens the schema allows: a forced token has logprob 0.0.
+6. Row confidence = min over the requested fields of the chosen metric (``prob`` by default).
+   It is None when the answer is not a JSON object, logprobs are missing (None / NaN / any
+   token without one), the tokens do not align with the text, or a requested field is missing
+   from the answer or got no token (conservative: None is never auto-accepted).
+   Keys of the answer that are not requested are ignored (their tokens count in ``other``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+from swiftpipe.task.answers import FENCE, THINK_RE, reject_constant
+
+Piece = Union[bytes, str]
+
+_THINK_ONLY = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
+_JSON_WS = " \t\n\r"
+METRICS = ("prob", "min", "geo")
+# The aggregate swiftpipe reports as a field's confidence (README "Confidence": chosen by measurement,
+# bench/confidence.py; the other two are kept in evaluation records for comparison).
+METRIC = "prob"
+
+
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)  # strict_loads' rules (no NaN/Infinity)
+
+
+# ---------------------------------------------------------------- scanning the answer
+
+
+@dataclass(frozen=True)
+class Member:
+    """One top-level key of the answer: character offsets into the scanned string."""
+
+    key: str
+    value: Any
+    value_start: int  # first character of the value (the opening quote of a string)
+    value_end: int  # one past its last character (past the closing quote of a string)
+    span: tuple[int, int]  # the characters attributed to the value (rule 3), [start, end)
+
+
+def _skip_ws(s: str, i: int) -> int:
+    while i < len(s) and s[i] in _JSON_WS:
+        i += 1
+    return i
+
+
+def _span(value: Any, start: int, end: int) -> tuple[int, int]:
+    if isinstance(value, str):
+        return start + 1, end  # contents + closing quote
+    if isinstance(value, bool) or value is None:
+        return start, end
+    if isinstance(value, (int, float)):
+        return start, end + 1  # + the byte that stopped the number (always exists: `}` follows)
+    return start, end  # array / object, brackets included
+
+
+def scan_object(s: str, start: int = 0, end: Optional[int] = None) -> Optional[list[Member]]:
+    """The members of the JSON object that is exactly ``s[start:end]`` (JSON whitespace around it
+    allowed), in order; None if that is not a JSON object. Duplicate keys: all are returned
+    (``value_spans`` keeps the last, like ``json.loads``)."""
+    end = len(s) if end is None else end
+    s = s[:end]
+    try:
+        i = _skip_ws(s, start)
+        if i >= end or s[i] != "{":
+            return None
+        i = _skip_ws(s, i + 1)
+        members: list[Member] = []
+        if i < end and s[i] == "}":
+            i += 1
+        else:
+            while True:
+                if i >= end or s[i] != '"':
+                    return None
+                key, i = _DECODER.raw_decode(s, i)
+                i = _skip_ws(s, i)
+                if i >= end or s[i] != ":":
+                    return None
+                vstart = _skip_ws(s, i + 1)
+                value, vend = _DECODER.raw_decode(s, vstart)
+                members.append(Member(key, value, vstart, vend, _span(value, vstart, vend)))
+                i = _skip_ws(s, vend)
+                if i < end and s[i] == ",":
+                    i = _skip_ws(s, i + 1)
+                    continue
+                if i < end and s[i] == "}":
+                    i += 1
+                    break
+                return None
+        if _skip_ws(s, i) != end:
+            return None  # trailing garbage
+        return members
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return None
+
+
+def answer_region(text: str) -> tuple[int, int]:
+    """[start, end) character offsets of the JSON part of ``text``: after a leading think block,
+    inside a code fence (the stripping of ``parse_answer``)."""
+    start = 0
+    m = THINK_RE.match(text)
+    if m:
+        start = m.end()
+    fenced = FENCE.match(text[start:])  # `^` does not anchor at a pos argument: slice
+    if fenced:
+        return start + fenced.start(1), start + fenced.end(1)
+    return start, len(text)
+
+
+def value_spans(text: str) -> Optional[dict[str, Member]]:
+    """Top-level key -> Member (character offsets into ``text``); None if ``text`` is not a JSON
+    object (after a think block / fence). Last duplicate wins, like ``json.loads``."""
+    start, end = answer_region(text)
+    members = scan_object(text, start, end)
+    if members is None:
+        return None
+    return {m.key: m for m in members}
+
+
+# ---------------------------------------------------------------- token bytes
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (byte-level BPE: Qwen2/Qwen3, GPT-2, Llama 3)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+BYTE_ENCODER = _bytes_to_unicode()
+BYTE_DECODER = {c: b for b, c in BYTE_ENCODER.items()}
+
+
+def byte_level_piece_bytes(piece: str) -> Optional[bytes]:
+    """The bytes of a byte-level BPE vocabulary piece (``convert_ids_to_tokens`` output, e.g.
+    ``'çľģ'`` -> b'\\xe7\\x9c\\x81' = '省'); None if it is not a byte-level piece."""
+    try:
+        return bytes(BYTE_DECODER[c] for c in piece)
+    except KeyError:
+        return None
+
+
+def token_bytes(tokenizer, token_ids: Sequence[int]) -> Optional[list[bytes]]:
+    """Exact bytes of each token id for a byte-level BPE tokenizer (Qwen's): the vocabulary piece
+    mapped back through GPT-2's byte table; added tokens (``<think>``, ``<|im_end|>``) are their
+    own text. None if a piece is neither (not a byte-level tokenizer)."""
+    added = set()
+    get_added = getattr(tokenizer, "get_added_vocab", None)
+    if callable(get_added):
+        added = set(get_added())
+    out: list[bytes] = []
+    for piece in tokenizer.convert_ids_to_tokens(list(token_ids)):
+        if piece is None:
+            return None
+        if piece in added:
+            out.append(piece.encode("utf-8"))
+            continue
+        raw = byte_level_piece_bytes(piece)
+        if raw is None:
+            return None
+        out.append(raw)
+    return out
+
+
+def _get(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def pieces_from_openai(content: Optional[Sequence[Any]],
+                       id_to_bytes: Optional[Callable[[int], bytes]] = None) -> Optional[list[tuple[bytes, float]]]:
+    """(piece, logprob) from ``choice.logprobs.content`` (SDK objects or dicts; the content lists of
+    all stream chunks concatenated). Tokens in ``token_id:N`` form (``return_tokens_as_token_ids``)
+    need ``id_to_bytes``. The ``bytes`` field is not used: vLLM fills it with the UTF-8 of the
+    ``token`` string, not the token's own bytes."""
+    if content is None:
+        return None
+    out: list[tuple[bytes, float]] = []
+    for entry in content:
+        if type(entry) is dict:  # a parsed JSON body (the gateway): the fast path
+            token, logprob = entry.get("token"), entry.get("logprob")
+        else:
+            token, logprob = _get(entry, "token"), _get(entry, "logprob")
+        if token is None or logprob is None:
+            return None
+        if token.startswith("token_id:") and token[9:].isdigit():
+            if id_to_bytes is None:
+                return None
+            out.append((id_to_bytes(int(token[9:])), logprob))
+        else:
+            out.append((token.encode("utf-8"), logprob))
+    return out
+
+
+def pieces_from_vllm(output: Any, tokenizer) -> Optional[list[tuple[bytes, float]]]:
+    """(piece, logprob) from a vLLM ``CompletionOutput`` generated with ``SamplingParams(logprobs=0)``:
+    the sampled token's logprob at each position (``list[dict[id, Logprob]]`` or ``FlatLogprobs``,
+    where the sampled token is the first entry of each position) and its exact bytes."""
+    ids = list(getattr(output, "token_ids", None) or [])
+    lps = getattr(output, "logprobs", None)
+    if lps is None or len(lps) != len(ids):
+        return None
+    values: list[float] = []
+    flat = all(hasattr(lps, a) for a in ("start_indices", "end_indices", "logprobs", "token_ids"))
+    for i, tid in enumerate(ids):
+        if flat:
+            k = lps.start_indices[i]
+            if k >= lps.end_indices[i] or lps.token_ids[k] != tid:
+                return None
+            values.append(lps.logprobs[k])
+        else:
+            entry = lps[i].get(tid) if lps[i] else None
+            if entry is None:
+                return None
+            values.append(entry.logprob)
+    pieces = token_bytes(tokenizer, ids)
+    if pieces is None:
+        return None
+    return list(zip(pieces, values))
+
+
+# ---------------------------------------------------------------- confidence
+
+
+@dataclass(frozen=True)
+class FieldScore:
+    tokens: int  # tokens attributed to the value
+    logprob: float  # their summed logprob
+    prob: float  # exp(logprob): probability of the exact value (as tokenized)
+    min_prob: float  # least likely token
+    geo_mean: float  # exp(logprob / tokens)
+    span: tuple[int, int]  # byte span of the value in ``text`` (rule 3), [start, end)
+
+    def metric(self, name: str) -> float:
+        return {"prob": self.prob, "min": self.min_prob, "geo": self.geo_mean}[name]
+
+
+@dataclass(frozen=True)
+class Confidence:
+    fields: dict[str, Optional[FieldScore]]  # requested field -> score (None: missing / no token)
+    row: Optional[float]  # min over fields of `metric`; None when any field is None
+    metric: str = "prob"
+    other_tokens: int = 0  # tokens of the answer attributed to no requested field (structure)
+    other_logprob: float = 0.0
+    offset: int = 0  # where ``text`` starts in the token bytes (a think block before it)
+
+    def values(self, metric: Optional[str] = None) -> dict[str, Optional[float]]:
+        """{field: confidence} by `metric` (default: this one's), rounded to 4 places; None for a
+        field that is missing from the answer or got no token."""
+        name = metric or self.metric
+        return {field: None if score is None else round(score.metric(name), 4) for field, score in self.fields.items()}
+
+    def row_value(self, metric: Optional[str] = None) -> Optional[float]:
+        """The row's confidence by `metric`: the least confident field; None when any field has none."""
+        values = self.values(metric)
+        if not values or any(v is None for v in values.values()):
+            return None
+        return min(v for v in values.values() if v is not None)
+
+
+def _clean_logprob(lp: Any) -> Optional[float]:
+    if isinstance(lp, bool) or not isinstance(lp, (int, float)):
+        return None
+    lp = float(lp)
+    if math.isnan(lp) or lp == math.inf:
+        return None
+    return min(lp, 0.0)  # -inf / vLLM's -9999.0 floor stay; float noise above 0 is clipped
+
+
+def _align(pieces: list[bytes], text_bytes: bytes) -> Optional[int]:
+    joined = b"".join(pieces)
+    if joined.startswith(text_bytes):
+        return 0
+    p = joined.find(text_bytes)
+    if p > 0 and _THINK_ONLY.fullmatch(joined[:p].decode("utf-8", errors="replace")):
+        return p
+    return None
+
+
+def _byte_offset(text: str, index: int, ascii_text: bool) -> int:
+    """Byte offset of character ``index`` of ``text`` in its UTF-8 encoding."""
+    return index if ascii_text else len(text[:index].encode("utf-8"))
+
+
+def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece, Any]]],
+                      fields: Optional[Sequence[str]] = None, *, metric: str = METRIC) -> Optional[Confidence]:
+    """Per-field and row confidence of one answer (module docstring: the rules); None when the
+    answer is not a JSON object, logprobs are missing, or tokens and text do not align."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
+    if text is None or tokens is None:
+        return None
+    members = value_spans(text)
+    if members is None:
+        return None
+    pieces: list[bytes] = []
+    logprobs: list[float] = []
+    for piece, lp in tokens:
+        if type(lp) is not float or not lp <= 0.0:  # the usual case in one test; else _clean_logprob's rules
+            lp = _clean_logprob(lp)
+            if lp is None:
+                return None
+        if piece is None:
+            return None
+        pieces.append(piece.encode("utf-8") if isinstance(piece, str) else bytes(piece))
+        logprobs.append(lp)
+    try:
+        text_bytes = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: not text a model produced
+        return None
+    offset = _align(pieces, text_bytes)
+    if offset is None:
+        return None
+
+    ascii_text = len(text_bytes) == len(text)
+    names = list(fields) if fields is not None else list(members)
+    spans: dict[str, tuple[int, int]] = {}
+    for name in names:
+        m = members.get(name)
+        if m is not None:
+            spans[name] = (_byte_offset(text, m.span[0], ascii_text), _byte_offset(text, m.span[1], ascii_text))
+    region = answer_region(text)
+    region_bytes = (_byte_offset(text, region[0], ascii_text), _byte_offset(text, region[1], ascii_text))
+    # Spans of distinct top-level members never overlap: sorted by start, one sweep over the tokens.
+    ordered = sorted(spans.items(), key=lambda item: item[1])
+    sums = {n: 0.0 for n in spans}
+    mins = {n: 0.0 for n in spans}
+    counts = {n: 0 for n in spans}
+    other_n, other_lp = 0, 0.0
+    first = 0  # the first span that may still overlap a token (tokens come in text order)
+    pos = -offset  # byte range of the next token in text coordinates
+    pending: list[float] = []  # logprobs of empty tokens: they take the next token's range (rule 2)
+    for piece, lp in zip(pieces, logprobs):
+        if not piece:
+            pending.append(lp)
+            continue
+        a, b = pos, pos + len(piece)
+        pos = b
+        group = (*pending, lp) if pending else (lp,)
+        pending = []
+        while first < len(ordered) and ordered[first][1][1] <= a:
+            first += 1
+        hit = False
+        k = first
+        while k < len(ordered) and ordered[k][1][0] < b:
+            name = ordered[k][0]
+            hit = True
+            for value in group:
+                sums[name] += value
+                mins[name] = value if counts[name] == 0 else min(mins[name], value)
+                counts[name] += 1
+            k += 1
+        if not hit and a < region_bytes[1] and b > region_bytes[0]:
+            other_n += len(group)
+            other_lp += sum(group)
+    # empty tokens at the very end have no next token: an empty range, attributed to nothing
+
+    scores: dict[str, Optional[FieldScore]] = {}
+    for name in names:
+        if name not in spans or counts[name] == 0:
+            scores[name] = None
+            continue
+        n, total = counts[name], sums[name]
+        scores[name] = FieldScore(tokens=n, logprob=total, prob=math.exp(total), min_prob=math.exp(mins[name]),
+                                  geo_mean=math.exp(total / n), span=spans[name])
+    if names and all(s is not None for s in scores.values()):
+        row: Optional[float] = min(s.metric(metric) for s in scores.values() if s is not None)
+    else:
+        row = None
+    return Confidence(fields=scores, row=row, metric=metric, other_tokens=other_n, other_logprob=other_lp,
+                      offset=offset)
+
+
+def row_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece, Any]]],
+                   fields: Optional[Sequence[str]] = None, *, metric: str = METRIC) -> Optional[float]:
+    """Just the row confidence (min over fields), or None."""
+    result = answer_confidence(text, tokens, fields, metric=metric)
+    return None if result is None else result.row

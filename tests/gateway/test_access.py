@@ -1,0 +1,238 @@
+"""Who may see what, in-process: every endpoint × every kind of caller, reviews nobody can poison,
+bodies refused before they are read, the chat allow-list, texts a database cannot hold, what the
+request log keeps, a locked log, and the headers every response carries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+
+import pytest
+
+from tests.gateway.conftest import in_process
+from tests.helpers import KEY
+
+pytestmark = pytest.mark.anyio
+
+WAYBILL = "张三 13800000000 浙江省杭州市西湖区文三路100号"
+CALLERS = ("none", "client", "reviewer", "admin", "expired", "revoked")
+
+
+def matrix_expected() -> dict[str, dict[str, int]]:
+    """The documented status of each endpoint for each caller (this machine, no proxy)."""
+    key_only = {"none": 401, "expired": 401, "revoked": 401}
+    client = {**key_only, "client": 200, "reviewer": 200, "admin": 200}
+    reviewer = {**key_only, "client": 403, "reviewer": 200, "admin": 200}
+    admin = {**key_only, "client": 403, "reviewer": 403, "admin": 200}
+    public = {c: 200 for c in CALLERS}
+    return {"POST /v1/extract": client, "POST /v1/chat/completions": client, "GET /v1/models": client,
+            "GET /v1/requests/own": client, "GET /v1/requests/other": {**client, "client": 404},
+            "GET /v1/review/next": reviewer, "POST /v1/feedback": reviewer, "GET /v1/stats": reviewer,
+            "GET /openapi.json": admin, "GET /": public, "GET /static/common.js": public,
+            "GET /health": public, "GET /metrics": public}
+
+
+async def test_every_endpoint_for_every_caller(tmp_path):
+    async with in_process(tmp_path) as gw:
+        own = {c: (await gw.post("/v1/extract", {"text": WAYBILL}, key=gw.keys[c])).json()["id"]
+               for c in ("client", "reviewer", "admin")}
+        other = (await gw.post("/v1/extract", {"text": WAYBILL}, key=gw.keys["other"])).json()["id"]
+        statuses: dict[str, dict[str, int]] = {}
+        for endpoint in matrix_expected():
+            method, path = endpoint.split(" ")
+            for caller in CALLERS:
+                key = None if caller == "none" else gw.keys[caller]
+                target = path.replace("own", own.get(caller, other)).replace("other", other)
+                if method == "POST":
+                    body = {"/v1/extract": {"text": WAYBILL},
+                            "/v1/chat/completions": {"messages": [{"role": "user", "content": WAYBILL}]},
+                            "/v1/feedback": {"id": other, "verdict": "correct"}}[path]
+                    response = await gw.post(target, body, key=key)
+                else:
+                    response = await gw.get(target, key=key)
+                statuses.setdefault(endpoint, {})[caller] = response.status_code
+                if response.status_code == 403:
+                    error = response.json()["error"]
+                    assert error["type"] == "permission_error" and error["role_needed"] in error["message"]
+        assert statuses == matrix_expected()
+        # The refusals of a wrong role are logged with the key's id and no text.
+        refused = [r for r in gw.rows().values() if r["status"] == 403]
+        assert refused and all(r["key_id"] and r["input"] is None for r in refused)
+        assert {r["endpoint"] for r in refused} == {"/v1/review/next", "/v1/feedback", "/v1/stats", "/openapi.json"}
+
+
+async def test_a_client_key_reads_no_text_of_others(tmp_path):
+    async with in_process(tmp_path) as gw:
+        ids = [(await gw.post("/v1/extract", {"text": f"{WAYBILL} {i}"}, key=gw.keys["other"])).json()["id"]
+               for i in range(5)]
+        seen = []
+        for request_id in [*ids, "req_0", "req_" + ids[0][4:-1] + "0"]:  # its ids, and guesses
+            response = await gw.get(f"/v1/requests/{request_id}", key=gw.keys["client"])
+            assert response.status_code == 404  # not 403: whether the request exists is not told
+            seen.append(response.text)
+        walk = [await gw.get("/v1/review/next?exclude=" + ",".join(ids[:i]), key=gw.keys["client"]) for i in range(3)]
+        assert {r.status_code for r in walk} == {403}
+        assert not [t for t in seen + [r.text for r in walk] if "张三" in t or "13800000000" in t]
+        models = (await gw.get("/v1/models", key=gw.keys["client"])).json()["data"]
+        assert "source" not in models[0] and (await gw.get("/v1/models")).json()["data"][0]["source"] == "scripted:v1"
+
+
+async def test_from_another_host_or_through_a_proxy_metrics_and_health_details_need_admin(tmp_path):
+    async with in_process(tmp_path, client=("10.1.2.3", 40000)) as gw:
+        assert (await gw.client.get("/metrics")).status_code == 401
+        assert (await gw.get("/metrics", key=gw.keys["reviewer"])).status_code == 403
+        assert (await gw.get("/metrics")).status_code == 200
+        assert (await gw.get("/health", key=gw.keys["client"])).json() == {"status": "ok"}
+        assert (await gw.get("/health")).json()["versions"]["v1"]["state"] == "up"
+    async with in_process(tmp_path / "proxied") as gw:  # loopback, but forwarded by a proxy on this machine
+        proxied = await gw.client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert proxied.status_code == 401
+        assert (await gw.client.get("/metrics")).status_code == 200
+
+
+async def test_expired_and_revoked_keys_say_so(tmp_path):
+    async with in_process(tmp_path) as gw:
+        expired = (await gw.post("/v1/extract", {"text": "a"}, key=gw.keys["expired"])).json()["error"]
+        assert "expired on" in expired["message"] and "keys rotate" in expired["message"]
+        revoked = (await gw.post("/v1/extract", {"text": "a"}, key=gw.keys["revoked"])).json()["error"]
+        assert revoked["message"] == "invalid or revoked API key"
+
+
+async def test_reviews_nobody_can_poison(tmp_path):
+    async with in_process(tmp_path) as gw:
+        answered = (await gw.post("/v1/extract", {"text": WAYBILL}, key=gw.keys["client"])).json()["id"]
+        refused = (await gw.post("/v1/extract", {"text": "x" * 9000}, key=gw.keys["client"])).json()["error"]["id"]
+        unknown_version = (await gw.post("/v1/extract", {"text": "x", "model": "v9"})).json()["error"]["id"]
+        reviewer = gw.keys["reviewer"]
+        assert (await gw.post("/v1/feedback", {"id": answered, "verdict": "correct"}, key=gw.keys["client"])).status_code == 403
+        for request_id in (refused, unknown_version):
+            response = await gw.post("/v1/feedback", {"id": request_id, "fields": {"backdoor": "TRIGGER"}}, key=reviewer)
+            assert response.status_code == 400 and "was not answered" in response.json()["error"]["message"]
+        off = await gw.post("/v1/feedback", {"id": answered, "fields": {"backdoor": "TRIGGER"}}, key=reviewer)
+        assert off.status_code == 400 and "fields not in the schema: backdoor" in off.json()["error"]["message"]
+        assert (await gw.post("/v1/feedback", {"id": "req_nope", "verdict": "correct"}, key=reviewer)).status_code == 404
+        ok = await gw.post("/v1/feedback", {"id": answered, "verdict": "correct"}, key=reviewer)
+        assert ok.status_code == 200
+        conn = sqlite3.connect(gw.db)
+        rows = conn.execute("SELECT request_id, key_id FROM feedback").fetchall()
+        reviewer_id = conn.execute("SELECT id FROM keys WHERE name = 'reviewer'").fetchone()[0]
+        conn.close()
+        assert rows == [(answered, reviewer_id)]  # one review, and it names its reviewer
+
+
+async def test_bodies_over_the_limit_are_refused_while_they_stream(tmp_path):
+    async def chunks(total: int, size: int = 1 << 20):
+        sent = 0
+        while sent < total:
+            yield b"x" * size
+            sent += size
+
+    async with in_process(tmp_path) as gw:
+        unauthenticated = await gw.client.post("/v1/extract", content=chunks(16 << 20),
+                                               headers={"Content-Type": "application/json"})
+        assert unauthenticated.status_code == 401 and unauthenticated.headers["connection"] == "close"
+        streamed = await gw.client.post("/v1/extract", content=chunks(16 << 20),
+                                        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+        assert streamed.status_code == 413 and "over 8388608 bytes" in streamed.json()["error"]["message"]
+        assert 'swiftpipe_rejected_total{status="413"} 1.0' in (await gw.client.get("/metrics")).text
+
+
+async def test_the_chat_pass_through_allows_only_its_list(tmp_path):
+    async with in_process(tmp_path) as gw:
+        messages = [{"role": "user", "content": WAYBILL}]
+        for extra, named in (({"n": 64}, "'n' must be 1"), ({"best_of": 64}, "'best_of'"),
+                             ({"prompt_logprobs": 5}, "'prompt_logprobs'"), ({"kv_transfer_params": {}}, "'kv_transfer_params'"),
+                             ({"max_tokens": 100_000_000}, "'max_tokens' must be an integer from 1 to 256"),
+                             ({"chat_template_kwargs": {"enable_thinking": False, "x": 1}}, "chat_template_kwargs")):
+            response = await gw.post("/v1/chat/completions", {"messages": messages, **extra})
+            assert response.status_code == 400, (extra, response.text)
+            assert named in response.json()["error"]["message"], response.json()
+        assert gw.upstreams["v1"].asked.count("/v1/chat/completions") == 0  # none of them reached the model
+        fine = await gw.post("/v1/chat/completions", {"messages": messages, "max_tokens": 64, "temperature": 0, "n": 1,
+                                                       "seed": 1, "chat_template_kwargs": {"enable_thinking": False}})
+        assert fine.status_code == 200, fine.text
+
+
+async def test_texts_a_database_cannot_hold_are_refused_with_a_row(tmp_path):
+    async with in_process(tmp_path) as gw:
+        cases = [("/v1/extract", {"text": "张三\x00李四"}, 400, "'text' has a NUL character at position 2"),
+                 ("/v1/extract", {"text": "张三\ud800"}, 400, "'text' has a lone surrogate (U+D800) at position 2"),
+                 ("/v1/extract", {"text": "张三", "model": "v\udc80"}, 400, "'model' has a lone surrogate"),
+                 ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a\x00"}]}, 400,
+                  "messages[0].content has a NUL")]
+        for path, body, status, message in cases:
+            response = await gw.post(path, json.dumps(body).encode())  # as JSON escapes: the text reaches the gateway
+            assert response.status_code == status, (body, response.text)
+            error = response.json()["error"]
+            assert message in error["message"], error
+            assert gw.rows()[error["id"]]["status"] == status
+        bad_utf8 = await gw.post("/v1/extract", b'{"text": "\xff\xfe"}')
+        assert bad_utf8.status_code == 422, bad_utf8.text
+        error = bad_utf8.json()["error"]
+        assert "not UTF-8 JSON" in error["message"] and gw.rows()[error["id"]]["status"] == 422
+
+
+@pytest.mark.parametrize("content", ["none", "redacted"])
+async def test_what_the_log_keeps_of_texts(tmp_path, content):
+    secret = "收件人欧阳娜娜 电话13912345678 邮箱nana@example.com 身份证110101199003077777 文三路100号"
+    async with in_process(tmp_path, content=content) as gw:
+        answer = (await gw.post("/v1/extract", {"text": secret})).json()
+        assert answer["valid"] is True  # the client gets its answer in every mode
+        row = gw.rows()[answer["id"]]
+        queue = (await gw.get("/v1/review/next")).json()
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("gateway.sqlite"))
+    if content == "none":
+        assert row["input"] is None and row["output"] is None and row["fields"] is None and row["valid"] == 1
+        assert secret.encode() not in stored and "欧阳娜娜".encode() not in stored and b"13912345678" not in stored
+        assert queue["request"] is None and "--log-content none" in queue["reason"]
+    else:
+        assert "13912345678" not in row["input"] and "nana@example.com" not in row["input"] and "欧阳娜娜" in row["input"]
+        assert not re.search(r"\d{7}", row["input"] + (row["output"] or "") + (row["fields"] or ""))
+        assert b"13912345678" not in stored and b"110101199003077777" not in stored
+    assert row["content"] == content and row["flags"] is not None
+
+
+async def test_a_locked_log_fails_fast_says_so_once_and_recovers(tmp_path, capfd):
+    async with in_process(tmp_path, log_wait_s=1.0) as gw:
+        assert (await gw.post("/v1/extract", {"text": WAYBILL})).status_code == 200
+        # another process takes the database; it waits (up to 30 s) for the gateway's own writer, which may
+        # still be committing the first request's row and its rollups when the response arrives
+        locker = sqlite3.connect(gw.db, timeout=30)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            asked = len(gw.upstreams["v1"].asked)
+            first = await gw.post("/v1/extract", {"text": WAYBILL})
+            assert first.status_code == 503 and first.headers["Retry-After"] == "2"
+            assert "the request was not answered" in first.json()["error"]["message"]
+            later = [await gw.post("/v1/extract", {"text": WAYBILL}) for _ in range(3)]
+            assert {r.status_code for r in later} == {503}
+            assert all("nothing was done" in r.json()["error"]["message"] for r in later)
+            assert len(gw.upstreams["v1"].asked) == asked + 1  # the later ones never reached the model
+        finally:
+            locker.rollback()
+            locker.close()
+
+        for _ in range(50):  # recovery without a restart: within a few seconds of the lock's release
+            if (await gw.post("/v1/extract", {"text": WAYBILL})).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the gateway did not recover after the lock was released")
+        metrics = (await gw.client.get("/metrics")).text
+        failures = float(re.search(r"^swiftpipe_request_log_failures_total (\S+)$", metrics, re.M).group(1))
+        assert failures >= 4
+    lines = [line for line in capfd.readouterr().err.splitlines() if "request log" in line and "unavailable" in line]
+    assert len(lines) == 1, lines  # one line, not one per request
+
+
+async def test_every_response_says_nosniff_no_frames_no_referrer(tmp_path):
+    async with in_process(tmp_path) as gw:
+        for response in (await gw.post("/v1/extract", {"text": WAYBILL}), await gw.client.get("/"),
+                         await gw.post("/v1/extract", {"text": "a"}, key=None)):
+            headers = response.headers
+            assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+            assert headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in headers["content-security-policy"]
+            assert "strict-transport-security" not in headers  # plain HTTP here; HTTPS adds HSTS
+        assert (await gw.get("/docs")).status_code == 404  # no Swagger page: its scripts would come from a CDN
