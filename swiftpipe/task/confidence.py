@@ -59,8 +59,11 @@ Rules
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -228,6 +231,22 @@ def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
+def _plain_pieces(content: Sequence[Any]) -> Optional[list[tuple[bytes, float]]]:
+    """`pieces_from_openai` for the common case, in bulk: dicts with a string token (none in
+    `token_id:N` form) and a logprob each; None for anything else (then read one by one)."""
+    try:
+        tokens = list(map(_TOKEN, content))
+        logprobs = list(map(_LOGPROB, content))
+    except (KeyError, TypeError):
+        return None
+    if set(map(type, tokens)) != {str} or None in logprobs or "token_id:" in "\0".join(tokens):
+        return None  # (no tokens at all, a missing value, or ids instead of text)
+    return list(zip(map(str.encode, tokens), logprobs))
+
+
+_TOKEN, _LOGPROB = operator.itemgetter("token"), operator.itemgetter("logprob")
+
+
 def pieces_from_openai(content: Optional[Sequence[Any]],
                        id_to_bytes: Optional[Callable[[int], bytes]] = None) -> Optional[list[tuple[bytes, float]]]:
     """(piece, logprob) from ``choice.logprobs.content`` (SDK objects or dicts; the content lists of
@@ -236,9 +255,15 @@ def pieces_from_openai(content: Optional[Sequence[Any]],
     ``token`` string, not the token's own bytes."""
     if content is None:
         return None
+    fast = _plain_pieces(content)
+    if fast is not None:
+        return fast
     out: list[tuple[bytes, float]] = []
     for entry in content:
-        token, logprob = _get(entry, "token"), _get(entry, "logprob")
+        if type(entry) is dict:  # the gateway's parsed JSON: the common case, read directly
+            token, logprob = entry.get("token"), entry.get("logprob")
+        else:
+            token, logprob = _get(entry, "token"), _get(entry, "logprob")
         if token is None or logprob is None:
             return None
         if token.startswith("token_id:") and token[9:].isdigit():
@@ -317,6 +342,8 @@ class Confidence:
 
 
 def _clean_logprob(lp: Any) -> Optional[float]:
+    if type(lp) is float and -math.inf < lp <= 0.0:  # the common case (NaN fails the comparison)
+        return lp
     if isinstance(lp, bool) or not isinstance(lp, (int, float)):
         return None
     lp = float(lp)
@@ -335,16 +362,6 @@ def _align(pieces: list[bytes], text_bytes: bytes) -> Optional[int]:
     return None
 
 
-def _byte_offsets(text: str) -> list[int]:
-    """Byte offset of each character index of ``text`` (len(text) + 1 entries)."""
-    offsets = [0]
-    total = 0
-    for ch in text:
-        total += len(ch.encode("utf-8"))
-        offsets.append(total)
-    return offsets
-
-
 def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece, Any]]],
                       fields: Optional[Sequence[str]] = None, *, metric: str = METRIC) -> Optional[Confidence]:
     """Per-field and row confidence of one answer (module docstring: the rules); None when the
@@ -356,14 +373,20 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     members = value_spans(text)
     if members is None:
         return None
-    pieces: list[bytes] = []
-    logprobs: list[float] = []
-    for piece, lp in tokens:
-        clean = _clean_logprob(lp)
-        if clean is None or piece is None:
+    toks = tokens if isinstance(tokens, list) else list(tokens)
+    given: list[Any] = [p for p, _ in toks]
+    if set(map(type, given)) != {bytes}:
+        if any(p is None for p in given):
             return None
-        pieces.append(piece.encode("utf-8") if isinstance(piece, str) else bytes(piece))
-        logprobs.append(clean)
+        given = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in given]
+    pieces: list[bytes] = given
+    logprobs: list[float] = [lp for _, lp in toks]
+    # Plain floats <= 0 and no NaN (a NaN makes the sum NaN): as they are; else clean each (rare).
+    if not (set(map(type, logprobs)) == {float} and max(logprobs) <= 0.0 and not math.isnan(sum(logprobs))):
+        cleaned = [_clean_logprob(lp) for lp in logprobs]
+        if any(lp is None for lp in cleaned):
+            return None
+        logprobs = [lp for lp in cleaned if lp is not None]
     try:
         text_bytes = text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: not text a model produced
@@ -372,50 +395,46 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     if offset is None:
         return None
 
-    # Byte range of every token in text coordinates; empty tokens take the next token's range.
-    ranges: list[tuple[int, int]] = [(0, 0)] * len(pieces)
-    pos = -offset
-    pending: list[int] = []
-    for i, piece in enumerate(pieces):
-        if not piece:
-            pending.append(i)
-            continue
-        r = (pos, pos + len(piece))
-        for j in pending + [i]:
-            ranges[j] = r
-        pending = []
-        pos += len(piece)
-    # empty tokens at the very end have no next token: an empty range, attributed to nothing
-    for j in pending:
-        ranges[j] = (pos, pos)
+    # Byte range [starts[i], ends[i]) of every token in text coordinates; empty tokens take the
+    # next token's range (rule 2), empty tokens at the very end an empty range past the text.
+    # Both lists are non-decreasing, so the tokens overlapping a span are one run, found by bisection.
+    lengths = [len(p) for p in pieces]
+    ends = [e - offset for e in itertools.accumulate(lengths)]
+    starts = [e - n for e, n in zip(ends, lengths)]
+    if 0 in lengths:
+        nxt = ends[-1] if ends else 0
+        nxt_range = (nxt, nxt)
+        for i in range(len(pieces) - 1, -1, -1):
+            if lengths[i]:
+                nxt_range = (starts[i], ends[i])
+            else:
+                starts[i], ends[i] = nxt_range
 
-    byte_at = _byte_offsets(text)
+    def run(a: int, b: int) -> tuple[int, int]:
+        """The tokens overlapping bytes [a, b): indexes [lo, hi)."""
+        return bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)
+
     names = list(fields) if fields is not None else list(members)
+    chars = sorted({c for name in names if name in members for c in members[name].span})
+    region = answer_region(text)
+    chars = sorted(set(chars) | set(region))
+    byte_at = {c: len(text[:c].encode("utf-8")) for c in chars}  # only where spans start and end
     spans: dict[str, tuple[int, int]] = {}
     for name in names:
         m = members.get(name)
         if m is not None:
             spans[name] = (byte_at[m.span[0]], byte_at[m.span[1]])
-
-    region = answer_region(text)
-    region_bytes = (byte_at[region[0]], byte_at[region[1]])
-    sums = {n: 0.0 for n in spans}
-    mins = {n: 0.0 for n in spans}
-    counts = {n: 0 for n in spans}
-    other_n, other_lp = 0, 0.0
-    for (a, b), lp in zip(ranges, logprobs):
-        if b <= a:
-            continue  # an empty token at the very end (after the text): nothing to attribute
-        hit = False
-        for name, (s, e) in spans.items():
-            if a < e and b > s:
-                hit = True
-                sums[name] += lp
-                mins[name] = lp if counts[name] == 0 else min(mins[name], lp)
-                counts[name] += 1
-        if not hit and a < region_bytes[1] and b > region_bytes[0]:
-            other_n += 1
-            other_lp += lp
+    runs = {name: run(*span) for name, span in spans.items()}
+    sums = {n: sum(logprobs[lo:hi]) for n, (lo, hi) in runs.items()}
+    mins = {n: min(logprobs[lo:hi]) if hi > lo else 0.0 for n, (lo, hi) in runs.items()}
+    counts = {n: max(hi - lo, 0) for n, (lo, hi) in runs.items()}
+    # Tokens of the answer's region that no requested field took (structure).
+    hit = [False] * len(pieces)
+    for lo, hi in runs.values():
+        hit[lo:hi] = [True] * max(hi - lo, 0)
+    rlo, rhi = run(byte_at[region[0]], byte_at[region[1]])
+    other = [logprobs[i] for i in range(rlo, rhi) if not hit[i]]
+    other_n, other_lp = len(other), sum(other)
 
     scores: dict[str, Optional[FieldScore]] = {}
     for name in names:
