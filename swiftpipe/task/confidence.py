@@ -260,7 +260,7 @@ def pieces_from_openai(content: Optional[Sequence[Any]],
         return fast
     out: list[tuple[bytes, float]] = []
     for entry in content:
-        if type(entry) is dict:  # the gateway's parsed JSON: the common case, read directly
+        if type(entry) is dict:  # a parsed JSON body (the gateway): the fast path
             token, logprob = entry.get("token"), entry.get("logprob")
         else:
             token, logprob = _get(entry, "token"), _get(entry, "logprob")
@@ -362,6 +362,11 @@ def _align(pieces: list[bytes], text_bytes: bytes) -> Optional[int]:
     return None
 
 
+def _byte_offset(text: str, index: int, ascii_text: bool) -> int:
+    """Byte offset of character ``index`` of ``text`` in its UTF-8 encoding."""
+    return index if ascii_text else len(text[:index].encode("utf-8"))
+
+
 def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece, Any]]],
                       fields: Optional[Sequence[str]] = None, *, metric: str = METRIC) -> Optional[Confidence]:
     """Per-field and row confidence of one answer (module docstring: the rules); None when the
@@ -415,10 +420,10 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
         return bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)
 
     names = list(fields) if fields is not None else list(members)
-    chars = sorted({c for name in names if name in members for c in members[name].span})
     region = answer_region(text)
-    chars = sorted(set(chars) | set(region))
-    byte_at = {c: len(text[:c].encode("utf-8")) for c in chars}  # only where spans start and end
+    chars = {c for name in names if name in members for c in members[name].span} | set(region)
+    ascii_text = len(text_bytes) == len(text)
+    byte_at = {c: _byte_offset(text, c, ascii_text) for c in chars}  # only where spans start and end
     spans: dict[str, tuple[int, int]] = {}
     for name in names:
         m = members.get(name)

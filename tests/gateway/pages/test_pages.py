@@ -120,7 +120,7 @@ def test_confidence_in_the_playground_audit_rows_in_review_and_accuracy_with_its
         shown = {name: page.locator(f"#form [data-confidence='{name}']") for name in
                  ("province", "city", "district", "specific_location", "name", "phone")}
         values = {name: float(cell.text_content()) for name, cell in shown.items()}
-        assert min(values, key=values.get) == "name" and values["name"] < 0.2 and values["phone"] > 0.99
+        assert min(values, key=values.get) == "name" and values["name"] < 0.3 and values["phone"] > 0.99
         assert [n for n, cell in shown.items() if "low" in cell.get_attribute("class").split()] == ["name"]
         assert page.locator("#row-confidence").text_content() == f"{values['name']:.3f}"
         assert page.locator("#needs-review").is_visible()
