@@ -14,7 +14,7 @@ it misbehave the way real servers do:
     #nan        content with NaN (not JSON)      #deep       a body nested 100,000 levels
     #stallstream a stream that stalls for 10 s after its first event
     #ner        a CLUENER answer: {type: [entities]} (张三 a name, 浙江省杭州市 an address, 西湖 a scene)
-    #doubt      the answer's `name` generated with low token probabilities (0.5 per token)
+    #doubt      the answer's `name` generated with low token probabilities (0.2 per token)
     #nologprobs no `logprobs` in the answer, even when asked (a server that does not support them)
 
 Its usage says 32 of the 50 prompt tokens came from the prefix cache (`prompt_tokens_details`, as
@@ -47,7 +47,7 @@ def _user_text(body: dict) -> str:
     return ""
 
 
-SURE, DOUBTFUL = math.log(0.9995), math.log(0.5)  # a token's logprob, and a planted doubtful token's
+SURE, DOUBTFUL = math.log(0.9995), math.log(0.2)  # a token's logprob, and a planted doubtful token's
 
 
 def token_logprobs(content: str, doubtful: str = "") -> list[dict]:

@@ -131,12 +131,12 @@ def test_confidence_in_the_playground_audit_rows_in_review_and_accuracy_with_its
             api(gw, "/v1/extract", {"text": f"{WAYBILL} 订单{i}"})
         page.goto(gw.url + "/review")
         page.wait_for_selector("#item-id:not(:empty)")
-        assert page.locator("#audit").is_visible() and "3 in the audit sample" in page.locator("#remaining").text_content()
+        assert page.locator("#audit").is_visible() and "(4 in the audit sample)" in page.locator("#remaining").text_content()
         screenshot(page, "review-audit")
         for _ in range(4):  # confirm all four: the audit sample's accuracy is 4 of 4
             current = page.locator("#item-id").text_content()
             page.keyboard.press("a")
-            page.wait_for_selector(f"#done:has-text('{current}')")
+            page.wait_for_selector(f"#done:has-text('{current}')", state="attached")  # hidden once none is left
         page.wait_for_selector("#empty:not([hidden])")
 
         page.goto(gw.url + "/dashboard")
