@@ -7,7 +7,10 @@ OUT holds:
   model; a rerun with other settings is refused instead of mixing two extractions;
 - `chunks.jsonl`: where each chunk starts in the input (see `inputs`);
 - `part-NNNNNN.parquet|jsonl`: a finished chunk (see `parts`);
-- `summary.json`: rows, valid %, flag and error counts, speed, versions.
+- `summary.json`: rows, valid %, flag and error counts, speed, versions; this run's distinct texts,
+  model calls, cache hits and the prefix-cached share of prompt tokens;
+- `.results.sqlite`: the answers by (model, task, text), unless `--cache DIR` keeps them there
+  (`results`): each distinct text is asked once.
 """
 
 from __future__ import annotations
