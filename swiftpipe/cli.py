@@ -295,9 +295,12 @@ def requests(db: str, flagged: bool, version: Optional[str], since: Optional[str
                    "the threshold the run's eval calibrated).")
 @click.option("--no-confidence", is_flag=True,
               help="Ask for no token logprobs: the confidence column stays null, needs_review uses flags only.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Result cache directory shared across runs: a text this model and task answered before is not "
+                   "asked again (default: OUT/.results.sqlite, this output only).")
 def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_field, fmt, no_text, retry_errors,
             served_name, ray_address, replicas, chunk_rows, batch_size, concurrency, dtype, accept_threshold,
-            no_confidence) -> None:
+            no_confidence, cache) -> None:
     """Extract JSON from every text of INPUT (JSONL, CSV, Parquet; a file, directory or glob) into OUT.
 
     \b
@@ -305,7 +308,8 @@ def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_fi
     swiftpipe extract 'data/*.parquet' --out out/ --model runs/address/<id> --engine ray --replicas 4
     swiftpipe extract texts.csv --out out/ --base-url http://127.0.0.1:8000/v1 --recipe R --format jsonl
 
-    Resumable: rerun the same command after a crash; finished chunks are kept.
+    Resumable: rerun the same command after a crash; finished chunks are kept. Each distinct text
+    is asked once; with --cache DIR, once across runs too.
     """
     from swiftpipe.extract.commands import extract_command
 
@@ -313,7 +317,7 @@ def extract(input_spec, out, model, engine, base_urls, recipe, text_field, id_fi
                     text_field=text_field, id_field=id_field, fmt=fmt, no_text=no_text, retry_errors=retry_errors,
                     served_name=served_name, ray_address=ray_address, replicas=replicas, chunk_rows=chunk_rows,
                     batch_size=batch_size, concurrency=concurrency, dtype=dtype, accept_threshold=accept_threshold,
-                    confidence=not no_confidence)
+                    confidence=not no_confidence, cache=cache)
 
 
 @cli.command("eval")

