@@ -56,6 +56,19 @@ def run_cli(*args: str, cwd: Path = REPO, env: Optional[dict] = None, timeout: f
                           timeout=timeout)
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer machine; under CI a missing tool is a failure, never a silent skip."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (a closed port, for 'connection refused', too)."""
     with socket.socket() as sock:
