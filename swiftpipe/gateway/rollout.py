@@ -15,7 +15,7 @@ import time
 from typing import Optional
 
 from swiftpipe.gateway import store
-from swiftpipe.gateway.db import Connection
+from swiftpipe.gateway.db import Connection, dialect
 
 
 class RolloutError(store.StoreError):
@@ -95,6 +95,7 @@ def register(conn: Connection, versions: list[tuple[str, str]], weights: Optiona
     now = time.time()
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        dialect(conn).lock_key(conn, "versions")  # replicas starting at once: one after the other
         conn.execute("DELETE FROM versions")
         conn.executemany("INSERT INTO versions (name, position, weight, model, updated) VALUES (?, ?, ?, ?, ?)",
                          [(name, i, new[name], model, now) for i, (name, model) in enumerate(versions)])

@@ -169,7 +169,11 @@ def ensure_key(conn, db: Any) -> Optional[Path]:
         if found is None:  # a new SWIFTPIPE_API_KEY replaces the earlier one
             for old in [k for k in keys.listing(conn) if k["name"] == "env" and not k["revoked"]]:
                 keys.revoke(conn, old["id"])
-            keys.create(conn, "env", key=env_key, role="admin")
+            try:
+                keys.create(conn, "env", key=env_key, role="admin")
+            except store.StoreError:  # another replica, starting at the same moment, registered it
+                if keys.find(conn, env_key) is None:
+                    raise
         elif found.revoked is not None or found.expired():
             console.warn("SWIFTPIPE_API_KEY is a revoked or expired key of this database: requests with it get 401")
         return None
