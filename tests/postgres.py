@@ -52,10 +52,17 @@ class Server:
         self.port = free_port()
         self._names = itertools.count()
         self._run([initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-        self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-t", "60",
-                   "-o", f"-p {self.port} -k {self.dir} {SERVER_SETTINGS}", "start"])
+        self.start()
         self.admin_url = self.url("postgres")
         self._make_template()
+
+    def start(self) -> None:
+        self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w", "-t", "60",
+                   "-o", f"-p {self.port} -k {self.dir} {SERVER_SETTINGS}", "start"])
+
+    def halt(self) -> None:
+        """Stop the server at once (as a crash would), keeping its data: `start()` brings it back."""
+        self._run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"])
 
     def _run(self, argv: list[str]) -> None:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120, user=self.user, cwd=self.dir)

@@ -208,7 +208,7 @@ class InProcess:
 async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tuple[str, ...] = (),
                      timeout: float = 2.0, retries: int = 1, client: tuple[str, int] = ("127.0.0.1", 50000),
                      delay_ms: float = 0, content: str = "full", log_wait_s: float = 2.0,
-                     audit_share: float = 0.0) -> AsyncIterator[InProcess]:
+                     audit_share: float = 0.0, db: Optional[Any] = None) -> AsyncIterator[InProcess]:
     """The demo recipe's task on every version; `up` answered by the scripted upstream, `down` refused.
     No answer joins the review queue's random audit sample unless `audit_share` says so (determinism)."""
     task = task_of(load_recipe(DEMO_RECIPE).recipe, REPO)
@@ -217,7 +217,8 @@ async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tup
                 for name in names]
     routes: dict[str, httpx2.AsyncBaseTransport] = {n: StreamingASGI(make_app("scripted", delay_ms)) for n in up}
     routes.update({n: Down() for n in down})
-    db = _store["server"].new_database() if _store["server"] else tmp_path / "gateway.sqlite"
+    if db is None:
+        db = _store["server"].new_database() if _store["server"] else tmp_path / "gateway.sqlite"
     conn = store.connect(db)
     keys.create(conn, "tests", key=KEY, role="admin")
     secrets = {"admin": KEY}

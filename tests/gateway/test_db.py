@@ -152,3 +152,43 @@ def test_db_upgrade_says_what_it_applied(tmp_path, pg_url):
     assert f"schema version 1 -> {store.SCHEMA_VERSION}" in out.stdout and "applied 5: per-key rate windows" in out.stdout
     fresh = run_cli("db", "upgrade", "--db", pg_url, cwd=tmp_path)
     assert fresh.returncode == 0 and f"schema version {store.SCHEMA_VERSION}, up to date" in fresh.stdout
+
+
+@pytest.mark.anyio
+@pytest.mark.sqlite_only  # not the matrix: a PostgreSQL server of its own, stopped and started again
+async def test_a_postgresql_outage_fails_fast_loses_nothing_answered_and_recovers(tmp_path):
+    import asyncio
+
+    from tests.gateway.conftest import in_process
+    from tests.helpers import skip_or_fail
+    from tests.postgres import Server
+
+    try:
+        own = Server()
+    except Exception as exc:  # noqa: BLE001
+        skip_or_fail(f"no PostgreSQL server for the tests: {exc}")
+    text = {"text": "张三 13800000000 浙江省杭州市西湖区文三路100号"}
+    try:
+        async with in_process(tmp_path, db=own.new_database(), log_wait_s=1.0) as gw:
+            first = await gw.post("/v1/extract", text)
+            assert first.status_code == 200
+            own.halt()
+            started = time.monotonic()
+            down = await gw.post("/v1/extract", text)
+            assert down.status_code == 503 and down.headers["Retry-After"] == "2"
+            assert time.monotonic() - started < 2.5
+            refused = [await gw.post("/v1/extract", text) for _ in range(3)]
+            assert {r.status_code for r in refused} == {503}
+            own.start()
+            for _ in range(100):  # back within a few seconds, no restart
+                back = await gw.post("/v1/extract", text)
+                if back.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the gateway did not recover once PostgreSQL was back")
+            rows = gw.rows()
+            assert first.json()["id"] in rows and back.json()["id"] in rows
+            assert down.json()["error"]["id"] not in rows  # a 503 was never answered, and is not logged as if
+    finally:
+        own.stop()
