@@ -192,13 +192,15 @@ class Gateway:
             asyncio.get_running_loop().run_in_executor(None, self._prune, self.keep_days)
 
     def _prune(self, keep_days: float) -> None:
-        conn = store.connect(self.db)  # its own connection, in a worker thread: a long DELETE blocks no request
+        conn = None
         try:
+            conn = store.connect(self.db)  # its own connection, in a worker thread: a long DELETE blocks no request
             store.prune(conn, keep_days)
-        except Exception as exc:  # noqa: BLE001 - a locked file: pruned an hour later
+        except Exception as exc:  # noqa: BLE001 - a locked file, a database down: pruned an hour later
             self.say_once_a_minute("prune", f"could not prune the request log ({type(exc).__name__}: {exc})")
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -107,7 +107,7 @@ def _log_with_reviews(path: Path) -> None:
     conn.close()
 
 
-def test_db_copy_moves_a_log_with_reviews_and_every_view_agrees(tmp_path, pg_url):
+def test_db_copy_moves_a_log_with_reviews_and_every_view_agrees(tmp_path, pg_url, capsys):
     source = tmp_path / "serve.sqlite"
     _log_with_reviews(source)
     url = f"sqlite:///{source.name}"  # relative to cwd, as a user would write it
@@ -117,21 +117,28 @@ def test_db_copy_moves_a_log_with_reviews_and_every_view_agrees(tmp_path, pg_url
     again = run_cli("db", "copy", "--from", url, "--to", pg_url, cwd=tmp_path)
     assert again.returncode != 0 and "already holds 40 requests" in again.stderr + again.stdout
 
-    views = (["requests", "--format", "csv"], ["requests", "--format", "jsonl", "--flagged"],
-             ["requests", "--compare", "--format", "jsonl"], ["requests", "--compare", "v1", "--since", "1d"],
-             ["data", "corrections", "--out", "OUT", "--holdout", "0.25", "--holdout-out", "HELD"])
-    for view in views:
+    from swiftpipe.data.corrections import corrections_command
+    from swiftpipe.gateway.request_log import show
+
+    # What `requests` and `data corrections` print (and write), called as the CLI calls them.
+    views = {"csv": lambda db, tag: show(db, flagged=False, version=None, since=None, fmt="csv", limit=None),
+             "flagged": lambda db, tag: show(db, flagged=True, version=None, since=None, fmt="jsonl", limit=None),
+             "compare": lambda db, tag: show(db, flagged=False, version=None, since=None, fmt="jsonl", limit=None,
+                                             compare=True),
+             "compare-1d": lambda db, tag: show(db, flagged=False, version=None, since="1d", fmt="table", limit=None,
+                                                compare=True, compare_versions=["v1"]),
+             "corrections": lambda db, tag: corrections_command(
+                 db, str(tmp_path / f"{tag}.jsonl"), version=None, since=None, holdout=0.25,
+                 holdout_out=str(tmp_path / f"{tag}-held.jsonl"), seed=0)}
+    for name, view in views.items():
         outputs = []
-        for where in (url, pg_url):
-            tag = "pg" if where == pg_url else "sqlite"
-            args = [a.replace("OUT", f"{tag}.jsonl").replace("HELD", f"{tag}-held.jsonl") for a in view]
-            out = run_cli(*args, "--db", where, cwd=tmp_path)
-            assert out.returncode == 0, (view, out.stderr)
-            files = [(tmp_path / a).read_text() for a in args if a.endswith(".jsonl")]
-            outputs.append((out.stdout.replace(f"{tag}-held.jsonl", "H").replace(f"{tag}.jsonl", "O")
-                            .replace(where, "DB"), files))
-        assert outputs[0] == outputs[1], view
-        assert outputs[0][0].strip()
+        for db_, tag in ((str(source), "sqlite"), (pg_url, "pg")):
+            view(db_, tag)
+            printed = capsys.readouterr().out.replace(str(tmp_path / f"{tag}-held.jsonl"), "H")
+            files = [(tmp_path / f).read_text() for f in (f"{tag}.jsonl", f"{tag}-held.jsonl") if (tmp_path / f).exists()]
+            outputs.append((printed.replace(str(tmp_path / f"{tag}.jsonl"), "O"), files))
+        assert outputs[0] == outputs[1], name
+        assert outputs[0][0].strip(), name
     corrections = (tmp_path / "pg.jsonl").read_text().splitlines()
     assert len(corrections) == 7 and "李四" in "".join(corrections)
 
