@@ -154,6 +154,10 @@ class Dialect:
     def lock_key(self, conn: Connection, key: str) -> None:
         """Serialise transactions about `key` until commit (SQLite's BEGIN IMMEDIATE serialises all writers)."""
 
+    def relaxed_commit(self, conn: Connection) -> None:
+        """This transaction's commit need not wait for the disk (what it writes may be lost in a crash of the
+        database server: SQLite's WAL with synchronous=NORMAL is like that already)."""
+
     def columns(self, conn: Connection, table: str) -> set[str]:
         return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
@@ -175,6 +179,9 @@ class PgDialect(Dialect):
 
     def lock_key(self, conn: Connection, key: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (key,))
+
+    def relaxed_commit(self, conn: Connection) -> None:
+        conn.execute("SET LOCAL synchronous_commit TO OFF")
 
     def columns(self, conn: Connection, table: str) -> set[str]:
         return {row[0] for row in conn.execute(
