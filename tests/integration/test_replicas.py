@@ -110,16 +110,34 @@ def test_two_replicas_on_postgresql_are_one_service(tmp_path, scripted, pg_url):
             gw.stop(signal.SIGKILL)
 
 
-def test_workers_share_one_address_and_stop_together(tmp_path, scripted, pg_url):
+def test_workers_share_one_address_and_stop_together(tmp_path, scripted, gateway_db):
+    """`serve --workers 2` on a SQLite file and on PostgreSQL: one rate window, one stop."""
     gw = GatewayProcess(tmp_path, "--upstream", f"v1={scripted}", "--recipe", DEMO_RECIPE, "--workers", "2",
-                        db=pg_url)
+                        db=gateway_db)
     try:
         assert "2 gateway workers (pids" in gw.output()
         pids = [int(p) for p in re.search(r"pids ([\d, ]+)\)", gw.output()).group(1).split(", ")]
-        limited = _secret(run_cli("keys", "create", "--db", pg_url, "--name", "w", "--rpm", "10", cwd=tmp_path))
+        limited = _secret(run_cli("keys", "create", "--db", str(gateway_db), "--name", "w", "--rpm", "10",
+                                  cwd=tmp_path))
         codes = [_extract(gw.url, limited).status_code for _ in range(16)]  # new connections: both workers
         assert codes.count(200) == 10 and codes.count(429) == 6
         assert len(gw.rows()) == 10  # refused before their bodies (429): not logged
+        # Both workers answered (each has its own metrics, told apart by when its counters were created),
+        # and between them they let 10 through and refused 6: one shared window, not one each.
+        seen: dict[str, tuple[float, float]] = {}
+        for _ in range(60):
+            text = httpx.get(gw.url + "/metrics", timeout=30).text
+            created = re.search(r'^swiftpipe_requests_created\{[^}]*status="200"[^}]*\} (\S+)$', text, re.M)
+            if created is None:  # a worker that has answered nothing yet
+                continue
+            answered = sum(float(v) for v in re.findall(r'^swiftpipe_requests_total\{[^}]*status="200"[^}]*\} (\S+)$',
+                                                         text, re.M))
+            refused = re.search(r'^swiftpipe_rejected_total\{status="429"\} (\S+)$', text, re.M)
+            seen[created.group(1)] = (answered, float(refused.group(1)) if refused else 0.0)
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2, "one worker answered every request"
+        assert sum(a for a, _ in seen.values()) == 10 and sum(r for _, r in seen.values()) == 6, seen
     finally:
         assert gw.stop(signal.SIGTERM) == 0
     for pid in pids:  # every worker is gone with the supervisor
