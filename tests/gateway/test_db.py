@@ -199,3 +199,43 @@ async def test_a_postgresql_outage_fails_fast_loses_nothing_answered_and_recover
             assert down.json()["error"]["id"] not in rows  # a 503 was never answered, and is not logged as if
     finally:
         own.stop()
+
+
+def test_many_writers_at_once_neither_deadlock_nor_miscount(gateway_db):
+    """Replicas' log writers committing at once: every batch goes in, the rollups count every row."""
+    import random
+
+    store.connect(gateway_db).close()
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        conn = store.connect(gateway_db, busy_ms=10_000)
+        try:
+            for b in range(25):
+                rows = [store.request_row(id=f"req_{seed}_{b}_{i}", ts=time.time() - rng.choice([0, 86400, 2 * 86400]),
+                                          version=rng.choice(["v1", "v2", "v3"]), endpoint="extract",
+                                          flags=rng.sample(["empty:a", "empty:b", "invalid_json", "not_in_text:c"],
+                                                           rng.randint(0, 3)),
+                                          latency_ms=rng.uniform(1, 500), status=200) for i in range(rng.randint(1, 20))]
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    store.insert_requests(conn, rows)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    conn = store.connect(gateway_db)
+    logged = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+    counted = conn.execute("SELECT sum(requests) FROM request_days").fetchone()[0]
+    flags = conn.execute("SELECT sum(n) FROM request_day_flags").fetchone()[0]
+    rows = conn.execute("SELECT flags FROM requests").fetchall()
+    conn.close()
+    assert logged == counted > 0 and flags == sum(len(set(json.loads(r[0]))) for r in rows)
