@@ -14,6 +14,10 @@ of a unix time, a JSON list's items, a substring test, the greater of two values
 Errors keep the DB-API vocabulary of `sqlite3` (OperationalError: the database, for now, retried;
 IntegrityError: a row), so callers catch one set of exceptions whatever the store.
 
+Statements a connection repeats are prepared on the server (psycopg's default: a group commit of
+32 rows took 6-7 ms instead of 10-11 here); behind PgBouncer in transaction mode that needs
+PgBouncer >= 1.21 with `max_prepared_statements` set.
+
 A password belongs in `PGPASSWORD` or `~/.pgpass` (libpq reads both), not in the URL: the URL is
 shown in messages (with any password masked) and would be visible in `ps`.
 """
@@ -337,7 +341,7 @@ class PgConnection:
         psycopg = _errors()
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout_s,
-                                   row_factory=_row_factory, prepare_threshold=None)
+                                   row_factory=_row_factory)
         except psycopg.Error as exc:
             raise _translate(exc) from None
         _exact_numbers(conn)
