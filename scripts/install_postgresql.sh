@@ -31,13 +31,13 @@ if ! command -v apt-get >/dev/null 2>&1; then
   printf 'install_postgresql: no PostgreSQL server binaries (initdb, pg_ctl) and no apt-get to install them.\n%s\n' "$fix" >&2
   exit 1
 fi
-if [ "$(id -u)" = 0 ]; then
-  as_root=()
-elif command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
+as_root=()  # root, or sudo that asks no password
+if [ "$(id -u)" != 0 ]; then
+  if ! sudo -n true >/dev/null 2>&1; then
+    printf 'install_postgresql: PostgreSQL is not installed, and installing it needs root.\n%s\n' "$fix" >&2
+    exit 1
+  fi
   as_root=(sudo -n)
-else
-  printf 'install_postgresql: PostgreSQL is not installed, and installing it needs root.\n%s\n' "$fix" >&2
-  exit 1
 fi
 echo "install_postgresql: installing Debian's postgresql package (apt-get)" >&2
 export DEBIAN_FRONTEND=noninteractive
