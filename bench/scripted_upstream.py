@@ -14,12 +14,12 @@ it misbehave the way real servers do:
     #nan        content with NaN (not JSON)      #deep       a body nested 100,000 levels
     #stallstream a stream that stalls for 10 s after its first event
     #ner        a CLUENER answer: {type: [entities]} (张三 a name, 浙江省杭州市 an address, 西湖 a scene)
-    #doubt      the answer's `name` generated with low token probabilities (0.5 per token)
+    #doubt      the answer's `name` generated with low token probabilities (0.2 per token)
     #nologprobs no `logprobs` in the answer, even when asked (a server that does not support them)
 
 Asked for `logprobs: true`, it returns `choices[0].logprobs.content` as vLLM does: one entry per
-generated token (here: per character of the answer), each with its logprob (0.9995 per token,
-except where #doubt plants a doubtful value).
+generated token (here: two characters of the answer a token), each with its logprob (0.9995 per
+token, except where #doubt plants a doubtful value).
 
 A raw ASGI app on uvicorn (no framework), so it is not the bottleneck.
 """
@@ -43,19 +43,26 @@ def _user_text(body: dict) -> str:
     return ""
 
 
-SURE, DOUBTFUL = math.log(0.9995), math.log(0.5)  # a token's logprob, and a planted doubtful token's
+SURE, DOUBTFUL = math.log(0.9995), math.log(0.2)  # a token's logprob, and a planted doubtful token's
 
 
 def token_logprobs(content: str, doubtful: str = "") -> list[dict]:
-    """vLLM's `logprobs.content` for `content`, a token per character; the characters of the value
-    `doubtful` (its first occurrence as a JSON string, with its closing quote) get DOUBTFUL."""
-    low: set[int] = set()
+    """vLLM's `logprobs.content` for `content`, two characters a token (about what Qwen's vocabulary
+    makes of such an answer); the tokens overlapping the value `doubtful` (its first occurrence as a
+    JSON string, with its closing quote) get DOUBTFUL."""
+    low = range(0)
     if doubtful:
-        start = content.find(json.dumps(doubtful, ensure_ascii=False))
+        quoted = json.dumps(doubtful, ensure_ascii=False)
+        start = content.find(quoted)
         if start >= 0:
-            low = set(range(start + 1, start + len(json.dumps(doubtful, ensure_ascii=False))))
-    return [{"token": ch, "logprob": DOUBTFUL if i in low else SURE, "bytes": list(ch.encode()), "top_logprobs": []}
-            for i, ch in enumerate(content)]
+            low = range(start + 1, start + len(quoted))
+    out = []
+    for at in range(0, len(content), 2):
+        piece = content[at:at + 2]
+        doubtful_piece = any(i in low for i in range(at, at + len(piece)))
+        out.append({"token": piece, "logprob": DOUBTFUL if doubtful_piece else SURE, "bytes": list(piece.encode()),
+                    "top_logprobs": []})
+    return out
 
 
 def _completion(model: str, content: str, logprobs: list[dict] | None = None) -> dict:

@@ -79,7 +79,9 @@ def label(inputs: Optional[str], out: Optional[str], base_url: Optional[str], mo
         raise click.UsageError("labelling needs INPUT, --out, --base-url and --model (or use --check FILE)")
     schema = jsonl.read_json(schema_file) if schema_file else (data.json_schema() if data else None)
     task = Task(system_prompt=system_prompt or (data.system_prompt if data else None), schema=schema,
-                max_tokens=max_tokens, verbatim_fields=fields)
+                max_tokens=max_tokens, verbatim_fields=fields,
+                confidence=False)  # a teacher's labels are reviewed by their checks, not its logprobs (and
+    # hosted teachers do not all accept logprobs beside a json_schema response_format)
     endpoint = client.Endpoint(base_url, model, os.environ.get("OPENAI_API_KEY", "EMPTY"))
     console.resume_hint(f"rerun the same `swiftpipe data label` command: the answers received so far are cached in "
                         f"{lab.Paths(Path(out)).cache} and not asked again")

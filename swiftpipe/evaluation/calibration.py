@@ -17,6 +17,7 @@ from fractions import Fraction
 from typing import Any, Callable, Optional, Sequence
 
 from swiftpipe.core.stats import percentile
+from swiftpipe.task.confidence import METRIC, METRICS
 
 
 def _check(scores: Sequence[Optional[float]], labels: Sequence[bool]) -> None:
@@ -249,7 +250,8 @@ def bootstrap_ci(values: Sequence[float], stat: Optional[Callable[[Sequence[floa
 
 # ---------------------------------------------------------------- an evaluation's calibration
 
-AGGREGATES = ("prob", "min", "geo")  # swiftpipe.task.confidence.METRICS: P(exact value), least token, geometric mean
+# P(exact value), least likely token, geometric mean (swiftpipe.task.confidence.METRICS); METRIC: the one kept
+AGGREGATES = METRICS
 
 
 def _rounded(x: Optional[float]) -> Optional[float]:
@@ -283,12 +285,12 @@ def confidence_metrics(records: Sequence[dict], accept_target: float) -> Optiona
             entry[aggregate] = _rounded(auroc(scores, hits))
             pooled[aggregate][0].extend(scores)
             pooled[aggregate][1].extend(hits)
-        fields[name] = {"auroc": entry["prob"], "auroc_by_aggregate": entry}
+        fields[name] = {"auroc": entry[METRIC], "auroc_by_aggregate": entry}
     table = reliability_table(rows, exact)
     found = bootstrap_threshold(rows, exact, accept_target)
     th = found.threshold
     return {
-        "aggregate": "prob",
+        "aggregate": METRIC,
         "rows_scored": sum(1 for v in rows if v is not None),
         "auroc": _rounded(auroc(rows, exact)),
         "auroc_by_aggregate": {a: _rounded(auroc(row_by(a), exact)) for a in AGGREGATES},
@@ -298,7 +300,7 @@ def confidence_metrics(records: Sequence[dict], accept_target: float) -> Optiona
                          "accuracy": _rounded(b.accuracy)} for b in table],
         "ece": _rounded(expected_calibration_error(table)),
         "accept_target": accept_target,
-        "accept_threshold": _rounded(th.threshold) if th else None,
+        "accept_threshold": float(f"{th.threshold:.4g}") if th else None,  # significant digits: can be 1e-9
         "coverage": _rounded(th.coverage) if th else None,
         "accepted": th.accepted if th else 0,
         "accepted_exact_match": _rounded(th.accuracy) if th else None,

@@ -11,6 +11,8 @@ from typing import Optional, Sequence
 from swiftpipe.evaluation.calibration import mcnemar_exact
 
 RELIABILITY_PNG = "reliability.png"  # beside report.md
+AGGREGATE_WORDS = {"min": "the probability of the least likely", "prob": "the product (P(exact value)) of the probabilities",
+                   "geo": "the geometric mean of the probabilities"}
 
 
 def headline(metrics: dict) -> str:
@@ -69,8 +71,8 @@ def calibration_section(conf: Optional[dict], figure: Optional[str]) -> list[str
     by = conf["auroc_by_aggregate"]
     fields_by = conf["field_auroc_by_aggregate"]
     lines += [
-        f"Row confidence = the least confident field; a field's confidence = the probability the model gave its "
-        f"exact value ({conf['aggregate']}). {conf['rows_scored']} of the rows have one.",
+        f"A field's confidence = {AGGREGATE_WORDS.get(conf['aggregate'], conf['aggregate'])} of the tokens of its "
+        f"value; row confidence = the least confident field. {conf['rows_scored']} of the rows have one.",
         "",
         f"- **{accept_sentence(conf)}**; {conf['accepted']} rows accepted. Intervals: percentile bootstrap over "
         f"the test rows ({conf['resamples']} resamples, the threshold held fixed): with few test rows they are wide, "
@@ -81,7 +83,7 @@ def calibration_section(conf: Optional[dict], figure: Optional[str]) -> list[str
         f"minimum {_num(fields_by['min'])}, geometric mean {_num(fields_by['geo'])}.",
         f"- expected calibration error: {_num(conf['ece'])}",
         "",
-        "| field | AUROC (product) | minimum token | geometric mean |", "|---|---|---|---|",
+        "| field | AUROC: product | minimum token | geometric mean |", "|---|---|---|---|",
     ]
     for name, entry in conf["fields"].items():
         a = entry["auroc_by_aggregate"]

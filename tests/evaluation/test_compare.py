@@ -13,6 +13,9 @@ def test_compare_lists_flips_params_and_writes_png(tmp_path, make_run):
     done = run_cli("compare", str(a), str(b), "--out-dir", str(tmp_path / "cmp"))
     assert done.returncode == 0, done.stderr
     assert "Flipped examples: 2 (1 right only in B, 1 right only in A)" in done.stdout
+    # 1 fixed, 1 broken: the exact McNemar test says this is no evidence either way
+    assert "B fixes 1, breaks 1: exact McNemar test on the flips: p = 1; a difference this small can be chance" \
+        in done.stdout
     assert "| lora.rank | 8 | 16 |" in done.stdout and "| exact match | 50.0% | 50.0% | +0.0 pt |" in done.stdout
     png = (tmp_path / "cmp" / "compare.png").read_bytes()
     assert png[:4] == b"\x89PNG" and len(png) > 10_000

@@ -9,7 +9,27 @@ from types import SimpleNamespace
 import pytest
 
 from swiftpipe.task import confidence as C
-from swiftpipe.task.confidence import answer_confidence, row_confidence, value_spans
+from swiftpipe.task.confidence import value_spans
+
+
+# The attribution tests below state the row as the least probable field value (the product): the
+# aggregate is a parameter; the default the measurement chose (METRIC) has a test of its own.
+def answer_confidence(*args, metric="prob", **kwargs):
+    return C.answer_confidence(*args, metric=metric, **kwargs)
+
+
+def row_confidence(*args, metric="prob", **kwargs):
+    return C.row_confidence(*args, metric=metric, **kwargs)
+
+
+def test_the_default_aggregate_is_the_least_likely_token():
+    text = '{"a":"xy","b":"z"}'
+    toks = [('{"', 0.0), ("a", 0.0), ('":"', 0.0), ("x", -0.1), ("y", -0.2), ('","', -0.3), ("b", 0.0),
+            ('":"', 0.0), ("z", -0.05), ('"}', -0.05)]
+    r = C.answer_confidence(text, toks, ["a", "b"])
+    assert C.METRIC == "min" and r.metric == "min"
+    assert r.values() == {"a": round(math.exp(-0.3), 4), "b": round(math.exp(-0.05), 4)}
+    assert r.row == pytest.approx(math.exp(-0.3)) and r.row_value() == round(math.exp(-0.3), 4)
 
 
 def stream(pieces, lps=None, default=-0.1):
@@ -244,7 +264,14 @@ def test_cross_character_token_in_string_form_fails_safe():
     pieces = [b'{"', b"a", b'":"', SHENG[:2], SHENG[2:] + JING[:1], JING[1:], b'"}']
     assert answer_confidence(text, stream(pieces), ["a"]).fields["a"].tokens == 4  # exact bytes: fine
     strings = ["{\"", "a", "\":\"", "", "", "\ufffd京", "\"}"]  # vLLM 0.32's corrected tokens for this case
-    assert answer_confidence(text, [(s, -0.1) for s in strings], ["a"]) is None
+    # rule 1b: the U+FFFD stands for 省; the two empty tokens before it go with it (rule 2)
+    by_str = answer_confidence(text, [(s, -0.1) for s in strings], ["a"])
+    assert by_str.fields["a"].tokens == 4 and by_str.fields["a"].logprob == pytest.approx(-0.4)
+    # one U+FFFD for several characters (a garbled answer), as few as the rest allows
+    many = answer_confidence('{"a":"软醆丫的"}', [(s, -0.1) for s in ['{"', "a", '":"', "软\ufffd的", '"}']], ["a"])
+    assert many.fields["a"].tokens == 2
+    # and a token that spells something else is still refused
+    assert answer_confidence(text, [(s, -0.1) for s in ["{\"", "a", "\":\"", "\ufffd西", "\"}"]], ["a"]) is None
 
 
 def test_random_cuts_property():

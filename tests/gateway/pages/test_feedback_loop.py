@@ -44,20 +44,23 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     jsonl.write_raw_lines(seen, lines[:8])
     jsonl.write_raw_lines(unseen, lines[8:])
     unseen_rows = rows[8:]
-    common = [f"output.root={tmp_path / 'runs'}", f"model.id={tiny_model_dir}", f"data.test={unseen}",
-              "eval.compare_base=false"]
+    # No eval stage: what each version gets right is read from its answers through the gateway (one
+    # vLLM start per version instead of two; the eval stage has tests of its own).
+    common = [f"output.root={tmp_path / 'runs'}", f"model.id={tiny_model_dir}", "eval.enabled=false"]
 
     # v1: trained on the first half; wrong on the second.
     run("run", str(REPO / "recipes" / "demo-cpu.yaml"), *common, f"data.train={seen}", "--run-id", "v1", cwd=tmp_path)
     v1 = tmp_path / "runs" / "demo-cpu" / "v1"
-    v1_metrics = json.loads((v1 / "eval" / "finetuned" / "metrics.json").read_text())
-    assert v1_metrics["exact_match"] <= 0.25, v1_metrics
 
     # Served, its answers to the second half reviewed and corrected through the API.
     gw = GatewayProcess(tmp_path, f"v1={v1}", startup_s=600)
     try:
+        v1_right = 0
         for row in unseen_rows:
-            review(gw, post(gw, "/v1/extract", {"text": row.user}), row.answer)
+            answer = post(gw, "/v1/extract", {"text": row.user})
+            v1_right += answer["fields"] == row.answer
+            review(gw, answer, row.answer)
+        assert v1_right <= 2, f"v1 got {v1_right} of {len(unseen_rows)} unseen rows right"
     finally:
         assert gw.stop() == 0
     out = run("data", "corrections", "--db", str(gw.db), "--out", str(tmp_path / "corrections.jsonl"), cwd=tmp_path)
@@ -71,8 +74,6 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     run("run", str(REPO / "recipes" / "demo-cpu.yaml"), *common,
         f"data.train=[{seen},{tmp_path / 'corrections.jsonl'}]", "--run-id", "v2", cwd=tmp_path)
     v2 = tmp_path / "runs" / "demo-cpu" / "v2"
-    v2_metrics = json.loads((v2 / "eval" / "finetuned" / "metrics.json").read_text())
-    assert v2_metrics["exact_match"] >= 0.9, v2_metrics
 
     # Side by side at 50/50 on the same database; every answer reviewed, every answer in the audit
     # sample (--audit-share 1: the accuracy estimate is over all of them).
@@ -83,12 +84,15 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
         secrets = [keys.create(conn, f"client-{i}")[1] for i in range(24)]
         conn.close()
         served = {"v1": 0, "v2": 0}
+        right = {"v1": 0, "v2": 0}
         for i, secret in enumerate(secrets):
             row = unseen_rows[i % len(unseen_rows)]
             answer = post(gw, "/v1/extract", {"text": row.user}, key=secret)
             served[answer["version"]] += 1
+            right[answer["version"]] += answer["fields"] == row.answer
             review(gw, answer, row.answer)
         assert served["v1"] >= 4 and served["v2"] >= 4, served
+        assert right["v2"] >= 0.9 * served["v2"], (right, served)  # v2 is right on the second half
         stats = httpx.get(gw.url + "/v1/stats", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
         totals = {name: v["total"] for name, v in stats["versions"].items()}
         assert totals["v2"]["reviewed_accuracy"] >= 0.9 > 0.5 >= totals["v1"]["reviewed_accuracy"], totals
