@@ -26,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from swiftpipe.core.dtype import cpu_bf16  # noqa: E402
 from swiftpipe.core.stats import percentile  # noqa: E402
 from swiftpipe.gateway import stats, store  # noqa: E402
 from swiftpipe.gateway.request_log import compare_table  # noqa: E402
@@ -120,13 +121,7 @@ def main() -> None:
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return cpu_bf16().cpu or platform.processor()
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ logs in a temporary directory, or --work), and sends the same --requests extract
   gateway-extract  {"text": ...} through the gateway's /v1/extract.
 
 For each: requests/s and the client's per-request latency p50/p95 (and the gateway's own logged
-latency_ms); for the gateway ways the ratio to direct requests/s and the added p50/p95 in ms. Then
-it checks that nothing was lost: the gateway's `requests` table has one row per gateway request
-sent (warm-up included) and holds every id the gateway returned; non-200 answers are counted.
-Exits 1 when a check fails. Prints the JSON result (machine, settings, numbers) and a summary;
---out FILE writes the JSON too.
+latency_ms), and for the gateway ways the CPU time its process used per request (user + system
+from /proc, all threads: what one gateway core can pass is 1000 / that many requests/s), the ratio
+to direct requests/s and the added p50/p95 in ms. Then it checks that nothing was lost: the
+gateway's `requests` table has one row per gateway request sent (warm-up included) and holds
+every id the gateway returned; non-200 answers are counted. Exits 1 when a check fails. Prints
+the JSON result (machine, settings, numbers) and a summary; --out FILE writes the JSON too.
 
 Client, gateway and upstream share this machine's cores: on a small machine the numbers include
 that contention (compare runs on the same machine only). With --rounds > 1 the three ways
@@ -71,6 +72,7 @@ class Mode:
     headers: dict[str, str]
     bodies: list[bytes]  # request i sends bodies[i % len(bodies)]
     gateway: bool
+    cpu_group: Optional[int] = None  # process group whose CPU time is counted (the gateway's)
 
 
 @dataclass
@@ -83,10 +85,29 @@ class Outcome:
     errors: Counter = field(default_factory=Counter)  # no HTTP answer at all (connection, timeout)
     ids: list[str] = field(default_factory=list)  # request ids the gateway returned (200s)
     id_mismatches: int = 0  # body id != X-Request-Id header
+    cpu_s: Optional[float] = None  # CPU seconds (user + system) the gateway's processes used during the pass
 
     @property
     def sent(self) -> int:
         return sum(self.statuses.values()) + sum(self.errors.values())
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group `pgid` (the gateway and
+    its guard), from /proc (Linux), all threads included."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(12) stime(13)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def rounded(value: Optional[float], digits: int = 2) -> Optional[float]:
@@ -126,9 +147,12 @@ async def run_pass(http, mode: Mode, count: int, concurrency: int, timeout: floa
             if response.headers.get("x-request-id") != rid:
                 out.id_mismatches += 1
 
+    cpu_before = group_cpu_s(mode.cpu_group) if mode.cpu_group else None
     started = time.perf_counter()
     await client.for_each_concurrently(list(range(count)), one, concurrency)
     out.wall_s = time.perf_counter() - started
+    if cpu_before is not None and mode.cpu_group:
+        out.cpu_s = group_cpu_s(mode.cpu_group) - cpu_before
     return out
 
 
@@ -144,6 +168,9 @@ def summarize(out: Outcome) -> dict[str, Any]:
         "status": {str(k): v for k, v in sorted(out.statuses.items())},
         "non_200": answered - out.statuses.get(200, 0),
         "errors": dict(out.errors),
+        # the gateway process's own CPU per request (its cores' real cost; independent of the client)
+        "gateway_cpu_ms_per_request": round(1000 * out.cpu_s / out.sent, 3) if out.cpu_s is not None and out.sent
+        else None,
     }
 
 
@@ -250,9 +277,10 @@ async def measure(modes: dict[str, Mode], args) -> list[tuple[str, bool, Outcome
                 out = await run_pass(http, modes[name], args.requests, args.concurrency, args.timeout)
                 passes.append((name, False, out))
                 s = summarize(out)
+                cpu = s["gateway_cpu_ms_per_request"]
                 print(f"  round {round_no + 1} {name}: {s['requests_per_s']} req/s, p50 {s['latency_ms']['p50']} ms, "
-                      f"p95 {s['latency_ms']['p95']} ms, non-200 {s['non_200']}, errors {sum(out.errors.values())}",
-                      flush=True)
+                      f"p95 {s['latency_ms']['p95']} ms, non-200 {s['non_200']}, errors {sum(out.errors.values())}"
+                      + (f", gateway CPU {cpu} ms/request" if cpu is not None else ""), flush=True)
     return passes
 
 
@@ -294,6 +322,8 @@ def main() -> None:
                                      "file in --work)")
     parser.add_argument("--work", help="keep the gateway's database and the logs here (default: a temporary directory)")
     parser.add_argument("--out", help="also write the JSON result to this file")
+    parser.add_argument("--profile", help="run the gateway under cProfile and write its stats to this file "
+                                          "(read with pstats; CPU figures of that run include the profiler's cost)")
     parser.add_argument("--confidence", choices=["on", "off"], default="on",
                         help="off: the recipe with eval.confidence=false (no logprobs asked, no confidence computed)")
     args = parser.parse_args()
@@ -351,8 +381,10 @@ def main() -> None:
 
             gw_port = free_port()
             gw_log = work / "gateway.log"
-            argv = [sys.executable, "-m", "swiftpipe.cli", "serve", "--upstream", f"bench={base_url}", "--recipe", recipe_arg,
-                    "--port", str(gw_port), "--db", str(db), "--workers", str(args.workers)]
+            # --profile: the gateway under cProfile (its main thread; written when it stops)
+            profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
+            argv = [sys.executable, *profile, "-m", "swiftpipe.cli", "serve", "--upstream", f"bench={base_url}",
+                    "--recipe", recipe_arg, "--port", str(gw_port), "--db", str(db), "--workers", str(args.workers)]
             t0 = time.perf_counter()
             gw = procs.start(argv, {"SWIFTPIPE_API_KEY": gateway_key, "SWIFTPIPE_UPSTREAM_API_KEY": upstream_key,
                                     "PYTHONUNBUFFERED": "1"}, gw_log, cwd=REPO, grace=15)
@@ -373,9 +405,11 @@ def main() -> None:
                 "direct": Mode("direct", base_url + "/chat/completions",
                                {**json_headers, "Authorization": f"Bearer {upstream_key}"}, chat_bodies, False),
                 "gateway-chat": Mode("gateway-chat", gw_url + "/chat/completions",
-                                     {**json_headers, "Authorization": f"Bearer {gateway_key}"}, gw_chat_bodies, True),
+                                     {**json_headers, "Authorization": f"Bearer {gateway_key}"}, gw_chat_bodies, True,
+                                     gw.pid),
                 "gateway-extract": Mode("gateway-extract", gw_url + "/extract",
-                                        {**json_headers, "Authorization": f"Bearer {gateway_key}"}, extract_bodies, True),
+                                        {**json_headers, "Authorization": f"Bearer {gateway_key}"}, extract_bodies, True,
+                                        gw.pid),
             }
             print(f"{args.requests} requests x {len(modes)} ways at concurrency {args.concurrency}, "
                   f"{args.rounds} round(s), warm-up {args.warmup}; upstream {base_url} ({model})", flush=True)
@@ -394,6 +428,9 @@ def main() -> None:
     for name in MODES:
         rounds = [summarize(out) for n, warm, out in passes if n == name and not warm]
         results[name] = {**median_round(rounds), **({"rounds": rounds} if len(rounds) > 1 else {})}
+        cpu = [r["gateway_cpu_ms_per_request"] for r in rounds if r["gateway_cpu_ms_per_request"] is not None]
+        if cpu:
+            results[name]["gateway_cpu_ms_per_request"] = round(statistics.median(cpu), 3)  # median over rounds
     direct = results["direct"]
     overhead = {}
     for name in ("gateway-chat", "gateway-extract"):
@@ -434,11 +471,13 @@ def main() -> None:
 
     print(f"\n{machine['processor'] or machine['machine']}, {machine['cpu_count']} CPUs, Python {machine['python']}; "
           f"upstream {upstream_desc['kind']} ({base_url}); {args.requests} requests at concurrency {args.concurrency}")
-    print(f"{'way':<16} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'ratio':>6} {'+p50 ms':>8} {'+p95 ms':>8}")
+    print(f"{'way':<16} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'ratio':>6} {'+p50 ms':>8} {'+p95 ms':>8} "
+          f"{'CPU ms/req':>10}")
     for name in MODES:
         r, o = results[name], overhead.get(name, {"throughput_ratio": 1.0, "added_p50_ms": 0.0, "added_p95_ms": 0.0})
         print(f"{name:<16} {shown(r['requests_per_s'], 8, 1)} {shown(r['latency_ms']['p50'])} {shown(r['latency_ms']['p95'])} "
-              f"{shown(o['throughput_ratio'], 6)} {shown(o['added_p50_ms'])} {shown(o['added_p95_ms'])}")
+              f"{shown(o['throughput_ratio'], 6)} {shown(o['added_p50_ms'])} {shown(o['added_p95_ms'])} "
+              f"{shown(r.get('gateway_cpu_ms_per_request'), 10, 3)}")
     print(f"request log: {checks['rows']} rows for {checks['gateway_requests_sent']} gateway requests sent "
           f"({'match' if checks['rows_match_sent'] else 'MISMATCH'}); {checks['ids_missing_from_log']} returned id(s) "
           f"missing; failed requests (non-200 or no answer): {non_200}")

@@ -17,6 +17,10 @@ it misbehave the way real servers do:
     #doubt      the answer's `name` generated with low token probabilities (0.2 per token)
     #nologprobs no `logprobs` in the answer, even when asked (a server that does not support them)
 
+Its usage says 32 of the 50 prompt tokens came from the prefix cache (`prompt_tokens_details`, as
+vLLM reports with --enable-prompt-tokens-details). `GET /stats` answers
+{"texts": {user text: times asked}}: what a client really sent (tests count model calls with it).
+
 Asked for `logprobs: true`, it returns `choices[0].logprobs.content` as vLLM does: one entry per
 generated token (here: two characters of the answer a token), each with its logprob (0.9995 per
 token, except where #doubt plants a doubtful value).
@@ -70,10 +74,12 @@ def _completion(model: str, content: str, logprobs: list[dict] | None = None) ->
     if logprobs is not None:
         choice["logprobs"] = {"content": logprobs}
     return {"id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90}}
+            "choices": [choice], "usage": {"prompt_tokens": 50, "completion_tokens": 40, "total_tokens": 90,
+                                                  "prompt_tokens_details": {"cached_tokens": 32}}}
 
 
 def make_app(model: str, delay_ms: float):
+    asked: dict[str, int] = {}  # user text -> chat requests carrying it
     async def send_body(send, status: int, body: bytes, content_type: bytes = b"application/json",
                         length: int | None = None) -> None:
         await send({"type": "http.response.start", "status": status,
@@ -91,6 +97,9 @@ def make_app(model: str, delay_ms: float):
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         path = scope["path"]
+        if path == "/stats":
+            await send_body(send, 200, json.dumps({"texts": asked}, ensure_ascii=False).encode())
+            return
         if path.endswith("/models") or path == "/health":
             await send_body(send, 200, json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]}).encode())
             return
@@ -106,6 +115,7 @@ def make_app(model: str, delay_ms: float):
             await send_body(send, 400, b'{"error": {"message": "body is not JSON"}}')
             return
         text = _user_text(body)
+        asked[text] = asked.get(text, 0) + 1
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
         if "#500" in text:

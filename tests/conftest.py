@@ -57,6 +57,25 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwen_tokenizers(tmp_path_factory) -> dict:
+    """Qwen's real tokenizer and configs (no weights) for each true size, built once per session
+    from dashscope's ranks file (~10 s): {size name: directory}. Each directory is named like its
+    hub model (`Qwen3-0.6B`, `Qwen2.5-0.5B-Instruct`), so ms-swift picks the model type and template
+    for it by itself, as it does for the hub id."""
+    from swiftpipe.train import qwen_tokenizer
+    from swiftpipe.train.tiny_model import TRUE_SIZES, build_true_size_model
+
+    try:
+        ranks = qwen_tokenizer.load_ranks()
+    except qwen_tokenizer.QwenVocabError as exc:
+        skip_or_fail(str(exc))
+    model = qwen_tokenizer.bpe_model(ranks)
+    root = tmp_path_factory.mktemp("qwen")
+    return {name: build_true_size_model(root / spec.hub_id.split("/")[-1], name, weights=False, tokenizer_model=model)
+            for name, spec in TRUE_SIZES.items()}
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, tiny_model_dir):
     """`swiftpipe run recipes/demo-cpu.yaml` for real: LoRA → merge → serve → eval → base eval → report.
     Once per session: the serving, evaluation, extraction and gateway tests all use its merged model."""

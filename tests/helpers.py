@@ -22,6 +22,19 @@ DEMO_RECIPE = str(REPO / "recipes" / "demo-cpu.yaml")
 KEY = "sk-test-gateway-" + "x7" * 8  # the gateway's key in tests (SWIFTPIPE_API_KEY)
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer machine; under CI (env CI set, as `.ci/run` does) a missing tool or
+    package is a failure, never a silent skip."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
+    pytest.skip(reason)
+
 
 def cpuinfo(model: str, flags: str, processors: int = 2) -> str:
     """/proc/cpuinfo as Linux writes it on x86: one block per logical CPU."""
@@ -53,19 +66,6 @@ def run_cli(*args: str, cwd: Path = REPO, env: Optional[dict] = None, timeout: f
     """`swiftpipe ARGS` as a user runs it: exit code, stdout and stderr."""
     return subprocess.run([*swiftpipe_cmd(), *args], capture_output=True, text=True, cwd=cwd, env=env or child_env(),
                           timeout=timeout)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip on a developer machine; under CI a missing tool is a failure, never a silent skip."""
-    import pytest
-
-    if in_ci():
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -57,6 +57,8 @@ async def _ask(api, endpoint: client.Endpoint, row: Example, task: Task) -> dict
         "think_block": think,
         "error": done.error,
         "latency_s": done.latency_s,
+        "prompt_tokens": done.prompt_tokens,
+        "cached_tokens": done.cached_tokens,  # of prompt_tokens, from the server's prefix cache
         "server": endpoint.base_url,
     }
 
@@ -133,13 +135,23 @@ def evaluate(endpoints: list[client.Endpoint], rows: Sequence[Example], out: Pat
     metrics = scoring.compute_metrics(records, wall_seconds=wall, sent=sent, metric=settings.metric,
                                       accept_target=settings.accept_target)
     metrics.update(model=endpoints[0].model, base_url=endpoints[0].base_url,
-                   replicas=[e.base_url for e in endpoints[1:]], schema_constrained=schema is not None)
+                   replicas=[e.base_url for e in endpoints[1:]], schema_constrained=schema is not None,
+                   **prefix_cache(records))
     metrics.update(extra or {})
     jsonl.write_json(out / "metrics.json", metrics)
     figure = reports.reliability_png(metrics, out / reports.RELIABILITY_PNG)
     jsonl.write_atomic(out / "report.md", reports.report_markdown(metrics, records, title=title or endpoints[0].model,
                                                                   figure=figure))
     return metrics
+
+
+def prefix_cache(records: Sequence[dict]) -> dict:
+    """The prompt tokens the server took from its prefix cache (vLLM's usage, with
+    --enable-prompt-tokens-details; rows of an older swiftpipe count as none)."""
+    prompt = sum(r.get("prompt_tokens") or 0 for r in records)
+    cached = sum(r.get("cached_tokens") or 0 for r in records)
+    return {"prompt_tokens": prompt, "cached_prompt_tokens": cached,
+            "cached_prompt_share": round(cached / prompt, 4) if prompt else None}
 
 
 def read_records(out: Path) -> list[dict]:

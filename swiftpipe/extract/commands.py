@@ -14,13 +14,15 @@ from swiftpipe.core import console, envinfo, jsonl, procs
 from swiftpipe.core.dtype import cpu_bf16
 from swiftpipe.core.vllm_server import dtype_setting
 from swiftpipe.extract import parts
-from swiftpipe.extract.engines import OfflineSettings, ServerEngine, offline_dtype
+from swiftpipe.extract.engines import OfflineSettings, ServerEngine, offline_dtype, served_model
 from swiftpipe.extract.inputs import Input, fingerprint, resolve
 from swiftpipe.extract.job import MANIFEST_VERSION, ExtractError, Job, Progress, Totals, check_fields, open_output
+from swiftpipe.extract.results import ResultStore, open_store
 from swiftpipe.recipe.derived import context_length, device_is_cpu
 from swiftpipe.recipe.rundir import NotARun, resolve_target
 from swiftpipe.recipe.schema import ExtractSection, Recipe
 from swiftpipe.recipe.task import Task, task_of, token_counter
+from swiftpipe.task.client import ROLLOUT_ALIAS
 
 
 def _model_and_recipe(model: Optional[str], recipe: Optional[str]) -> tuple[Optional[str], Optional[Recipe], Path,
@@ -53,7 +55,8 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
                     retry_errors: bool, served_name: Optional[str], ray_address: Optional[str],
                     replicas: Optional[int], chunk_rows: Optional[int], batch_size: Optional[int],
                     concurrency: Optional[int], dtype: Optional[str] = None,
-                    accept_threshold: Optional[float] = None, confidence: bool = True) -> dict:
+                    accept_threshold: Optional[float] = None, confidence: bool = True,
+                    cache: Optional[str] = None) -> dict:
     model_dir, loaded, base, calibrated = _model_and_recipe(model, recipe)
     section = loaded.extract if loaded else ExtractSection()
     given = {"engine": engine, "format": fmt, "chunk_rows": chunk_rows, "batch_size": batch_size,
@@ -108,6 +111,10 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
     console.say(f"extract: {total_rows:,} rows in {len(chunks)} chunk(s) of {settings.chunk_rows}; "
                 f"{len(chunks) - len(pending)} done already, {len(pending)} to do ({which} engine)")
     totals = Totals(chunks_skipped=len(chunks) - len(pending))
+    if pending:
+        if which == "server" and served_name is None:
+            served_name = served_model(base_urls[0], os.environ.get("OPENAI_API_KEY", "EMPTY"))
+        job.store = _store(out_dir, cache, which, model_dir, offline, served_name, base_urls, task)
     started = time.monotonic()
     load_s = 0.0
     loaded_dtype: Optional[str] = None  # what vLLM resolved, when the engine ran in this process
@@ -126,6 +133,8 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
                                                  base_urls, served_name, totals, progress)
         finally:
             progress.close()
+            if job.store is not None:
+                job.store.close()
     elapsed = time.monotonic() - started
     summary = job.summary()
     work_s = max(totals.work_s or elapsed - load_s, 1e-9)
@@ -136,6 +145,7 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
         rows_per_s=round(totals.rows / work_s, 2) if totals.rows else None,
         tokens_per_s=round((totals.prompt_tokens + totals.completion_tokens) / work_s, 1) if totals.rows else None,
         prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
+        **totals.record(), cache=str(Path(cache).resolve()) if cache else None,
         versions={**envinfo.package_versions(), **_extra_versions()},
         # The engine's dtype on this machine (Ray actors on other machines choose for their own CPU);
         # a server's is set where the server is started.
@@ -151,6 +161,26 @@ def _extract(input_spec: str, *, out: str, model: Optional[str], engine: Optiona
     if summary["rows"] != total_rows:
         raise ExtractError(f"{out_dir} has {summary['rows']} rows for {total_rows} input rows; rerun to finish it")
     return summary
+
+
+def _store(out: Path, cache: Optional[str], which: str, model_dir: Optional[str], offline: Optional[OfflineSettings],
+           served_name: Optional[str], base_urls: list[str], task: Task) -> ResultStore:
+    """This run's result store (`swiftpipe.extract.results`): --cache DIR's, else OUT's own. The
+    model is its files' hash (with the engine's dtype) when it runs here or --model names its
+    directory; a server's model is its served name at its URLs."""
+    if which != "server":
+        assert model_dir is not None and offline is not None
+        extra = f"dtype={offline_dtype(offline).dtype or 'auto'}"
+    else:
+        extra = f"server {served_name} at {' '.join(sorted(base_urls))}"
+        if cache and served_name == ROLLOUT_ALIAS:
+            console.warn(f"--cache with the gateway's '{ROLLOUT_ALIAS}' model: answers are kept under that name "
+                         f"whatever version its rollout picks; pin a version with --served-name")
+    store = open_store(out, cache, model_dir=model_dir, model_id=extra, engine_extra=extra,
+                       task_fp=task.fingerprint())
+    if cache:
+        console.say(f"extract: result cache {store.path} (answers of this model and task are reused)")
+    return store
 
 
 def _extra_versions() -> dict:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from swiftpipe.core import console
 from swiftpipe.core.dtype import DtypeChoice, vllm_dtype
 from swiftpipe.core.errors import SwiftpipeError
-from swiftpipe.core.vllm_server import ModelListError, list_models
+from swiftpipe.core.vllm_server import CPU_BLOCK_SIZE, ModelListError, list_models
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, flags
 from swiftpipe.task.client import ROLLOUT_ALIAS
@@ -43,6 +43,9 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     pieces: Optional[list[tuple[bytes, float]]] = None  # the sampled tokens and logprobs (task.confidence)
+    cached_tokens: int = 0  # prompt tokens the engine found in its prefix cache
+    scored: Optional[tuple[dict, Optional[float]]] = None  # a kept answer's ({field: p}, row confidence)
+    reused: bool = False  # from the result store, not the engine
 
     @property
     def flag(self) -> str:
@@ -83,9 +86,11 @@ def llm_kwargs(settings: OfflineSettings, dtype: DtypeChoice) -> dict[str, Any]:
                                   structured_outputs_config=structured)
     if dtype.dtype is not None:
         kwargs["dtype"] = dtype.dtype
+    kwargs["enable_prefix_caching"] = True  # every row starts with the same system prompt
     if settings.cpu:
         structured["disable_any_whitespace"] = True  # a small model under a schema can loop on whitespace
         kwargs["enforce_eager"] = True
+        kwargs["block_size"] = CPU_BLOCK_SIZE  # the default (128) is longer than the shared prefix
     else:
         kwargs.update(gpu_memory_utilization=settings.gpu_memory_utilization,
                       tensor_parallel_size=settings.tensor_parallel_size)
@@ -134,6 +139,7 @@ class OfflineEngine:
         return Answer(raw=done.text if done else None, error=None if done else "engine error: no output",
                       error_kind=None if done else ENGINE_ERROR, prompt_tokens=len(out.prompt_token_ids or []),
                       completion_tokens=len(done.token_ids) if done else 0,
+                      cached_tokens=getattr(out, "num_cached_tokens", None) or 0,
                       pieces=pieces_from_vllm(done, self.tokenizer) if done and self.task.confidence else None)
 
     def submit(self, texts: list[str]) -> list:
@@ -229,7 +235,7 @@ class ServerEngine:
             answers[i] = Answer(raw=done.text, error=done.error and f"server error: {done.error}",
                                 error_kind=SERVER_ERROR if done.error else None, timed_out=done.timed_out,
                                 prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
-                                pieces=done.pieces)
+                                cached_tokens=done.cached_tokens, pieces=done.pieces)
             if progress:
                 progress(1)
 

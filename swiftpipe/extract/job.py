@@ -7,7 +7,10 @@ OUT holds:
   model; a rerun with other settings is refused instead of mixing two extractions;
 - `chunks.jsonl`: where each chunk starts in the input (see `inputs`);
 - `part-NNNNNN.parquet|jsonl`: a finished chunk (see `parts`);
-- `summary.json`: rows, valid %, flag and error counts, speed, versions.
+- `summary.json`: rows, valid %, flag and error counts, speed, versions; this run's distinct texts,
+  model calls, cache hits and the prefix-cached share of prompt tokens;
+- `.results.sqlite`: the answers by (model, task, text), unless `--cache DIR` keeps them there
+  (`results`): each distinct text is asked once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,6 +27,7 @@ from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.extract import parts
 from swiftpipe.extract.engines import Answer
 from swiftpipe.extract.inputs import Chunk, Input, InputError, Row
+from swiftpipe.extract.results import ResultStore, text_key
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import flags
 
@@ -44,17 +48,46 @@ class ChunkResult:
     errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, found in the engine's prefix cache
+    model_calls: int = 0  # distinct texts sent to the engine
+    cache_hits: int = 0  # distinct texts answered from the result store (an earlier run's answers)
+    repeats: int = 0  # rows whose text an earlier row of this run already asked
+
+
+# What a Ray actor returns per chunk (every count of ChunkResult).
+RESULT_FIELDS = ("chunk", "rows", "skipped", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
+                 "model_calls", "cache_hits", "repeats")
+
+
+class Slot:
+    """The answer to one distinct text, shared by every row with that text; filled when the
+    engine answers (or at once, from the store)."""
+
+    __slots__ = ("answer", "row")
+
+    def __init__(self, answer: Optional[Answer] = None):
+        self.answer = answer
+        self.row: Optional[dict] = None  # the first row built from it (a template for the others)
 
 
 @dataclass
 class Prepared:
-    """A chunk read and checked: the rows to answer (`todo`) and those already decided (`out`)."""
+    """A chunk read and checked: the rows to answer (`todo`) and those already decided (`out`);
+    `slots[j]` answers `todo[j]`, `send` are the distinct texts this chunk asks the engine."""
 
     chunk: Chunk
     rows: list[Row]
     out: list[Optional[dict]]
     todo: list[int]
     old: Optional[list[dict]]  # the finished part's rows, when only its errors are redone
+    slots: list[Slot] = field(default_factory=list)
+    send: list[tuple[bytes, Slot, str]] = field(default_factory=list)
+    cache_hits: int = 0
+    repeats: int = 0
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for _, _, text in self.send]
 
 
 @dataclass
@@ -66,6 +99,12 @@ class Job:
     keep_text: bool
     fields: list[str]
     retry_errors: bool = False
+    store: Optional[ResultStore] = None  # answers by (model, task, text); None: repeats within a chunk only
+    # Texts queued in the engine and not answered yet (at most the chunks in flight): a repeat waits for them.
+    inflight: dict[bytes, Slot] = field(default_factory=dict, repr=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "inflight": {}}
 
     # ------------------------------------------------------------ one chunk
 
@@ -82,7 +121,7 @@ class Job:
             if answer.error:
                 error, kind, row_flags = answer.error, answer.error_kind, [answer.flag]
             else:
-                checked = self.task.check(row.text, answer.raw, answer.pieces)
+                checked = self.task.check(row.text, answer.raw, answer.pieces, scored=answer.scored)
                 valid, row_flags = checked.valid, checked.flags
                 confidence, needs_review = checked.confidence, checked.needs_review
                 values = checked.fields if isinstance(checked.fields, dict) else {}
@@ -92,6 +131,8 @@ class Job:
                     error = "the answer does not fit the schema: " + "; ".join(checked.problems[:3])
                     kind = flags.SCHEMA_VIOLATION
                 raw = answer.raw if (not valid or not self.fields) else None
+                if answer.scored is None:  # what the store keeps of it (not the logprobs)
+                    answer.scored = (checked.confidence, checked.row_confidence) if checked.confidence else None
         for name in self.fields:
             out[name] = parts.cell(values.get(name))
         out.update(valid=valid, flags=row_flags, error=error, error_kind=kind, raw=raw,
@@ -130,15 +171,60 @@ class Job:
         else:
             rows = self.input.read_chunk(chunk)
         out, todo = self._problems(rows, engine)
-        return Prepared(chunk, rows, out, todo, old)
+        return self._plan(Prepared(chunk, rows, out, todo, old))
+
+    def _key(self, text: str) -> bytes:
+        return self.store.key(text) if self.store is not None else text_key("", "", text)
+
+    def _plan(self, p: Prepared) -> Prepared:
+        """Give each row to answer its text's slot: one asked earlier in this run (queued or kept),
+        one kept by an earlier run, or a new one whose text this chunk sends."""
+        keys = [self._key(p.rows[i].text) for i in p.todo]
+        unseen = list(dict.fromkeys(k for k in keys if k not in self.inflight))
+        kept = self.store.get(unseen) if self.store is not None and unseen else {}
+        local: dict[bytes, Slot] = {}
+        for i, key in zip(p.todo, keys):
+            slot = local.get(key)
+            if slot is None:
+                slot = self.inflight.get(key)
+                if slot is None and key in kept:
+                    answer, ours = kept[key]
+                    slot = Slot(answer)
+                    p.cache_hits += not ours
+                    p.repeats += ours
+                elif slot is None:
+                    slot = self.inflight[key] = Slot()
+                    p.send.append((key, slot, p.rows[i].text))
+                else:
+                    p.repeats += 1
+                local[key] = slot
+            else:
+                p.repeats += 1
+            p.slots.append(slot)
+        return p
 
     def finish(self, p: Prepared, answers: list[Answer]) -> ChunkResult:
-        """Turn the answers into rows and write the chunk's part (atomically)."""
-        result = ChunkResult(chunk=p.chunk.index, rows=len(p.rows))
-        for i, answer in zip(p.todo, answers):
-            p.out[i] = self._row(p.rows[i], answer=answer)
+        """Turn the answers into rows, keep the new answers in the store and write the chunk's part
+        (atomically)."""
+        result = ChunkResult(chunk=p.chunk.index, rows=len(p.rows), model_calls=len(p.send),
+                             cache_hits=p.cache_hits, repeats=p.repeats)
+        assert len(answers) == len(p.send), (len(answers), len(p.send))
+        for (key, slot, _), answer in zip(p.send, answers):
+            slot.answer = answer
+            self.inflight.pop(key, None)
             result.prompt_tokens += answer.prompt_tokens
             result.completion_tokens += answer.completion_tokens
+            result.cached_tokens += answer.cached_tokens
+        for i, slot in zip(p.todo, p.slots):
+            assert slot.answer is not None, "a repeat was planned before the text it repeats was asked"
+            row = p.rows[i]
+            if slot.row is None:
+                slot.row = p.out[i] = self._row(row, answer=slot.answer)
+            else:  # the same text: the same answer, checks and confidence; its own id
+                p.out[i] = {**slot.row, "id": row.id} | ({"text": row.text} if self.keep_text else {})
+        if self.store is not None:
+            self.store.put((key, slot.answer, bool(slot.row and slot.row["valid"])) for key, slot, _ in p.send
+                           if slot.answer is not None)
         new = [r for r in p.out if r is not None]
         result.errors = sum(1 for r in new if r["error"])
         if p.old is not None:
@@ -159,9 +245,9 @@ class Job:
         p = self.prepare(chunk, engine)
         if p is None:
             return ChunkResult(chunk=chunk.index, skipped=True)
-        if progress and len(p.todo) < len(p.rows):
-            progress(len(p.rows) - len(p.todo))
-        answers = engine.run([p.rows[i].text for i in p.todo], progress) if p.todo else []
+        if progress and len(p.send) < len(p.rows):
+            progress(len(p.rows) - len(p.send))
+        answers = engine.run(p.texts, progress) if p.send else []
         return self.finish(p, answers)
 
     def run_pipelined(self, chunks: list[Chunk], engine, on_result: Callable[[ChunkResult], None],
@@ -179,9 +265,9 @@ class Job:
             if p is None:
                 on_result(ChunkResult(chunk=chunk.index, skipped=True))
                 continue
-            if progress and len(p.todo) < len(p.rows):
-                progress(len(p.rows) - len(p.todo))
-            queue.append((p, engine.submit([p.rows[i].text for i in p.todo])))
+            if progress and len(p.send) < len(p.rows):
+                progress(len(p.rows) - len(p.send))
+            queue.append((p, engine.submit(p.texts)))
             if len(queue) > 1:
                 finish_first()
         while queue:
@@ -307,6 +393,10 @@ class Totals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     errors: int = 0
+    cached_tokens: int = 0
+    model_calls: int = 0
+    cache_hits: int = 0
+    repeats: int = 0
     work_s: float = 0.0  # from the engine being ready to the last chunk written
 
     def add(self, r: ChunkResult) -> None:
@@ -318,6 +408,18 @@ class Totals:
         self.errors += r.errors
         self.prompt_tokens += r.prompt_tokens
         self.completion_tokens += r.completion_tokens
+        self.cached_tokens += r.cached_tokens
+        self.model_calls += r.model_calls
+        self.cache_hits += r.cache_hits
+        self.repeats += r.repeats
+
+    def record(self) -> dict:
+        """This run's counts for summary.json: each distinct text once, and the prompt-token cache."""
+        return {"distinct_texts": self.model_calls + self.cache_hits, "model_calls": self.model_calls,
+                "cache_hits": self.cache_hits, "repeated_rows": self.repeats,
+                "cached_prompt_tokens": self.cached_tokens,
+                "cached_prompt_share": round(self.cached_tokens / self.prompt_tokens, 4) if self.prompt_tokens
+                else None}
 
 
 def check_fields(fields: list[str]) -> None:

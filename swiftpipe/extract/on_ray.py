@@ -14,7 +14,7 @@ from swiftpipe.core import console
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.extract.engines import OfflineEngine, OfflineSettings, offline_dtype, offline_environment
 from swiftpipe.extract.inputs import Chunk
-from swiftpipe.extract.job import ChunkResult, Job
+from swiftpipe.extract.job import RESULT_FIELDS, ChunkResult, Job
 
 
 class RayError(SwiftpipeError):
@@ -32,8 +32,7 @@ class ChunkWorker:
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         results: list[ChunkResult] = []
         self.job.run_pipelined([self.chunks[int(i)] for i in batch["chunk"]], self.engine, results.append)
-        return {name: [getattr(r, name) for r in results]
-                for name in ("chunk", "rows", "skipped", "errors", "prompt_tokens", "completion_tokens")}
+        return {name: [getattr(r, name) for r in results] for name in RESULT_FIELDS}
 
 
 def run(job: Job, settings: OfflineSettings, pending: list[Chunk], *, address: Optional[str], replicas: int,
@@ -69,9 +68,8 @@ def run(job: Job, settings: OfflineSettings, pending: list[Chunk], *, address: O
                             num_gpus=0 if settings.cpu else settings.tensor_parallel_size)
         try:
             for row in ds.iter_rows():
-                on_chunk(ChunkResult(chunk=int(row["chunk"]), rows=int(row["rows"]), skipped=bool(row["skipped"]),
-                                     errors=int(row["errors"]), prompt_tokens=int(row["prompt_tokens"]),
-                                     completion_tokens=int(row["completion_tokens"])))
+                counts: dict[str, Any] = {name: int(row[name]) for name in RESULT_FIELDS}
+                on_chunk(ChunkResult(**{**counts, "skipped": bool(row["skipped"])}))
         except ray.exceptions.RayError as exc:  # an actor failed: say its own error, not Ray's traceback
             cause = getattr(exc, "cause", None) or exc
             lines = [line for line in str(cause).strip().splitlines() if line.strip()]

@@ -12,6 +12,7 @@ from swiftpipe.gateway.protocol import (
     UPSTREAM_UNAVAILABLE,
     ChatBody,
     ExtractBody,
+    FastJSON,
     message_content,
     token_pieces,
     usage,
@@ -112,8 +113,6 @@ def check_chat_parameters(payload: dict, version: Version) -> None:
 
 async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
     """`/v1/extract`: the version's task as the request, its answer checked into fields and flags."""
-    from fastapi.responses import JSONResponse
-
     refuse_unfit_text(("'model'", body.model), ("'text'", body.text))
     version = gw.route(body.model, call)
     problem = version.task.input_problem(body.text, who=f"version '{version.name}'")
@@ -129,8 +128,8 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
         raise unusable(result, version, missing)
     checked = version.task.check(body.text, content, token_pieces(result.body))
 
-    def respond(latency: float) -> JSONResponse:
-        return JSONResponse({"id": call.rid, "version": version.name, "fields": checked.fields, "valid": checked.valid,
+    def respond(latency: float) -> FastJSON:
+        return FastJSON({"id": call.rid, "version": version.name, "fields": checked.fields, "valid": checked.valid,
                              "flags": checked.flags, "confidence": checked.confidence,
                              "row_confidence": checked.row_confidence, "needs_review": checked.needs_review,
                              "latency_ms": latency}, headers={"X-Request-Id": call.rid})
@@ -141,8 +140,6 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
 async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
     """`/v1/chat/completions`: passed through to the version (streamed or not), the answer checked
     like an extraction's, ids and model rewritten to the gateway's."""
-    from fastapi.responses import JSONResponse
-
     payload = body.model_dump(exclude_unset=True)
     refuse_unfit_text(("'model'", body.model), *message_texts(body.messages))
     version = gw.route(body.model, call)
@@ -164,4 +161,4 @@ async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
     checked = version.task.check(call.input, content, token_pieces(answer))
     answer["id"], answer["model"] = call.rid, version.name
     return Outcome(output=content, checked=checked, upstream=result, tokens=usage(answer),
-                   respond=lambda latency: JSONResponse(answer, headers=headers))
+                   respond=lambda latency: FastJSON(answer, headers=headers))

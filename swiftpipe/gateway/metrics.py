@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from swiftpipe.task.flags import TIMEOUT, UPSTREAM_ERROR
 
@@ -32,10 +32,15 @@ class Metrics:
         self.log_failures = Counter("swiftpipe_request_log_failures",
                                     "Requests refused (503) or failed (500) because the request log could not be "
                                     "written", registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, version: str, endpoint: str, status: int, latency_s: float, flags: Iterable[str]) -> None:
-        self.requests.labels(version, endpoint, str(status)).inc()
-        self.latency.labels(version, endpoint).observe(latency_s)
+        children = self._children.get((version, endpoint, status))
+        if children is None:  # prometheus' labels() hashes and locks on every call: look each pair up once
+            children = self._children[(version, endpoint, status)] = (
+                self.requests.labels(version, endpoint, str(status)), self.latency.labels(version, endpoint))
+        children[0].inc()
+        children[1].observe(latency_s)
         for flag in flags:
             self.flags.labels(version, flag).inc()
             if flag in (UPSTREAM_ERROR, TIMEOUT):

@@ -125,8 +125,9 @@ class BodyLimit:
         parts, size = [], 0
         while True:
             try:
-                message = await asyncio.wait_for(receive(), self.idle_s)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.idle_s):  # a timer, not a task per message (as wait_for makes)
+                    message = await receive()
+            except TimeoutError:
                 error = self._refuse(408, f"the request body stopped coming (nothing for {self.idle_s:g} s)")
                 return await error.response()(scope, receive, send)
             if message["type"] != "http.request":  # the client went away

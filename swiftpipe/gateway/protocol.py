@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import msgspec
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from swiftpipe.task import flags
+from swiftpipe.task.answers import strict_loads
 from swiftpipe.task.client import ROLLOUT_ALIAS as ALIAS  # route by the rollout weights
 from swiftpipe.task.confidence import pieces_from_openai
 
@@ -26,6 +28,32 @@ UPSTREAM = flags.UPSTREAM_ERROR  # the upstream's answer is unusable
 RETRY_AFTER_S = 5  # a 503's Retry-After, unless it knows better
 
 
+_ENCODE = msgspec.json.Encoder()
+_DECODE = msgspec.json.Decoder()
+
+
+def dumps(value: Any) -> bytes:
+    """JSON as UTF-8 bytes, compact (msgspec: ~5x json.dumps on an answer with its logprobs)."""
+    return _ENCODE.encode(value)
+
+
+def loads(raw: "bytes | str") -> Any:
+    """`strict_loads` (no NaN/Infinity; ValueError or RecursionError when not JSON), parsed by
+    msgspec (~4x json.loads); what msgspec refuses and json takes (a number beyond float range, a
+    lone surrogate escape) is left to json, so the answers are the same."""
+    try:
+        return _DECODE.decode(raw)
+    except msgspec.MsgspecError:
+        return strict_loads(raw)
+
+
+class FastJSON(JSONResponse):
+    """Starlette's JSONResponse, encoded by msgspec (the same compact UTF-8 JSON)."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
 class ApiError(Exception):
     """What a client gets when its request is not answered: an HTTP status and an OpenAI-shaped body."""
 
@@ -38,7 +66,7 @@ class ApiError(Exception):
         headers = dict(self.headers or {})
         if self.status == 503:
             headers.setdefault("Retry-After", str(RETRY_AFTER_S))  # every 503 says when to come back
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return FastJSON(body, status_code=self.status, headers=headers)
 
 
 class ExtractBody(BaseModel):

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fastapi.responses import StreamingResponse
 
-from swiftpipe.gateway.protocol import UPSTREAM, usage
+from swiftpipe.gateway.protocol import UPSTREAM, loads, usage
 from swiftpipe.gateway.upstream import UpstreamResult, Version, upstream_lines
 from swiftpipe.task import flags
-from swiftpipe.task.answers import strict_loads
 
 if TYPE_CHECKING:
     from swiftpipe.gateway.state import Call, Outcome, Record
@@ -52,7 +51,7 @@ class Relay:
                     yield "data: [DONE]\n\n"
                     return
                 try:
-                    event = strict_loads(data)
+                    event = loads(data)
                 except (ValueError, RecursionError):
                     error = f"the stream has a line that is not JSON: {data[:200]!r}"
                     break

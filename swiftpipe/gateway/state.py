@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +37,29 @@ from swiftpipe.recipe.task import Task
 from swiftpipe.task import flags
 
 REFRESH_S = 1.0  # how often keys and weights are reread from the database
+
+
+class Entropy:
+    """The OS's random bytes (os.urandom, what `secrets` and SystemRandom read), fetched 4 KiB at a
+    time: request ids (12 bytes) and the audit sample's draws (as SystemRandom.random draws, from 7
+    bytes) stay unpredictable, at one getrandom call per ~300 requests instead of two per request
+    (measured on this VM: ~0.3 ms of CPU a request under load)."""
+
+    def __init__(self, size: int = 4096):
+        self.size, self.pool, self.at = size, b"", 0
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.pool):
+            self.pool, self.at = os.urandom(self.size), 0
+        self.at += n
+        return self.pool[self.at - n:self.at]
+
+    def below(self, share: float) -> bool:
+        """True with probability `share` (SystemRandom.random's 53 bits from 7 bytes)."""
+        return share > 0 and (int.from_bytes(self.take(7), "big") >> 3) * 2.0 ** -53 < share
+
+
+ENTROPY = Entropy()
 LOG_RETRY_AFTER_S = 2  # what a 503 for an unavailable request log tells the client
 
 
@@ -86,7 +109,7 @@ class Outcome:
             prompt_tokens=self.tokens[0], completion_tokens=self.tokens[1], content=content,
             confidence=checked.confidence if checked else None,
             row_confidence=checked.row_confidence if checked else None,
-            audit=self.status == 200 and text is not None and feedback.draw_audit(audit_share))
+            audit=self.status == 200 and text is not None and ENTROPY.below(audit_share))
 
     @property
     def all_flags(self) -> list[str]:
@@ -255,7 +278,7 @@ class Gateway:
 
     def call(self, scope: Any, key: keys.Key, endpoint: str, text: str, *, prefix: str = "req_") -> Call:
         started, ts = arrived_at(scope)
-        return Call(prefix + secrets.token_hex(12), ts, started, endpoint, key, text)
+        return Call(prefix + ENTROPY.take(12).hex(), ts, started, endpoint, key, text)
 
     # -- which version answers --------------------------------------------------------------
     def route(self, model: Optional[str], call: Call) -> Version:

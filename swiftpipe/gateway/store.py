@@ -458,8 +458,9 @@ class RequestLog:
         item = _Pending(row, done, loop)
         self._queue.put(item)
         try:
-            await asyncio.wait_for(asyncio.shield(done), self.wait_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.wait_s):  # a timer, not the task wait_for makes per row
+                await asyncio.shield(done)
+        except TimeoutError:
             item.abandoned = True  # the writer skips it if it has not written it yet
             self.failures += 1
             raise LogUnavailable(f"the request log ({self.path}) did not take the row within {self.wait_s:g}s "
@@ -488,8 +489,11 @@ class RequestLog:
             batch = [i for i in batch if not i.abandoned]
             if batch:
                 errors = self._commit([i.row for i in batch])
+                by_loop: dict[asyncio.AbstractEventLoop, list] = {}
                 for i, error in zip(batch, errors):
-                    i.loop.call_soon_threadsafe(_settle, i.done, error)
+                    by_loop.setdefault(i.loop, []).append((i.done, error))
+                for loop, settled in by_loop.items():  # one wake-up of each loop per batch, not per row
+                    loop.call_soon_threadsafe(_settle_all, settled)
 
     def _insert(self, rows: list[tuple], attempts: int = 3) -> Optional[BaseException]:
         error: Optional[BaseException] = None
@@ -543,6 +547,11 @@ class _Pending:
 
     def __init__(self, row: tuple, done: asyncio.Future, loop: asyncio.AbstractEventLoop):
         self.row, self.done, self.loop, self.abandoned = row, done, loop, False
+
+
+def _settle_all(settled: list[tuple[asyncio.Future, Optional[BaseException]]]) -> None:
+    for done, error in settled:
+        _settle(done, error)
 
 
 def _settle(done: asyncio.Future, error: Optional[BaseException]) -> None:

@@ -24,6 +24,8 @@ answer's JSON schema as `response_format` json_schema — never the `guided_json
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
@@ -116,15 +118,30 @@ class Task:
         return flags.input_problem(text, max_length=self.max_length, length=length or self.length, who=who,
                                    source=f"train.max_length of recipe '{self.recipe}'")
 
-    def check(self, text: str, raw: Optional[str], pieces: Optional[list[tuple[bytes, float]]] = None) -> flags.Checked:
+    def check(self, text: str, raw: Optional[str], pieces: Optional[list[tuple[bytes, float]]] = None, *,
+              scored: Optional[tuple[dict, Optional[float]]] = None) -> flags.Checked:
         """The model's raw answer to `text`, parsed and checked against the schema and verbatim fields,
-        with each field's confidence from the sampled tokens `pieces` ((bytes, logprob) in order)."""
+        with each field's confidence from the sampled tokens `pieces` ((bytes, logprob) in order), or
+        the ({field: p}, row confidence) `scored` from them before (a kept answer)."""
         checked = flags.check(text, raw, schema=self.schema, verbatim_fields=self.verbatim_fields)
-        scored = self.score(raw, pieces) if checked.fields is not None else None
         threshold = self.accept_threshold if self.confidence else None  # not asked for: nothing to cut at
-        if scored is None:
+        if checked.fields is None:
             return checked.with_confidence(None, None, threshold)
-        return checked.with_confidence(scored.values(), scored.row_value(), threshold)
+        if scored is not None:
+            return checked.with_confidence(dict(scored[0]), scored[1], threshold)
+        found = self.score(raw, pieces)
+        if found is None:
+            return checked.with_confidence(None, None, threshold)
+        return checked.with_confidence(found.values(), found.row_value(), threshold)
+
+    def fingerprint(self) -> str:
+        """What decides the answer to a text: the request (system prompt, schema, sampling, thinking
+        off, logprobs asked or not) and the checks of it (verbatim fields). Not the accept
+        threshold or the length limit: they judge answers, they do not change them."""
+        request = {"system_prompt": self.system_prompt, "schema": self.schema, "temperature": 0,
+                   "max_tokens": self.max_tokens, "chat_template_kwargs": self.chat_template_kwargs,
+                   "confidence": self.confidence, "verbatim_fields": list(self.verbatim_fields)}
+        return hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def score(self, raw: Optional[str], pieces: Optional[list[tuple[bytes, float]]]) -> Optional[scoring.Confidence]:
         """The answer's per-field confidence (every aggregate), or None without logprobs or an object."""

@@ -52,6 +52,7 @@ class Completion:
     latency_s: Optional[float] = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens (vLLM: --enable-prompt-tokens-details)
     finish_reason: Optional[str] = None
     pieces: Optional[list[tuple[bytes, float]]] = None  # the sampled tokens and logprobs; None: not returned
 
@@ -121,9 +122,19 @@ async def chat(client, kwargs: dict, endpoint: Endpoint) -> Completion:
         return Completion(text=choice.message.content, latency_s=time.perf_counter() - started,
                           prompt_tokens=usage.prompt_tokens if usage else 0,
                           completion_tokens=usage.completion_tokens if usage else 0,
+                          cached_tokens=cached_tokens(usage),
                           finish_reason=choice.finish_reason,
                           pieces=pieces_from_openai(getattr(logprobs, "content", None)))
     return result
+
+
+def cached_tokens(usage: Any) -> int:
+    """The prompt tokens the server found in its prefix cache (OpenAI's and vLLM's
+    `usage.prompt_tokens_details.cached_tokens`; 0 when not reported)."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else getattr(usage, "prompt_tokens_details",
+                                                                                           None)
+    found = details.get("cached_tokens") if isinstance(details, dict) else getattr(details, "cached_tokens", None)
+    return found if isinstance(found, int) else 0
 
 
 async def for_each_concurrently(items: Sequence, handle: Callable[[Any], Awaitable[None]], concurrency: int) -> None:

@@ -63,8 +63,11 @@ Rules
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -235,6 +238,22 @@ def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
 
 
+def _plain_pieces(content: Sequence[Any]) -> Optional[list[tuple[bytes, float]]]:
+    """`pieces_from_openai` for the common case, in bulk: dicts with a string token (none in
+    `token_id:N` form) and a logprob each; None for anything else (then read one by one)."""
+    try:
+        tokens = list(map(_TOKEN, content))
+        logprobs = list(map(_LOGPROB, content))
+    except (KeyError, TypeError):
+        return None
+    if set(map(type, tokens)) != {str} or None in logprobs or "token_id:" in "\0".join(tokens):
+        return None  # (no tokens at all, a missing value, or ids instead of text)
+    return list(zip(map(str.encode, tokens), logprobs))
+
+
+_TOKEN, _LOGPROB = operator.itemgetter("token"), operator.itemgetter("logprob")
+
+
 def pieces_from_openai(content: Optional[Sequence[Any]],
                        id_to_bytes: Optional[Callable[[int], bytes]] = None) -> Optional[list[tuple[bytes, float]]]:
     """(piece, logprob) from ``choice.logprobs.content`` (SDK objects or dicts; the content lists of
@@ -243,6 +262,9 @@ def pieces_from_openai(content: Optional[Sequence[Any]],
     ``token`` string, not the token's own bytes."""
     if content is None:
         return None
+    fast = _plain_pieces(content)
+    if fast is not None:
+        return fast
     out: list[tuple[bytes, float]] = []
     for entry in content:
         if type(entry) is dict:  # a parsed JSON body (the gateway): the fast path
@@ -334,6 +356,8 @@ def _significant(p: float) -> float:
 
 
 def _clean_logprob(lp: Any) -> Optional[float]:
+    if type(lp) is float and -math.inf < lp <= 0.0:  # the common case (NaN fails the comparison)
+        return lp
     if isinstance(lp, bool) or not isinstance(lp, (int, float)):
         return None
     lp = float(lp)
@@ -398,17 +422,20 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     members = value_spans(text)
     if members is None:
         return None
-    pieces: list[bytes] = []
-    logprobs: list[float] = []
-    for piece, lp in tokens:
-        if type(lp) is not float or not lp <= 0.0:  # the usual case in one test; else _clean_logprob's rules
-            lp = _clean_logprob(lp)
-            if lp is None:
-                return None
-        if piece is None:
+    toks = tokens if isinstance(tokens, list) else list(tokens)
+    given: list[Any] = [p for p, _ in toks]
+    if set(map(type, given)) != {bytes}:
+        if any(p is None for p in given):
             return None
-        pieces.append(piece.encode("utf-8") if isinstance(piece, str) else bytes(piece))
-        logprobs.append(lp)
+        given = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in given]
+    pieces: list[bytes] = given
+    logprobs: list[float] = [lp for _, lp in toks]
+    # Plain floats <= 0 and no NaN (a NaN makes the sum NaN): as they are; else clean each (rare).
+    if not (set(map(type, logprobs)) == {float} and max(logprobs) <= 0.0 and not math.isnan(sum(logprobs))):
+        cleaned = [_clean_logprob(lp) for lp in logprobs]
+        if any(lp is None for lp in cleaned):
+            return None
+        logprobs = [lp for lp in cleaned if lp is not None]
     try:
         text_bytes = text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: not text a model produced
@@ -422,48 +449,45 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
             return None
         offset, lengths = 0, fuzzy
 
-    ascii_text = len(text_bytes) == len(text)
+    # Byte range [starts[i], ends[i]) of every token in text coordinates; empty tokens take the
+    # next token's range (rule 2), empty tokens at the very end an empty range past the text.
+    # Both lists are non-decreasing, so the tokens overlapping a span are one run, found by bisection.
+    ends = [e - offset for e in itertools.accumulate(lengths)]
+    starts = [e - n for e, n in zip(ends, lengths)]
+    if 0 in lengths:
+        nxt = ends[-1] if ends else 0
+        nxt_range = (nxt, nxt)
+        for i in range(len(pieces) - 1, -1, -1):
+            if lengths[i]:
+                nxt_range = (starts[i], ends[i])
+            else:
+                starts[i], ends[i] = nxt_range
+
+    def run(a: int, b: int) -> tuple[int, int]:
+        """The tokens overlapping bytes [a, b): indexes [lo, hi)."""
+        return bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)
+
     names = list(fields) if fields is not None else list(members)
+    region = answer_region(text)
+    chars = {c for name in names if name in members for c in members[name].span} | set(region)
+    ascii_text = len(text_bytes) == len(text)
+    byte_at = {c: _byte_offset(text, c, ascii_text) for c in chars}  # only where spans start and end
     spans: dict[str, tuple[int, int]] = {}
     for name in names:
         m = members.get(name)
         if m is not None:
-            spans[name] = (_byte_offset(text, m.span[0], ascii_text), _byte_offset(text, m.span[1], ascii_text))
-    region = answer_region(text)
-    region_bytes = (_byte_offset(text, region[0], ascii_text), _byte_offset(text, region[1], ascii_text))
-    # Spans of distinct top-level members never overlap: sorted by start, one sweep over the tokens.
-    ordered = sorted(spans.items(), key=lambda item: item[1])
-    sums = {n: 0.0 for n in spans}
-    mins = {n: 0.0 for n in spans}
-    counts = {n: 0 for n in spans}
-    other_n, other_lp = 0, 0.0
-    first = 0  # the first span that may still overlap a token (tokens come in text order)
-    pos = -offset  # byte range of the next token in text coordinates
-    pending: list[float] = []  # logprobs of empty tokens: they take the next token's range (rule 2)
-    for size, lp in zip(lengths, logprobs):
-        if not size:
-            pending.append(lp)
-            continue
-        a, b = pos, pos + size
-        pos = b
-        group = (*pending, lp) if pending else (lp,)
-        pending = []
-        while first < len(ordered) and ordered[first][1][1] <= a:
-            first += 1
-        hit = False
-        k = first
-        while k < len(ordered) and ordered[k][1][0] < b:
-            name = ordered[k][0]
-            hit = True
-            for value in group:
-                sums[name] += value
-                mins[name] = value if counts[name] == 0 else min(mins[name], value)
-                counts[name] += 1
-            k += 1
-        if not hit and a < region_bytes[1] and b > region_bytes[0]:
-            other_n += len(group)
-            other_lp += sum(group)
-    # empty tokens at the very end have no next token: an empty range, attributed to nothing
+            spans[name] = (byte_at[m.span[0]], byte_at[m.span[1]])
+    runs = {name: run(*span) for name, span in spans.items()}
+    sums = {n: sum(logprobs[lo:hi]) for n, (lo, hi) in runs.items()}
+    mins = {n: min(logprobs[lo:hi]) if hi > lo else 0.0 for n, (lo, hi) in runs.items()}
+    counts = {n: max(hi - lo, 0) for n, (lo, hi) in runs.items()}
+    # Tokens of the answer's region that no requested field took (structure).
+    hit = [False] * len(pieces)
+    for lo, hi in runs.values():
+        hit[lo:hi] = [True] * max(hi - lo, 0)
+    rlo, rhi = run(byte_at[region[0]], byte_at[region[1]])
+    other = [logprobs[i] for i in range(rlo, rhi) if not hit[i]]
+    other_n, other_lp = len(other), sum(other)
 
     scores: dict[str, Optional[FieldScore]] = {}
     for name in names:

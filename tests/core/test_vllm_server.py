@@ -29,6 +29,9 @@ def test_cpu_command_and_env():
     assert argv[argv.index("--max-model-len") + 1] == "768"
     assert '"disable_any_whitespace": true' in argv[argv.index("--structured-outputs-config") + 1]
     assert "--enforce-eager" in argv and "--gpu-memory-utilization" not in argv
+    # the shared system prompt cached (a CPU block short enough to hold it) and the cached count reported
+    assert "--enable-prefix-caching" in argv and "--enable-prompt-tokens-details" in argv
+    assert argv[argv.index("--block-size") + 1] == "32"
     assert cmd.env["CUDA_VISIBLE_DEVICES"] == "" and cmd.env["HF_HUB_OFFLINE"] == "1"
     assert not any("key" in a.lower() for a in argv)  # the key travels in the environment only
 
@@ -43,7 +46,8 @@ def test_gpu_command_takes_recipe_settings(monkeypatch):
     assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
     assert "--enable-prefix-caching" in argv and argv[argv.index("--max-num-seqs") + 1] == "64"
-    assert "--enforce-eager" not in argv
+    assert "--enforce-eager" not in argv and "--block-size" not in argv  # vLLM's GPU default (16)
+    assert argv.count("--enable-prefix-caching") == 1
     assert cmd.env["CUDA_VISIBLE_DEVICES"] == "2,3" and cmd.env["VLLM_USE_MODELSCOPE"] == "True"
     assert "--dtype" not in argv  # on a GPU, auto is vLLM's own choice, as before
 

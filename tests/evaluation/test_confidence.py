@@ -30,6 +30,8 @@ def _evaluate(tmp_path, scripted, marker: str = ""):
 def test_a_doubtful_wrong_value_ranks_below_the_right_rows_and_is_not_auto_accepted(tmp_path, scripted):
     metrics, out = _evaluate(tmp_path, scripted)
     assert metrics["exact_match"] == 0.75
+    # the server's own prefix-cache count (usage.prompt_tokens_details.cached_tokens: 32 of 50)
+    assert metrics["cached_prompt_tokens"] == 8 * 32 and metrics["cached_prompt_share"] == 0.64
     conf = metrics["confidence"]
     assert conf["auroc"] == 1.0 and conf["fields"]["name"]["auroc"] == 1.0
     assert set(conf["auroc_by_aggregate"]) == {"prob", "min", "geo"}

@@ -19,6 +19,7 @@ def test_offline_engine_on_a_cpu_without_native_bf16_runs_in_float32():
     assert kwargs["enforce_eager"] is True and kwargs["max_num_seqs"] == 64 and kwargs["max_model_len"] == 768
     assert kwargs["structured_outputs_config"] == {"backend": "xgrammar", "disable_any_whitespace": True}
     assert "gpu_memory_utilization" not in kwargs
+    assert kwargs["enable_prefix_caching"] is True and kwargs["block_size"] == 32  # the shared prompt fits a block
     assert llm_kwargs(CPU, offline_dtype(CPU, cpuinfo=CPUINFO_BF16))["dtype"] == "bfloat16"
 
 
@@ -33,7 +34,8 @@ def test_offline_engine_override_works_both_ways():
 def test_offline_engine_on_a_gpu_is_unchanged():
     gpu = OfflineSettings(model_dir="/m", cpu=False, max_model_len=None, tensor_parallel_size=2)
     kwargs = llm_kwargs(gpu, offline_dtype(gpu, cpuinfo=CPUINFO_NO_BF16))
-    assert "dtype" not in kwargs and "enforce_eager" not in kwargs
+    assert "dtype" not in kwargs and "enforce_eager" not in kwargs and "block_size" not in kwargs
+    assert kwargs["enable_prefix_caching"] is True
     assert kwargs["tensor_parallel_size"] == 2 and kwargs["gpu_memory_utilization"] == 0.9
 
 
