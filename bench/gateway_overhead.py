@@ -2,6 +2,7 @@
 
     python bench/gateway_overhead.py [--requests 2000] [--concurrency 32] [--delay-ms 0] [--out FILE]
     python bench/gateway_overhead.py --upstream-url http://127.0.0.1:8001/v1 --model NAME [...]
+    python bench/gateway_overhead.py --workers 2 [--db postgresql://USER@HOST/EMPTY_DB]
 
 Starts an upstream (by default bench/scripted_upstream.py, which answers at once, so the gateway's
 own ceiling is measured; --delay-ms adds a model's time to every answer) or uses a running
@@ -217,9 +218,12 @@ def upstream_model(base_url: str, api_key: str) -> str:
     return names[0]
 
 
-def db_check(db: Path, modes: dict[str, Mode], passes: list[tuple[str, bool, Outcome]]) -> dict[str, Any]:
+def db_check(db: Any, modes: dict[str, Mode], passes: list[tuple[str, bool, Outcome]]) -> dict[str, Any]:
     """Compare the gateway's request log with what was sent and answered."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    from swiftpipe.gateway import store
+
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) if isinstance(db, Path) \
+        else store.connect(db, create=False)
     try:
         rows = conn.execute("SELECT id, endpoint, status, latency_ms FROM requests").fetchall()
     finally:
@@ -313,6 +317,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO / "datasets" / "demo" / "address.jsonl"))
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--workers", type=int, default=1, help="gateway processes (serve --workers)")
+    parser.add_argument("--db", help="the gateway's database: an empty PostgreSQL database's URL (default: a SQLite "
+                                     "file in --work)")
     parser.add_argument("--work", help="keep the gateway's database and the logs here (default: a temporary directory)")
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--profile", help="run the gateway under cProfile and write its stats to this file "
@@ -350,8 +357,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, procs.sigterm_as_interrupt():
         work = Path(args.work).resolve() if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        db = work / "gateway.sqlite"
-        if db.exists():
+        db: Any = args.db or work / "gateway.sqlite"
+        if isinstance(db, Path) and db.exists():
             raise SystemExit(f"{db} exists: pass an empty --work directory")
         started: list = []
         try:
@@ -377,7 +384,7 @@ def main() -> None:
             # --profile: the gateway under cProfile (its main thread; written when it stops)
             profile = ["-m", "cProfile", "-o", str(Path(args.profile).resolve())] if args.profile else []
             argv = [sys.executable, *profile, "-m", "swiftpipe.cli", "serve", "--upstream", f"bench={base_url}",
-                    "--recipe", recipe_arg, "--port", str(gw_port), "--db", str(db)]
+                    "--recipe", recipe_arg, "--port", str(gw_port), "--db", str(db), "--workers", str(args.workers)]
             t0 = time.perf_counter()
             gw = procs.start(argv, {"SWIFTPIPE_API_KEY": gateway_key, "SWIFTPIPE_UPSTREAM_API_KEY": upstream_key,
                                     "PYTHONUNBUFFERED": "1"}, gw_log, cwd=REPO, grace=15)
@@ -445,7 +452,8 @@ def main() -> None:
         "settings": {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup,
                      "rounds": args.rounds, "recipe": RECIPE, "confidence": args.confidence, "max_tokens": max_tokens,
                      "texts": len(texts),
-                     "timeout_s": args.timeout},
+                     "timeout_s": args.timeout, "workers": args.workers,
+                     "db": "sqlite" if not args.db else "postgresql"},
         "upstream": upstream_desc,
         "gateway_startup_s": round(startup_s, 2),
         "results": results,

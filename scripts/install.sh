@@ -149,5 +149,15 @@ alias.mkdir(exist_ok=True)
 (alias / "RECORD").write_text("")
 PY
 fi
+# PostgreSQL's server (Debian's postgresql) for the gateway's shared store and the tests, which start
+# a throwaway server of their own. Optional for the CPU demo; under CI (CI=1) a failure stops here.
+if pg_bin=$(bash scripts/install_postgresql.sh); then
+  echo "install: PostgreSQL server binaries in $pg_bin"
+elif [ -n "${CI:-}" ] && [ "${CI:-}" != 0 ]; then
+  echo "install: PostgreSQL could not be installed (see above); the tests need it under CI" >&2
+  exit 1
+else
+  echo "install: no PostgreSQL server (see above): the tests that need one will be skipped" >&2
+fi
 echo "$want" > "$stamp"
 echo "install: done ($(.venv/bin/python -c 'import importlib.metadata as m; print("ms-swift", m.version("ms-swift"), "torch", m.version("torch"))'))"

@@ -105,7 +105,8 @@ def run(recipe: str, overrides: tuple[str, ...], run_id: str | None, force: str 
         console.say(f"report:       {summary['report']}")
 
 
-DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
+DB_HELP = ("The gateway's database (request log, keys, versions): a SQLite file path (or sqlite:///PATH), or "
+           "postgresql://USER@HOST/DB, shared by replicas (password from PGPASSWORD or ~/.pgpass).")
 
 
 @cli.command()
@@ -141,10 +142,14 @@ DB_HELP = "The gateway's SQLite file (request log, keys, versions)."
               help="Seconds per upstream attempt.")
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True,
               help="Upstream retries on connection errors, timeouts, 429 and 5xx (with backoff).")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Gateway processes answering on --port, sharing --db (rate limits included; README "
+                   "'Several replicas').")
 def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional[str], names: tuple[str, ...],
           base: bool, host: str, port: int, db: str, weights: tuple[str, ...], ssl_certfile: Optional[str],
           ssl_keyfile: Optional[str], keep_days: float, log_content: str, max_connections: int,
-          accept_threshold: Optional[float], audit_share: float, upstream_timeout: float, retries: int) -> None:
+          accept_threshold: Optional[float], audit_share: float, upstream_timeout: float, retries: int,
+          workers: int) -> None:
     """Serve versions behind the extraction gateway until Ctrl-C.
 
     \b
@@ -165,7 +170,32 @@ def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional
                   port=port, db=db, weights=list(weights), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                   keep_days=keep_days or None, upstream_timeout=upstream_timeout, retries=retries,
                   log_content=log_content, max_connections=max_connections, accept_threshold=accept_threshold,
-                  audit_share=audit_share)
+                  audit_share=audit_share, workers=workers)
+
+
+@cli.group()
+def db() -> None:
+    """The gateway's database: `db upgrade --db URL`, `db copy --from A --to B`."""
+
+
+@db.command("upgrade")
+@click.option("--db", "database", default=DEFAULT_DB, show_default=True, help=DB_HELP)
+def db_upgrade(database: str) -> None:
+    """Bring a database's schema up to date (serve does it too; this does it ahead of a deploy)."""
+    from swiftpipe.gateway.transfer import upgrade_command
+
+    upgrade_command(database)
+
+
+@db.command("copy")
+@click.option("--from", "source", required=True, help="The database to copy (a path or URL, as --db).")
+@click.option("--to", "destination", required=True, help="An empty database to copy into (a path or URL).")
+def db_copy(source: str, destination: str) -> None:
+    """Copy a whole gateway database (log, keys, versions, reviews, statistics) into an empty one:
+    `db copy --from sqlite:///serve/serve.sqlite --to postgresql://swiftpipe@db/swiftpipe`."""
+    from swiftpipe.gateway.transfer import copy_command
+
+    copy_command(source, destination)
 
 
 @cli.group()

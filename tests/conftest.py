@@ -18,6 +18,36 @@ def write_recipe(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (tests/postgres.py), started when a test first
+    needs it; outside CI a machine without PostgreSQL skips those tests, with the reason."""
+    from tests.postgres import Server
+
+    try:
+        server = Server()
+    except Exception as exc:  # noqa: BLE001 - no binaries, no postgres user, no psycopg: say which
+        skip_or_fail(f"no PostgreSQL server for the tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:
+    """A fresh, migrated PostgreSQL database of its own for the test: its URL."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def gateway_db(request, tmp_path):
+    """A new gateway database, once a SQLite file and once a PostgreSQL database: what `--db` takes."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    return tmp_path / "g.sqlite"
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """The tiny Qwen3, built once per test session through the real CLI."""
     out = tmp_path_factory.mktemp("models") / "tiny-qwen3"

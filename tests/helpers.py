@@ -8,7 +8,6 @@ import os
 import queue
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -193,9 +192,9 @@ class GatewayProcess:
     ready once it prints `serving`."""
 
     def __init__(self, tmp_path: Path, *args: str, scheme: str = "http", startup_s: float = 120,
-                 env: Optional[dict] = None, port: Optional[int] = None):
+                 env: Optional[dict] = None, port: Optional[int] = None, db: Optional[Any] = None):
         self.port = port or free_port()
-        self.db = tmp_path / "serve" / "gw.sqlite"
+        self.db = db or tmp_path / "serve" / "gw.sqlite"  # a SQLite file, or a PostgreSQL URL
         self.out = tmp_path / f"gateway-{self.port}.out"
         self.env = env or child_env(SWIFTPIPE_API_KEY=KEY)
         self.proc = subprocess.Popen([*swiftpipe_cmd(), "serve", *args, "--port", str(self.port), "--db", str(self.db)],
@@ -231,9 +230,10 @@ class GatewayProcess:
         return httpx.get(self.url + path, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=60,
                          **kwargs)
 
-    def rows(self) -> dict[str, sqlite3.Row]:
-        conn = sqlite3.connect(self.db)
-        conn.row_factory = sqlite3.Row
+    def rows(self) -> dict[str, Any]:
+        from swiftpipe.gateway import store
+
+        conn = store.connect(self.db, create=False)
         try:
             return {r["id"]: r for r in conn.execute("SELECT * FROM requests")}
         finally:

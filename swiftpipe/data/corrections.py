@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe.core import console, jsonl
@@ -38,7 +37,7 @@ def reviewed(db: str, *, version: Optional[str] = None, since: Optional[str] = N
     if reviewers:
         where.append(f"k.name IN ({', '.join('?' * len(reviewers))})")
         params += reviewers
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         if reviewers:
             known = {r["name"] for r in conn.execute("SELECT name FROM keys")}
@@ -83,7 +82,7 @@ def summary(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _no_reviews(db: str, version: Optional[str], since: Optional[str]) -> str:
     """Why there is nothing to export, in words."""
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         reviews = conn.execute("SELECT count(*) FROM feedback").fetchone()[0]
         textless = conn.execute("SELECT count(*) FROM feedback f JOIN requests r ON r.id = f.request_id "

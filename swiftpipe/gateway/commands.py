@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Optional
 
 from swiftpipe.core import console
@@ -20,7 +19,7 @@ def keys_create(db: str, name: str, rpm: Optional[int], *, role: str = "client",
                 versions: Optional[str] = None) -> None:
     until = time.time() + keys.parse_duration(expires, "--expires") if expires else None
     allowed = [v.strip() for v in versions.split(",")] if versions is not None else None
-    conn = store.connect(Path(db))
+    conn = store.connect(db)
     try:
         key, secret = keys.create(conn, name, rpm=rpm, role=role, expires=until, versions=allowed)
     finally:
@@ -34,7 +33,7 @@ def keys_create(db: str, name: str, rpm: Optional[int], *, role: str = "client",
 
 def keys_rotate(db: str, name: str, grace: str) -> None:
     grace_s = keys.parse_duration(grace, "--grace")
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         key, secret, old = keys.rotate(conn, name, grace_s=grace_s)
     finally:
@@ -45,7 +44,7 @@ def keys_rotate(db: str, name: str, grace: str) -> None:
 
 
 def keys_list(db: str) -> None:
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         rows = keys.listing(conn)
     finally:
@@ -63,7 +62,7 @@ def keys_list(db: str) -> None:
 
 
 def keys_revoke(db: str, ident: str) -> None:
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         ids = keys.revoke(conn, ident)
     finally:
@@ -72,7 +71,7 @@ def keys_revoke(db: str, ident: str) -> None:
 
 
 def set_rollout(db: str, items: list[str]) -> None:
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         before = dict(rollout.current(conn))
         after = rollout.set_weights(conn, rollout.parse_weights(items, what="rollout"))

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import time
 from typing import Any, Optional
 
+from swiftpipe.gateway.db import Connection, count_if, dialect
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import flags
 
@@ -42,11 +42,11 @@ class FeedbackError(Exception):
         self.status, self.message = status, message
 
 
-def _answer(row: sqlite3.Row) -> Optional[Any]:
+def _answer(row: Any) -> Optional[Any]:
     return json.loads(row["fields"]) if row["fields"] else None
 
 
-def save(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any, task: Optional[Task],
+def save(conn: Connection, *, request_id: Any, fields: Any, verdict: Any, task: Optional[Task],
            key_id: str) -> dict:
     """Validate and store one review; raises FeedbackError(400|404) and changes nothing when wrong."""
     if not isinstance(request_id, str) or not request_id:
@@ -85,20 +85,30 @@ def save(conn: sqlite3.Connection, *, request_id: Any, fields: Any, verdict: Any
             raise FeedbackError(400, "the corrected answer does not fit the schema: " + "; ".join(checked.problems))
         right = fields
     outcome = "correct" if right == answer else "corrected"
-    conn.execute("INSERT OR REPLACE INTO feedback (request_id, verdict, fields, key_id, ts) VALUES (?, ?, ?, ?, ?)",
+    conn.execute("INSERT INTO feedback (request_id, verdict, fields, key_id, ts) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (request_id) DO UPDATE SET verdict = excluded.verdict, fields = excluded.fields, "
+                 "key_id = excluded.key_id, ts = excluded.ts",
                  (request_id, outcome, json.dumps(right, ensure_ascii=False), key_id, time.time()))
     return {"id": request_id, "verdict": outcome, "fields": right}
 
 
-_FLAG_FILTER = ("EXISTS (SELECT 1 FROM json_each(r.flags) WHERE json_each.value = :flag "
-                "OR json_each.value LIKE :flag || ':%')")
+def _flag_filter(conn: Connection) -> str:
+    """The answer has flag :flag (or one of its kind, `flag:detail`)."""
+    return (f"EXISTS (SELECT 1 FROM {dialect(conn).json_items('r.flags', 'j')} WHERE j.value = :flag "
+            f"OR j.value LIKE :flag || ':%')")
 
 
-# answers that are doubtful whatever their confidence: not valid, a value not in the text, a think block
-_HARD = ("(r.valid = 0 OR instr(r.flags, '\"not_in_text:') > 0 OR instr(r.flags, '\"think_block\"') > 0)")
+_NOT_IN_TEXT, _THINK_BLOCK = "'\"not_in_text:'", "'\"think_block\"'"  # as they appear in the flags' JSON
+_UNFLAGGED = "r.flags = '[]'"
 
 
-def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: Optional[str],
+def _hard(conn: Connection) -> str:
+    """Answers that are doubtful whatever their confidence: not valid, a value not in the text, a think block."""
+    contains = dialect(conn).contains
+    return f"(r.valid = 0 OR {contains('r.flags', _NOT_IN_TEXT)} OR {contains('r.flags', _THINK_BLOCK)})"
+
+
+def next_for_review(conn: Connection, *, version: Optional[str], flag: Optional[str],
                     exclude: list[str]) -> dict:
     """The next answer to review (module docstring): an audit answer when audited reviews would
     otherwise fall below `AUDIT_SHARE` of all reviews, else the most doubtful unreviewed one."""
@@ -108,7 +118,7 @@ def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: O
         where.append("r.version = :version")
         params["version"] = version
     if flag:
-        where.append(_FLAG_FILTER)
+        where.append(_flag_filter(conn))
         params["flag"] = flag
     if exclude:
         marks = []
@@ -118,7 +128,8 @@ def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: O
         where.append(f"r.id NOT IN ({', '.join(marks)})")
     base = "FROM requests r LEFT JOIN feedback f ON f.request_id = r.id WHERE " + " AND ".join(where)
     flagged_n, other_n, audit_n = conn.execute(
-        f"SELECT coalesce(sum(r.flags != '[]'), 0), coalesce(sum(r.flags = '[]'), 0), coalesce(sum(r.audit), 0) "
+        f"SELECT coalesce({count_if('NOT ' + _UNFLAGGED)}, 0), coalesce({count_if(_UNFLAGGED)}, 0), "
+        f"coalesce(sum(r.audit), 0) "
         f"{base}", params).fetchone()
     reviewed, audited = conn.execute(
         "SELECT count(*), coalesce(sum(r.audit), 0) FROM feedback f CROSS JOIN requests r ON r.id = f.request_id"
@@ -128,7 +139,7 @@ def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: O
         row = conn.execute(f"SELECT r.* {base} AND r.audit = 1 ORDER BY random() LIMIT 1", params).fetchone()
     if row is None:
         row = conn.execute(
-            f"SELECT r.* {base} AND r.audit = 0 ORDER BY {_HARD} DESC, r.row_confidence IS NULL, r.row_confidence, "
+            f"SELECT r.* {base} AND r.audit = 0 ORDER BY {_hard(conn)} DESC, r.row_confidence IS NULL, r.row_confidence, "
             f"r.flags != '[]' DESC, random() LIMIT 1", params).fetchone()
     if row is None:  # only audit answers are left
         row = conn.execute(f"SELECT r.* {base} ORDER BY random() LIMIT 1", params).fetchone()
@@ -142,7 +153,7 @@ def next_for_review(conn: sqlite3.Connection, *, version: Optional[str], flag: O
     return {"request": request_view(row), "remaining": remaining}
 
 
-def request_view(row: sqlite3.Row) -> dict:
+def request_view(row: Any) -> dict:
     return {"id": row["id"], "version": row["version"], "ts": row["ts"], "endpoint": row["endpoint"],
             "input": row["input"], "fields": _answer(row), "valid": bool(row["valid"]) if row["valid"] is not None else None,
             "flags": json.loads(row["flags"] or "[]"), "latency_ms": row["latency_ms"],

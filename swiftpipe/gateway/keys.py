@@ -7,6 +7,11 @@ Roles, each including the one before (see `ROLE_OF` in `gateway/access.py` for t
 - `reviewer`: also the review queue, reviews, statistics, any request by id;
 - `admin`: everything, metrics and health details from other hosts, the OpenAPI schema.
 
+Rate limits: `RateLimiter` counts in this process (one gateway process on a SQLite file);
+`SharedRateLimiter` counts in the database (`rate_hits`: one row per admitted request of a limited
+key, the last minute's only), so every process (`serve --workers N`) and every replica on one
+PostgreSQL database draws from the same minute: a key with --rpm 30 gets 30 a minute in all.
+
 Rotation: `keys rotate NAME --grace 24h` creates the successor (same role, limit and versions),
 shows it once, and lets the old key expire after the grace period; `keys revoke` ends a key at
 once. A running gateway notices either within a second, without a restart.
@@ -19,12 +24,14 @@ import json
 import re
 import secrets
 import sqlite3
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from swiftpipe.gateway import store
+from swiftpipe.gateway.db import Connection, dialect
 
 PREFIX = "sk-sp-"
 ROLES = ("client", "reviewer", "admin")  # in order: each may do what the ones before it may
@@ -72,7 +79,7 @@ def parse_duration(text: str, what: str) -> float:
     return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
-def _row_key(row: sqlite3.Row) -> Key:
+def _row_key(row: Any) -> Key:
     versions = json.loads(row["versions"]) if row["versions"] else None
     return Key(row["id"], row["name"], row["rpm"], row["revoked"], row["role"], row["expires"],
                tuple(versions) if versions is not None else None)
@@ -81,7 +88,7 @@ def _row_key(row: sqlite3.Row) -> Key:
 _COLUMNS = "id, name, hash, rpm, revoked, role, expires, versions"
 
 
-def create(conn: sqlite3.Connection, name: str, *, rpm: Optional[int] = None, key: Optional[str] = None,
+def create(conn: Connection, name: str, *, rpm: Optional[int] = None, key: Optional[str] = None,
            role: str = "client", expires: Optional[float] = None,
            versions: Optional[list[str]] = None) -> tuple[Key, str]:
     """Store a new key (its hash) and return it with the key itself (the only time it exists in clear)."""
@@ -105,12 +112,12 @@ def create(conn: sqlite3.Connection, name: str, *, rpm: Optional[int] = None, ke
     return Key(key_id, name, rpm, None, role, expires, tuple(json.loads(allowed)) if allowed else None), key
 
 
-def find(conn: sqlite3.Connection, key: str) -> Optional[Key]:
+def find(conn: Connection, key: str) -> Optional[Key]:
     row = conn.execute(f"SELECT {_COLUMNS} FROM keys WHERE hash = ?", (key_hash(key),)).fetchone()
     return _row_key(row) if row else None
 
 
-def active(conn: sqlite3.Connection, now: Optional[float] = None) -> dict[str, Key]:
+def active(conn: Connection, now: Optional[float] = None) -> dict[str, Key]:
     """Keys that are neither revoked nor expired, by hash."""
     now = time.time() if now is None else now
     rows = conn.execute(f"SELECT {_COLUMNS} FROM keys WHERE revoked IS NULL AND (expires IS NULL OR expires > ?)",
@@ -118,13 +125,13 @@ def active(conn: sqlite3.Connection, now: Optional[float] = None) -> dict[str, K
     return {r["hash"]: _row_key(r) for r in rows}
 
 
-def listing(conn: sqlite3.Connection) -> list[dict]:
+def listing(conn: Connection) -> list[dict]:
     rows = conn.execute("SELECT id, name, role, rpm, versions, created, expires, last_used, revoked FROM keys "
                         "ORDER BY created").fetchall()
     return [dict(r) for r in rows]
 
 
-def revoke(conn: sqlite3.Connection, ident: str) -> list[str]:
+def revoke(conn: Connection, ident: str) -> list[str]:
     """Revoke the key with this id, or every active key with this name; returns the ids revoked."""
     rows = conn.execute("SELECT id FROM keys WHERE (id = ? OR name = ?) AND revoked IS NULL", (ident, ident)).fetchall()
     ids = [r["id"] for r in rows]
@@ -137,7 +144,7 @@ def revoke(conn: sqlite3.Connection, ident: str) -> list[str]:
     return ids
 
 
-def rotate(conn: sqlite3.Connection, ident: str, *, grace_s: float) -> tuple[Key, str, list[str]]:
+def rotate(conn: Connection, ident: str, *, grace_s: float) -> tuple[Key, str, list[str]]:
     """A successor of the key with this id or name (same name, role, limit, versions); the old
     key(s) expire `grace_s` from now (or earlier, if they already would). Returns (new key, its
     secret, the ids of the keys it replaces)."""
@@ -160,10 +167,11 @@ def rotate(conn: sqlite3.Connection, ident: str, *, grace_s: float) -> tuple[Key
     return successor, secret, [k.id for k in old]
 
 
-def touch(conn: sqlite3.Connection, last_used: dict[str, float]) -> None:
+def touch(conn: Connection, last_used: dict[str, float]) -> None:
     """Record when keys were last used (batched by the gateway, once a second)."""
     if last_used:
-        conn.executemany("UPDATE keys SET last_used = max(coalesce(last_used, 0), ?) WHERE id = ?",
+        conn.executemany(f"UPDATE keys SET last_used = {dialect(conn).greatest('coalesce(last_used, 0)', '?')} "
+                         f"WHERE id = ?",
                          [(ts, key_id) for key_id, ts in last_used.items()])
 
 
@@ -185,3 +193,40 @@ class RateLimiter:
             return max(1, int(window[0] + 60 - now + 0.999))
         window.append(now)
         return None
+
+
+class SharedRateLimiter:
+    """Requests per minute per key, counted in the database: the same sliding window for every
+    process and replica using it. One short transaction per request of a limited key (unlimited
+    keys cost nothing), serialised per key (PostgreSQL: an advisory lock on the key; SQLite: its
+    write lock). Times are the gateways' clocks: keep replicas' clocks in step (NTP). While the
+    database cannot be written, each process falls back to counting on its own, and says so."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._local = RateLimiter()
+        self._said = 0.0
+
+    def retry_after(self, key: Key, now: Optional[float] = None) -> Optional[int]:
+        if not key.rpm:
+            return None
+        now = time.time() if now is None else now
+        conn = self.conn
+        try:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                dialect(conn).relaxed_commit(conn)  # a rate window lost in a database crash costs nothing
+                dialect(conn).lock_key(conn, key.id)
+                conn.execute("DELETE FROM rate_hits WHERE key_id = ? AND ts <= ?", (key.id, now - 60))
+                n, oldest = conn.execute("SELECT count(*), min(ts) FROM rate_hits WHERE key_id = ?",
+                                         (key.id,)).fetchone()
+                if n >= key.rpm:
+                    return max(1, int(oldest + 60 - now + 0.999))
+                conn.execute("INSERT INTO rate_hits (key_id, ts) VALUES (?, ?)", (key.id, now))
+            return None
+        except sqlite3.Error as exc:  # the database, for now: limited by this process alone meanwhile
+            if time.monotonic() - self._said > 60:
+                self._said = time.monotonic()
+                print(f"gateway: rate limits counted by this process only (the database: {exc})", file=sys.stderr,
+                      flush=True)
+            return self._local.retry_after(key)

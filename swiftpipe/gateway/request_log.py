@@ -9,7 +9,6 @@ import re
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe.core import console
@@ -58,7 +57,7 @@ def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since
     """The log's rows, newest first, as a DataFrame (flags and fields parsed)."""
     import pandas as pd
 
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     where, params = filters(version=version, since=since)
     if flagged:
         where.append("r.flags != '[]'")
@@ -67,7 +66,9 @@ def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since
     if limit:
         sql += f" LIMIT {int(limit)}"
     try:
-        frame = pd.read_sql_query(sql, conn, params=params)
+        cursor = conn.execute(sql, params)
+        columns = [d[0] for d in cursor.description]
+        frame = pd.DataFrame.from_records([tuple(r) for r in cursor.fetchall()], columns=columns, coerce_float=True)
     finally:
         conn.close()
     frame["flags"] = frame["flags"].map(lambda s: json.loads(s) if s else [])
@@ -79,7 +80,7 @@ def load(db: str, *, flagged: bool = False, version: Optional[str] = None, since
 
 
 def versions_of(db: str) -> list[str]:
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         names = [r[0] for r in conn.execute("SELECT DISTINCT version FROM request_days")]
         names += [r[0] for r in conn.execute("SELECT name FROM versions") if r[0] not in names]
@@ -91,7 +92,7 @@ def versions_of(db: str) -> list[str]:
 def compare_table(db: str, names: list[str], *, version: Optional[str], since: Optional[str],
                   flagged: bool) -> list[dict[str, Any]]:
     """Per version (in `names`' order): the numbers of `gateway.stats`, each flag's rate a column."""
-    conn = store.connect(Path(db), create=False)
+    conn = store.connect(db, create=False)
     try:
         numbers = version_stats(conn, since=parse_since(since) if since else None,
                                 versions=[version] if version else names, flagged=flagged)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from typing import Optional
 
 from swiftpipe.gateway import store
+from swiftpipe.gateway.db import Connection, dialect
 
 
 class RolloutError(store.StoreError):
@@ -79,7 +79,7 @@ def choose(weights: list[tuple[str, float]], key_id: str) -> str:
     return [name for name, w in weights if w > 0][-1]
 
 
-def register(conn: sqlite3.Connection, versions: list[tuple[str, str]], weights: Optional[dict[str, float]],
+def register(conn: Connection, versions: list[tuple[str, str]], weights: Optional[dict[str, float]],
              tasks: Optional[dict[str, dict]] = None) -> dict[str, float]:
     """At start-up: make `versions` (name, what it serves) the database's versions. Weights: the
     given ones, else those saved for the same versions (a restart keeps a rollout), else all
@@ -95,20 +95,22 @@ def register(conn: sqlite3.Connection, versions: list[tuple[str, str]], weights:
     now = time.time()
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        dialect(conn).lock_key(conn, "versions")  # replicas starting at once: one after the other
         conn.execute("DELETE FROM versions")
         conn.executemany("INSERT INTO versions (name, position, weight, model, updated) VALUES (?, ?, ?, ?, ?)",
                          [(name, i, new[name], model, now) for i, (name, model) in enumerate(versions)])
-        conn.executemany("INSERT OR REPLACE INTO tasks (version, task, updated) VALUES (?, ?, ?)",
+        conn.executemany("INSERT INTO tasks (version, task, updated) VALUES (?, ?, ?) ON CONFLICT (version) "
+                         "DO UPDATE SET task = excluded.task, updated = excluded.updated",
                          [(name, json.dumps(t, ensure_ascii=False), now) for name, t in (tasks or {}).items()])
         store.add_event(conn, "serve", {"versions": names, "weights": new})
     return new
 
 
-def current(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+def current(conn: Connection) -> list[tuple[str, float]]:
     return [(r["name"], r["weight"]) for r in conn.execute("SELECT name, weight FROM versions ORDER BY position")]
 
 
-def set_weights(conn: sqlite3.Connection, given: dict[str, float]) -> dict[str, float]:
+def set_weights(conn: Connection, given: dict[str, float]) -> dict[str, float]:
     """`swiftpipe rollout`: change the weights (logged as an event)."""
     now_weights = dict(current(conn))
     if not now_weights:

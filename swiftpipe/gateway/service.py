@@ -15,7 +15,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from swiftpipe.core import console, envinfo, procs
 from swiftpipe.core.errors import SwiftpipeError
@@ -146,12 +146,16 @@ def version_of(p: Planned, *, base_url: str, api_key: str, model: Optional[str])
                    source=p.source)
 
 
-def key_file(db: Path) -> Path:
-    """Where a generated admin key is kept (0600, beside the database)."""
-    return db.with_name(db.name + ".admin-key")
+def key_file(db: Any) -> Path:
+    """Where a generated admin key is kept (0600): beside a SQLite file; for a PostgreSQL database,
+    in this machine's serve/ directory, named after the database."""
+    place = store.target(db)
+    if place.path is not None:
+        return place.path.with_name(place.path.name + ".admin-key")
+    return Path(store.DEFAULT_DB).parent.resolve() / f"{place.name}.admin-key"
 
 
-def ensure_key(conn, db: Path) -> Optional[Path]:
+def ensure_key(conn, db: Any) -> Optional[Path]:
     """The gateway's own key is an admin key: SWIFTPIPE_API_KEY (registered as 'env'; at least
     MIN_ENV_KEY characters), else — when the database has no active key at all — one generated and
     written to a 0600 file beside the database (never to a log). Returns that file when it made one."""
@@ -165,7 +169,11 @@ def ensure_key(conn, db: Path) -> Optional[Path]:
         if found is None:  # a new SWIFTPIPE_API_KEY replaces the earlier one
             for old in [k for k in keys.listing(conn) if k["name"] == "env" and not k["revoked"]]:
                 keys.revoke(conn, old["id"])
-            keys.create(conn, "env", key=env_key, role="admin")
+            try:
+                keys.create(conn, "env", key=env_key, role="admin")
+            except store.StoreError:  # another replica, starting at the same moment, registered it
+                if keys.find(conn, env_key) is None:
+                    raise
         elif found.revoked is not None or found.expired():
             console.warn("SWIFTPIPE_API_KEY is a revoked or expired key of this database: requests with it get 401")
         return None
@@ -183,9 +191,15 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
           host: str, port: int, db: str, weights: list[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str],
           keep_days: Optional[float], upstream_timeout: float, retries: int, log_content: str = "full",
           max_connections: int = 1000, accept_threshold: Optional[float] = None,
-          audit_share: float = feedback.AUDIT_SHARE) -> None:
-    db_path = Path(db).resolve()
-    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=db_path.parent,
+          audit_share: float = feedback.AUDIT_SHARE, workers: int = 1) -> None:
+    place = store.target(db)
+    if place.path is not None:
+        place = store.target(place.path.resolve())
+    db_path = place.path  # None: PostgreSQL
+    state_dir = db_path.parent if db_path is not None else Path(store.DEFAULT_DB).parent.resolve()
+    if workers < 1:
+        raise GatewayError(f"--workers must be at least 1 (got {workers})")
+    planned = plan_versions(targets, upstreams, recipe=recipe, names=names, base=base, log_dir=state_dir,
                             accept_threshold=accept_threshold)
     given_weights = rollout.parse_weights(weights, what="--weights") if weights else None
     if given_weights:
@@ -197,7 +211,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
         raise GatewayError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
     if port_in_use(host, port):
         raise GatewayError(f"port {port} on {host} is already in use; pass another --port")
-    if db_path.is_file() and store.readable_by_others(db_path):
+    if db_path is not None and db_path.is_file() and store.readable_by_others(db_path):
         console.warn(f"{db_path} can be read by other users of this machine (mode "
                      f"{oct(db_path.stat().st_mode & 0o777)}); it holds the logged texts: chmod 600 it (and its "
                      f"-wal and -shm files)")
@@ -205,10 +219,10 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
         console.warn(f"the gateway binds {host}: it is reachable from other machines. Every /v1 call needs a key, "
                      f"but keys and texts cross the network in clear unless you use --ssl-certfile/--ssl-keyfile "
                      f"or a TLS reverse proxy (README 'Deploying'); /health and /metrics need a key from there")
-    conn = store.connect(db_path)
+    conn = store.connect(place)
     new_weights = rollout.register(conn, [(p.name, p.source) for p in planned], given_weights,
                                    {p.name: p.task.stored() for p in planned})
-    made_key = ensure_key(conn, db_path)
+    made_key = ensure_key(conn, place)
     if keep_days is not None:
         store.prune(conn, keep_days)
     conn.close()
@@ -244,25 +258,29 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
             else:
                 assert p.url is not None
                 versions.append(version_of(p, base_url=p.url, api_key=upstream_key, model=None))
-        gw = Gateway(versions, db_path, upstreams=UpstreamClient(timeout=upstream_timeout, retries=retries),
-                     keep_days=keep_days, content=log_content, audit_share=audit_share)
         open_files = connections.raise_open_file_limit(max_connections + 256)
         limits = connections.Limits(max_connections=max(16, min(max_connections, open_files - 128)))
 
-        def refused(reason: str, limit: object) -> None:
-            gw.metrics.refused_connections.labels(reason).inc()
-            gw.say_once_a_minute(reason, "refused: " + connections.REASONS[reason].format(limit=limit))
+        def gateway_config():  # one per process: its own database connections and log writer
+            gw = Gateway(versions, place, upstreams=UpstreamClient(timeout=upstream_timeout, retries=retries),
+                         keep_days=keep_days, content=log_content, audit_share=audit_share,
+                         shared_limits=True if workers > 1 else None)
 
-        config = uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
-                                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
-                                lifespan="on", server_header=False, http=connections.protocol_class(limits, refused),
-                                timeout_keep_alive=int(limits.keep_alive_s))
+            def refused(reason: str, limit: object) -> None:
+                gw.metrics.refused_connections.labels(reason).inc()
+                gw.say_once_a_minute(reason, "refused: " + connections.REASONS[reason].format(limit=limit))
+
+            return uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
+                                  ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
+                                  lifespan="on", server_header=False,
+                                  http=connections.protocol_class(limits, refused),
+                                  timeout_keep_alive=int(limits.keep_alive_s))
         scheme = "https" if ssl_certfile else "http"
         shown_host = f"[{host}]" if ":" in host else host
 
         def announce() -> None:  # once the port is bound: `serving` means requests are answered now
             console.say(f"serving {len(versions)} version(s) at {scheme}://{shown_host}:{port}/v1 "
-                        f"({rollout.describe(new_weights)}); request log: {db_path}")
+                        f"({rollout.describe(new_weights)}); request log: {place}")
             for p in planned:
                 t = p.task.accept_threshold
                 console.say(f"  version '{p.name}': " + (f"answers with row confidence >= {t:g} need no review"
@@ -274,27 +292,40 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                     console.say(f"  the key: {made_key.read_text(encoding='utf-8').strip()}")
             console.say("Ctrl-C stops the gateway and its vLLM servers.")
 
-        gateway = _Server(config, announce)
-        hung_up = []
+        if workers > 1:
+            from swiftpipe.gateway import workers as pool
 
-        def on_hangup(signum, frame) -> None:  # a closed terminal: stop like SIGTERM, say SIGHUP
-            hung_up.append(True)
-            procs.drop_hung_up_terminal()
-            gateway.handle_exit(signal.SIGTERM, frame)
+            def serve_one(sock, ready: Callable[[], None]) -> None:
+                _Server(gateway_config(), ready).run(sockets=[sock])
 
-        previous = signal.signal(signal.SIGHUP, on_hangup)
-        try:
-            gateway.run()
-        except KeyboardInterrupt as exc:  # uvicorn re-raises the signal it stopped on
-            if not gateway.started:
-                raise
-            stopped_by = "SIGHUP" if hung_up else (procs.interrupt_signame(exc) or "Ctrl-C")
+            stopped = pool.run(workers, pool.bind(host, port), serve_one, announce)
+            if stopped is None:
+                raise GatewayError(f"the gateway workers did not start on {host}:{port}; see the messages above")
+            stopped_by = stopped
             for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the clean-up short
                 signal.signal(sig, signal.SIG_IGN)
         else:
-            signal.signal(signal.SIGHUP, previous)
-        if not gateway.started:
-            raise GatewayError(f"the gateway did not start on {host}:{port}; see the messages above")
+            gateway = _Server(gateway_config(), announce)
+            hung_up = []
+
+            def on_hangup(signum, frame) -> None:  # a closed terminal: stop like SIGTERM, say SIGHUP
+                hung_up.append(True)
+                procs.drop_hung_up_terminal()
+                gateway.handle_exit(signal.SIGTERM, frame)
+
+            previous = signal.signal(signal.SIGHUP, on_hangup)
+            try:
+                gateway.run()
+            except KeyboardInterrupt as exc:  # uvicorn re-raises the signal it stopped on
+                if not gateway.started:
+                    raise
+                stopped_by = "SIGHUP" if hung_up else (procs.interrupt_signame(exc) or "Ctrl-C")
+                for sig in (signal.SIGTERM, signal.SIGHUP):  # a second signal must not cut the clean-up short
+                    signal.signal(sig, signal.SIG_IGN)
+            else:
+                signal.signal(signal.SIGHUP, previous)
+            if not gateway.started:
+                raise GatewayError(f"the gateway did not start on {host}:{port}; see the messages above")
     # Stopping a service is its normal end: exit 0 once everything is down.
     console.say(f"stopped ({stopped_by}): the gateway and its vLLM servers are down")
 

@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 from swiftpipe.gateway import feedback, keys, privacy, rollout, store
@@ -152,13 +151,14 @@ def _when(ts: float) -> str:
 class Gateway:
     """The running gateway's state: versions, keys and weights (reread every second), the log."""
 
-    def __init__(self, versions: list[Version], db: Path, *, upstreams: Optional[UpstreamClient] = None,
+    def __init__(self, versions: list[Version], db: Any, *, upstreams: Optional[UpstreamClient] = None,
                  keep_days: Optional[float] = store.DEFAULT_KEEP_DAYS, content: str = "full",
-                 log_wait_s: float = store.LOG_WAIT_S, audit_share: float = feedback.AUDIT_SHARE):
+                 log_wait_s: float = store.LOG_WAIT_S, audit_share: float = feedback.AUDIT_SHARE,
+                 shared_limits: Optional[bool] = None):
         if content not in privacy.MODES:
             raise ValueError(f"content must be one of {privacy.MODES}")
         self.versions = {v.name: v for v in versions}
-        self.db = Path(db)
+        self.db = store.target(db)  # a SQLite file or a PostgreSQL URL (gateway.db)
         self.upstreams = upstreams or UpstreamClient()
         self.keep_days = keep_days
         self.content = content
@@ -168,7 +168,9 @@ class Gateway:
         self.log: Optional[store.RequestLog] = None
         self.keys: dict[str, keys.Key] = {}
         self.weights: list[tuple[str, float]] = [(v.name, 0.0) for v in versions]
-        self.limiter = keys.RateLimiter()
+        # rate windows in the database when other processes share it (PostgreSQL, serve --workers)
+        shared = not self.db.is_sqlite if shared_limits is None else shared_limits
+        self.limiter = keys.SharedRateLimiter(self.conn) if shared else keys.RateLimiter()
         self.metrics = Metrics()
         self.used: dict[str, float] = {}  # key id -> last use, written once a second
         self._said: dict[str, float] = {}  # a warning -> when it was last printed (once a minute)
@@ -213,13 +215,15 @@ class Gateway:
             asyncio.get_running_loop().run_in_executor(None, self._prune, self.keep_days)
 
     def _prune(self, keep_days: float) -> None:
-        conn = store.connect(self.db)  # its own connection, in a worker thread: a long DELETE blocks no request
+        conn = None
         try:
+            conn = store.connect(self.db)  # its own connection, in a worker thread: a long DELETE blocks no request
             store.prune(conn, keep_days)
-        except Exception as exc:  # noqa: BLE001 - a locked file: pruned an hour later
+        except Exception as exc:  # noqa: BLE001 - a locked file, a database down: pruned an hour later
             self.say_once_a_minute("prune", f"could not prune the request log ({type(exc).__name__}: {exc})")
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -17,11 +17,11 @@ they say how well the doubt finds errors, not how often the version is right.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any, Optional
 
 from swiftpipe.core.stats import percentile, wilson_interval
+from swiftpipe.gateway.db import Connection, count_if, dialect
 from swiftpipe.gateway.store import histogram_percentile, utc_day
 from swiftpipe.task.flags import INVALID_JSON
 
@@ -49,26 +49,30 @@ def _group() -> dict[str, Any]:
             "audit_confirmed": 0, "flags": {}, "latencies": []}
 
 
-_REVIEWS = ("count(f.verdict), sum(f.verdict = 'correct'), sum(f.verdict IS NOT NULL AND r.audit = 1), "
-            "sum(f.verdict = 'correct' AND r.audit = 1)")
+_CONFIRMED = "f.verdict = 'correct'"
+_REVIEWS = (f"count(f.verdict), {count_if(_CONFIRMED)}, {count_if('f.verdict IS NOT NULL AND r.audit = 1')}, "
+            f"{count_if(_CONFIRMED + ' AND r.audit = 1')}")
+_ANSWERED, _FLAGGED = count_if("r.status = 200"), count_if("r.flags != '[]'")
+_INVALID_MARK = "'\"" + INVALID_JSON + "\"'"  # the flag as it appears in the JSON list, as an SQL literal
 _REVIEW_KEYS = ("reviewed", "confirmed", "audited", "audit_confirmed")
 
 
-def _from_rows(conn: sqlite3.Connection, since: Optional[float], versions: Optional[list[str]], flagged: bool,
+def _from_rows(conn: Connection, since: Optional[float], versions: Optional[list[str]], flagged: bool,
                by_day: bool) -> dict[tuple[str, str], dict[str, Any]]:
     """Exact numbers from the request rows themselves (a window that starts within a day, --flagged)."""
     where, params = _where(since, versions, flagged)
-    day = "date(r.ts, 'unixepoch')" if by_day else f"'{ALL}'"
+    sql = dialect(conn)
+    day = sql.utc_day("r.ts") if by_day else f"'{ALL}'"
     groups: dict[tuple[str, str], dict[str, Any]] = {}
+    invalid_n = count_if(sql.contains("r.flags", _INVALID_MARK))
     counts = conn.execute(
-        f"SELECT r.version, {day} AS day, count(*), sum(r.status = 200), sum(r.flags != '[]'), "
-        f"sum(instr(r.flags, '\"{INVALID_JSON}\"') > 0), {_REVIEWS} "
+        f"SELECT r.version, {day} AS day, count(*), {_ANSWERED}, {_FLAGGED}, {invalid_n}, {_REVIEWS} "
         f"FROM requests r LEFT JOIN feedback f ON f.request_id = r.id WHERE {where} GROUP BY 1, 2", params)
     for version, when, n, answered, flagged_n, invalid, *reviews in counts:
         groups[(version, when)] = {**_group(), "n": n, "answered": answered or 0, "flagged": flagged_n or 0,
                                    "invalid": invalid or 0, **{k: v or 0 for k, v in zip(_REVIEW_KEYS, reviews)}}
     for version, when, flag, n in conn.execute(
-            f"SELECT r.version, {day} AS day, j.value, count(*) FROM requests r, json_each(r.flags) j "
+            f"SELECT r.version, {day} AS day, j.value, count(*) FROM requests r, {sql.json_items('r.flags', 'j')} "
             f"WHERE {where} GROUP BY 1, 2, 3", params):
         groups[(version, when)]["flags"][flag] = n
     for version, when, latency in conn.execute(
@@ -78,7 +82,7 @@ def _from_rows(conn: sqlite3.Connection, since: Optional[float], versions: Optio
     return groups
 
 
-def _from_rollups(conn: sqlite3.Connection, since: Optional[float], versions: Optional[list[str]],
+def _from_rollups(conn: Connection, since: Optional[float], versions: Optional[list[str]],
                   by_day: bool) -> dict[tuple[str, str], dict[str, Any]]:
     """Numbers of whole UTC days from the rollups (each day's, with `by_day`, and the whole
     window's); reviews from the reviews of the kept rows. A day that is over has its percentiles
@@ -128,7 +132,7 @@ def _from_rollups(conn: sqlite3.Connection, since: Optional[float], versions: Op
     # CROSS JOIN keeps feedback (people's reviews: few) the outer loop; SQLite would otherwise walk
     # every request in the window by its ts index and look each one up in feedback.
     rows_where, rows_params = _where(since, versions, False)
-    for day in (["date(r.ts, 'unixepoch')"] if by_day else []) + [f"'{ALL}'"]:
+    for day in ([dialect(conn).utc_day("r.ts")] if by_day else []) + [f"'{ALL}'"]:
         for version, when, *reviews in conn.execute(
                 f"SELECT r.version, {day}, {_REVIEWS} FROM feedback f "
                 f"CROSS JOIN requests r ON r.id = f.request_id WHERE {rows_where} GROUP BY 1, 2", rows_params):
@@ -151,7 +155,7 @@ def _ms(value: Optional[float]) -> Optional[float]:
     return round(value, 1) if value is not None else None
 
 
-def version_stats(conn: sqlite3.Connection, *, since: Optional[float] = None, versions: Optional[list[str]] = None,
+def version_stats(conn: Connection, *, since: Optional[float] = None, versions: Optional[list[str]] = None,
                   flagged: bool = False, by_day: bool = False) -> dict[str, dict[str, dict[str, Any]]]:
     """{version: {"all": entry, "<UTC day>": entry, ...}} (days only with `by_day`), each entry
     {requests, answered, p50_ms, p95_ms, flagged, invalid_json, flag_rates, reviewed, reviewed_accuracy}.
@@ -198,7 +202,7 @@ def reviews(g: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def dashboard(conn: sqlite3.Connection, *, days: int = 30) -> dict[str, Any]:
+def dashboard(conn: Connection, *, days: int = 30) -> dict[str, Any]:
     """`GET /v1/stats`: per version, its UTC days and its total over the last `days` UTC days (today included)."""
     today = int(time.time() // DAY_S) * DAY_S
     stats = version_stats(conn, since=today - (days - 1) * DAY_S, by_day=True)

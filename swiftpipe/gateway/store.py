@@ -1,18 +1,21 @@
-"""The gateway's SQLite file: the request log, the API keys (hashes only), the versions and their
-traffic weights, the reviews, and an event log (rollouts, key changes).
+"""The gateway's database: the request log, the API keys (hashes only), the versions and their
+traffic weights, the reviews, the shared rate windows and an event log (rollouts, key changes).
 
-One file, WAL mode, so `swiftpipe requests`, `keys` and `rollout` read and write it while the
-gateway runs. Request rows are written by one writer thread that commits a batch of concurrent
+A SQLite file (the default; one machine) or a PostgreSQL database (the store of several replicas),
+through one data layer: the queries are written once, `gateway.db` translates what differs.
+A SQLite file is in WAL mode, so `swiftpipe requests`, `keys` and `rollout` read and write it while
+the gateway runs. Request rows are written by one writer thread that commits a batch of concurrent
 requests at once; each request's response waits for the commit that holds its row (a response
 the client got is in the log, SIGKILL included) — for a bounded time: a locked or full database
 makes requests fail fast (503), never hang, and the log recovers by itself.
 
-Private by construction: the file (and SQLite's -wal and -shm beside it, which take its mode) is
+Private by construction (SQLite): the file (and SQLite's -wal and -shm beside it, which take its mode) is
 created 0600, in a directory created 0700, whatever the umask; deleted rows are overwritten
 (`secure_delete`) and the file shrinks after large prunes (incremental vacuum).
 
 The schema is a list of numbered migrations (`MIGRATIONS`), applied in order when a database is
-opened; `schema_version` says how far a file has come.
+opened (`swiftpipe db upgrade` applies them without serving); `schema_version` says how far a
+database has come. On PostgreSQL, replicas starting together migrate one at a time (an advisory lock).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from swiftpipe.core.errors import SwiftpipeError
+from swiftpipe.gateway import db
+from swiftpipe.gateway.db import Connection
 from swiftpipe.task.flags import INVALID_JSON
 
 BASELINE = """
@@ -125,6 +130,10 @@ MIGRATIONS: list[tuple[int, str, list[Any]]] = [
         "CREATE INDEX IF NOT EXISTS requests_review ON requests (audit, row_confidence) "
         "WHERE status = 200 AND input IS NOT NULL",
     ]),
+    (5, "per-key rate windows shared by every process and replica of the gateway (keys.SharedRateLimiter)", [
+        "CREATE TABLE IF NOT EXISTS rate_hits (key_id TEXT NOT NULL, ts REAL NOT NULL)",  # one row per admitted request
+        "CREATE INDEX IF NOT EXISTS rate_hits_key_ts ON rate_hits (key_id, ts)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -139,6 +148,14 @@ BUSY_MS = 500  # how long one statement waits for another process's lock
 
 class StoreError(SwiftpipeError):
     pass
+
+
+def target(where: Any) -> db.Target:
+    """`--db` parsed (a path or a URL); StoreError for a URL of another kind."""
+    try:
+        return db.parse(where)
+    except db.DatabaseURLError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def private_dir(path: Path) -> None:
@@ -167,35 +184,69 @@ def readable_by_others(path: Path) -> bool:
         return False
 
 
-def connect(path: Path, *, create: bool = True, busy_ms: int = 10_000) -> sqlite3.Connection:
-    """Open (and create, privately) the gateway database, migrated to the current schema; WAL mode."""
-    path = Path(path)
+def connect(where: Any, *, create: bool = True, busy_ms: int = 10_000, upgrade: bool = True) -> Connection:
+    """Open the gateway database (`--db`: a path or a URL, see `gateway.db`), migrated to the current
+    schema. A SQLite file is created privately (unless `create` is false) and opened in WAL mode; a
+    PostgreSQL database must exist (its tables are created). `upgrade=False`: no migration (`db upgrade`)."""
+    place = target(where)
+    if not place.is_sqlite:
+        assert place.url is not None
+        try:
+            pg = db.connect_pg(place.url, lock_timeout_ms=busy_ms)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{place}: cannot open the PostgreSQL database ({exc}); check the URL, that the "
+                             f"server runs and that the database exists (createdb), and the password "
+                             f"(PGPASSWORD or ~/.pgpass)") from None
+        try:
+            if upgrade:
+                migrate(pg)
+        except sqlite3.DatabaseError as exc:
+            pg.close()
+            raise StoreError(f"{place}: could not bring the schema up to date ({exc})") from None
+        return pg
+    assert place.path is not None
+    path = place.path
     if not create and not path.is_file():
         raise StoreError(f"{path}: no such database; it is created by `swiftpipe serve` (--db) or "
                          f"`swiftpipe keys create --db {path}`")
     new = private_file(path)
     try:
-        conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
+        conn = db.connect_sqlite(path, timeout_s=busy_ms / 1000)
         if new:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect before the first table
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a killed process
         conn.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, whatever the build's default
         conn.row_factory = sqlite3.Row
-        migrate(conn)
+        if upgrade:
+            migrate(conn)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path}: not a usable SQLite database ({exc}); pass another --db") from None
     return conn
 
 
-def schema_version(conn: sqlite3.Connection) -> int:
+def schema_version(conn: Connection) -> int:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied REAL NOT NULL)")
     row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
     return row[0] or 0
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: Connection) -> int:
     """Apply the migrations this database lacks; returns its schema version."""
+    shared = db.dialect(conn).name == db.POSTGRESQL
+    if shared:  # replicas starting at once: one migrates, the others wait and find it done
+        conn.execute("SELECT pg_advisory_lock(?)", (MIGRATION_LOCK,))
+    try:
+        return _migrate(conn)
+    finally:
+        if shared:
+            conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))
+
+
+MIGRATION_LOCK = 2023_0023  # the advisory lock id of migrations on PostgreSQL
+
+
+def _migrate(conn: Connection) -> int:
     version = schema_version(conn)
     if version > SCHEMA_VERSION:
         raise StoreError(f"the database has schema version {version}, newer than this swiftpipe's "
@@ -219,22 +270,23 @@ def migrate(conn: sqlite3.Connection) -> int:
     return version
 
 
-def _has_column(conn: sqlite3.Connection, alter: str) -> bool:
+def _has_column(conn: Connection, alter: str) -> bool:
     """Whether `ALTER TABLE t ADD COLUMN c ...` has been applied already (a file of an older build)."""
     words = alter.split()
     table, column = words[2], words[5]
-    return any(r[1] == column for r in conn.execute(f"PRAGMA table_info({table})"))
+    return column in db.dialect(conn).columns(conn, table)
 
 
-def add_event(conn: sqlite3.Connection, kind: str, detail: dict[str, Any]) -> None:
+def add_event(conn: Connection, kind: str, detail: dict[str, Any]) -> None:
     conn.execute("INSERT INTO events (ts, kind, detail) VALUES (?, ?, ?)",
                  (time.time(), kind, json.dumps(detail, ensure_ascii=False)))
 
 
 def _storable(value: Any) -> Any:
-    """What SQLite can hold: text without lone surrogates, integers within 64 bits."""
+    """What both stores can hold: text without lone surrogates or NUL (PostgreSQL refuses it; U+FFFD
+    instead), integers within 64 bits."""
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
     if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
         return None
     return value
@@ -319,29 +371,32 @@ def _rollups(rows: list[tuple]) -> tuple[dict, dict, dict]:
     return days, flags, latency
 
 
-def add_rollups(conn: sqlite3.Connection, rows: list[tuple]) -> None:
-    """Count request rows (in REQUEST_COLUMNS order) into the rollups; inside the caller's transaction."""
+def add_rollups(conn: Connection, rows: list[tuple]) -> None:
+    """Count request rows (in REQUEST_COLUMNS order) into the rollups; inside the caller's transaction.
+    The rollup rows are written in key order, so writers of several replicas lock them in one order
+    (no deadlock) and each holds a day's row only until its commit."""
     days, flags, latency = _rollups(rows)
     conn.executemany(
         "INSERT INTO request_days (version, day, requests, answered, flagged, invalid_json) VALUES (?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (version, day) DO UPDATE SET requests = requests + excluded.requests, "
-        "answered = answered + excluded.answered, flagged = flagged + excluded.flagged, "
-        "invalid_json = invalid_json + excluded.invalid_json, sealed = 0",
-        [(*key, *counts) for key, counts in days.items()])
+        "ON CONFLICT (version, day) DO UPDATE SET requests = request_days.requests + excluded.requests, "
+        "answered = request_days.answered + excluded.answered, flagged = request_days.flagged + excluded.flagged, "
+        "invalid_json = request_days.invalid_json + excluded.invalid_json, sealed = 0",
+        [(*key, *counts) for key, counts in sorted(days.items())])
     conn.executemany("INSERT INTO request_day_flags (version, day, flag, n) VALUES (?, ?, ?, ?) "
-                     "ON CONFLICT (version, day, flag) DO UPDATE SET n = n + excluded.n",
-                     [(*key, n) for key, n in flags.items()])
+                     "ON CONFLICT (version, day, flag) DO UPDATE SET n = request_day_flags.n + excluded.n",
+                     [(*key, n) for key, n in sorted(flags.items())])
     conn.executemany("INSERT INTO request_day_latency (version, day, bucket, n) VALUES (?, ?, ?, ?) "
-                     "ON CONFLICT (version, day, bucket) DO UPDATE SET n = n + excluded.n",
-                     [(*key, n) for key, n in latency.items()])
+                     "ON CONFLICT (version, day, bucket) DO UPDATE SET n = request_day_latency.n + excluded.n",
+                     [(*key, n) for key, n in sorted(latency.items())])
 
 
-def seal_days(conn: sqlite3.Connection, *, now: Optional[float] = None) -> int:
+def seal_days(conn: Connection, *, now: Optional[float] = None) -> int:
     """Store the latency percentiles of every day that is over and not sealed yet (the day just
     ended, or a past day that rows reached late), so statistics over years read one row a day.
     Returns how many days were sealed."""
     today = utc_day(time.time() if now is None else now)
-    open_days = conn.execute("SELECT version, day FROM request_days WHERE sealed = 0 AND day < ?", (today,)).fetchall()
+    open_days = conn.execute("SELECT version, day FROM request_days WHERE sealed = 0 AND day < ? ORDER BY 1, 2",
+                             (today,)).fetchall()
     sealed = []
     for version, day in open_days:
         histogram = dict(conn.execute("SELECT bucket, n FROM request_day_latency WHERE version = ? AND day = ?",
@@ -352,16 +407,16 @@ def seal_days(conn: sqlite3.Connection, *, now: Optional[float] = None) -> int:
     return len(sealed)
 
 
-def insert_requests(conn: sqlite3.Connection, rows: list[tuple]) -> None:
+def insert_requests(conn: Connection, rows: list[tuple]) -> None:
     """The one way request rows enter the log: the rows and their rollups, in the caller's transaction."""
     conn.executemany(_INSERT, rows)
     add_rollups(conn, rows)
     seal_days(conn)
 
 
-def _backfill_rollups(conn: sqlite3.Connection) -> None:
+def _backfill_rollups(conn: Connection) -> None:
     """Migration 3 on a log that has rows already: count them into the new rollups."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}  # later migrations add columns
+    have = db.dialect(conn).columns(conn, "requests")  # later migrations add columns
     cursor = conn.execute(f"SELECT {', '.join(c if c in have else 'NULL' for c in REQUEST_COLUMNS)} FROM requests")
     while rows := cursor.fetchmany(10_000):
         add_rollups(conn, [tuple(r) for r in rows])
@@ -380,8 +435,8 @@ class RequestLog:
     probes the database every half second and clears `failing` as soon as a write goes through, so
     a released lock or freed disk is noticed without a restart."""
 
-    def __init__(self, path: Path, *, max_batch: int = 256, wait_s: float = LOG_WAIT_S):
-        self.path = Path(path)
+    def __init__(self, path: Any, *, max_batch: int = 256, wait_s: float = LOG_WAIT_S):
+        self.path = db.parse(path)
         self.max_batch = max_batch
         self.wait_s = wait_s
         self._queue: queue.Queue = queue.Queue()
@@ -510,7 +565,7 @@ def _settle(done: asyncio.Future, error: Optional[BaseException]) -> None:
         done.set_exception(StoreError(f"the request log could not be written: {error}"))
 
 
-def task(conn: sqlite3.Connection, version: Optional[str]) -> Optional[dict]:
+def task(conn: Connection, version: Optional[str]) -> Optional[dict]:
     """What the database knows of a version's recipe (see `tasks`), or None."""
     if not version:
         return None
@@ -521,7 +576,7 @@ def task(conn: sqlite3.Connection, version: Optional[str]) -> Optional[dict]:
 DEFAULT_KEEP_DAYS = 30.0  # requests (and their reviews) older than this are deleted by a running gateway
 
 
-def prune(conn: sqlite3.Connection, keep_days: float) -> int:
+def prune(conn: Connection, keep_days: float) -> int:
     """Delete request rows older than `keep_days`, and their reviews (the same personal data); the
     freed pages go back to the file system (incremental vacuum). Returns how many requests."""
     cutoff = time.time() - keep_days * 86400
@@ -532,6 +587,6 @@ def prune(conn: sqlite3.Connection, keep_days: float) -> int:
         deleted = conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
         if deleted:
             add_event(conn, "prune", {"keep_days": keep_days, "deleted": deleted, "reviews": reviews})
-    if deleted and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+    if deleted and db.dialect(conn).name == db.SQLITE and conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
         conn.execute("PRAGMA incremental_vacuum").fetchall()  # runs it to the end
     return deleted

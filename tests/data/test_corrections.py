@@ -12,13 +12,13 @@ SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength
           "required": ["name", "phone", "city"], "additionalProperties": False}
 
 
-def test_corrections_export_dedupes_splits_and_summarises(tmp_path):
+def test_corrections_export_dedupes_splits_and_summarises(tmp_path, gateway_db):
     from swiftpipe.core.errors import SwiftpipeError
     from swiftpipe.data.corrections import export
     from swiftpipe.gateway import feedback
     from swiftpipe.task import messages
 
-    db = tmp_path / "g.sqlite"
+    db = gateway_db
     conn = store.connect(db)
     rollout.register(conn, [("v1", "x")], None, {"v1": {"system_prompt": "SYS", "schema": SCHEMA}})
     for i in range(10):
@@ -55,12 +55,12 @@ def test_corrections_export_dedupes_splits_and_summarises(tmp_path):
                reviewers=["carol"])
 
 
-def test_reviews_of_client_keys_never_become_training_rows(tmp_path):
+def test_reviews_of_client_keys_never_become_training_rows(tmp_path, gateway_db):
     """A key demoted (or a row written by hand) with a client role: its reviews are not exported."""
     from swiftpipe.core.errors import SwiftpipeError
     from swiftpipe.data.corrections import export
 
-    db = tmp_path / "g.sqlite"
+    db = gateway_db
     conn = store.connect(db)
     rollout.register(conn, [("v1", "x")], None, {"v1": {"system_prompt": "SYS", "schema": SCHEMA}})
     app = keys.create(conn, "app")[0]  # a client key

@@ -1,13 +1,16 @@
 """The gateway in-process: its FastAPI app driven through `httpx.ASGITransport`, in front of the
 scripted upstream (bench/scripted_upstream.py's ASGI app, served in-process to the gateway's own
-HTTP client, httpx2) — real routing, checks, SQLite log and metrics, no sockets."""
+HTTP client, httpx2) — real routing, checks, log and metrics, no sockets.
+
+Every test that uses `in_process` runs twice: on a SQLite file and on a fresh database of the
+session's real PostgreSQL server (`gateway_store`), unless marked `sqlite_only` (what only a file
+has: its locks, its modes)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,36 @@ from swiftpipe.gateway.upstream import UpstreamClient, Version
 from swiftpipe.recipe.load import load_recipe
 from swiftpipe.recipe.task import task_of
 from tests.helpers import DEMO_RECIPE, KEY, REPO
+
+STORES = ("sqlite", "postgresql")
+_store: dict[str, Any] = {"server": None}  # where in_process makes its database: None, a file in tmp_path
+
+
+def pytest_generate_tests(metafunc):
+    """Both stores for the tests that start the gateway in-process (they name `in_process`)."""
+    if "in_process" in metafunc.function.__code__.co_names and not metafunc.definition.get_closest_marker(
+            "sqlite_only"):
+        metafunc.parametrize("gateway_store", STORES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def gateway_store(request):
+    """Which store `in_process` uses for this test: "sqlite" (a file) or "postgresql" (a fresh database)."""
+    kind = getattr(request, "param", "sqlite")
+    _store["server"] = request.getfixturevalue("postgres_server") if kind == "postgresql" else None
+    try:
+        yield kind
+    finally:
+        _store["server"] = None
+
+
+def query(db: Any, sql: str, params: tuple = ()) -> list[dict]:
+    """Rows of the gateway's database (either store), as dicts."""
+    conn = store.connect(db, create=False)
+    try:
+        return [dict(r) for r in conn.execute(sql, params)]
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -148,7 +181,7 @@ class Routed(httpx2.AsyncBaseTransport):
 class InProcess:
     client: httpx.AsyncClient
     gw: Gateway
-    db: Path
+    db: Any  # a SQLite file (Path) or a PostgreSQL URL
     keys: dict[str, str]  # by who holds it: admin (KEY), client, other (another client), reviewer, limited
     #                       (a client, --rpm 3), expired, revoked
     upstreams: dict[str, Any]  # the transports of the versions, by name
@@ -168,19 +201,14 @@ class InProcess:
         return await self.client.get(path, headers={"Authorization": f"Bearer {key}"} if key else {}, **kwargs)
 
     def rows(self) -> dict[str, dict]:
-        conn = sqlite3.connect(self.db)
-        conn.row_factory = sqlite3.Row
-        try:
-            return {r["id"]: {**dict(r), "flags": json.loads(r["flags"])} for r in conn.execute("SELECT * FROM requests")}
-        finally:
-            conn.close()
+        return {r["id"]: {**r, "flags": json.loads(r["flags"])} for r in query(self.db, "SELECT * FROM requests")}
 
 
 @contextlib.asynccontextmanager
 async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tuple[str, ...] = (),
                      timeout: float = 2.0, retries: int = 1, client: tuple[str, int] = ("127.0.0.1", 50000),
                      delay_ms: float = 0, content: str = "full", log_wait_s: float = 2.0,
-                     audit_share: float = 0.0) -> AsyncIterator[InProcess]:
+                     audit_share: float = 0.0, db: Optional[Any] = None) -> AsyncIterator[InProcess]:
     """The demo recipe's task on every version; `up` answered by the scripted upstream, `down` refused.
     No answer joins the review queue's random audit sample unless `audit_share` says so (determinism)."""
     task = task_of(load_recipe(DEMO_RECIPE).recipe, REPO)
@@ -189,7 +217,8 @@ async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tup
                 for name in names]
     routes: dict[str, httpx2.AsyncBaseTransport] = {n: StreamingASGI(make_app("scripted", delay_ms)) for n in up}
     routes.update({n: Down() for n in down})
-    db = tmp_path / "gateway.sqlite"
+    if db is None:
+        db = _store["server"].new_database() if _store["server"] else tmp_path / "gateway.sqlite"
     conn = store.connect(db)
     keys.create(conn, "tests", key=KEY, role="admin")
     secrets = {"admin": KEY}

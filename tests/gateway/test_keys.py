@@ -5,8 +5,8 @@ import pytest
 from swiftpipe.gateway import keys, store
 
 
-def test_keys_are_stored_as_hashes_and_revoked(tmp_path):
-    db = tmp_path / "g.sqlite"
+def test_keys_are_stored_as_hashes_and_revoked(tmp_path, gateway_db):
+    db = gateway_db
     conn = store.connect(db)
     key, secret = keys.create(conn, "team-a", rpm=5)
     assert secret.startswith("sk-sp-") and keys.find(conn, secret).id == key.id
@@ -15,10 +15,13 @@ def test_keys_are_stored_as_hashes_and_revoked(tmp_path):
     assert revoked == [key.id] and keys.find(conn, secret).revoked is not None and keys.active(conn) == {}
     with pytest.raises(store.StoreError, match="no active key with id or name 'team-a'"):
         keys.revoke(conn, "team-a")
-    for path in tmp_path.iterdir():  # the file and its WAL/SHM
+    for table in ("keys", "events"):  # every stored value, whatever the store
+        assert not [r for r in conn.execute(f"SELECT * FROM {table}") if any(secret in str(v) for v in r)], table
+    for path in tmp_path.iterdir():  # a file, and its WAL/SHM
         assert secret.encode() not in path.read_bytes(), path
     conn.close()
-    assert secret.encode() not in db.read_bytes()
+    if not isinstance(db, str):
+        assert secret.encode() not in db.read_bytes()
 
 
 def test_rate_limiter_sliding_window():
@@ -30,10 +33,10 @@ def test_rate_limiter_sliding_window():
     assert limiter.retry_after(keys.Key("key_2", "free", None, None), now=0) is None
 
 
-def test_roles_expiry_versions_and_rotation(tmp_path):
+def test_roles_expiry_versions_and_rotation(tmp_path, gateway_db):
     import time
 
-    conn = store.connect(tmp_path / "g.sqlite")
+    conn = store.connect(gateway_db)
     client, _ = keys.create(conn, "app")
     assert client.role == "client" and not client.may("reviewer") and client.may_call("v9")
     reviewer, _ = keys.create(conn, "ann", role="reviewer", versions=["v1", "v2"])

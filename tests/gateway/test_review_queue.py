@@ -72,8 +72,8 @@ def _rows(conn, specs):
     store.insert_requests(conn, rows)
 
 
-def test_the_queue_spends_one_review_in_ten_on_the_random_audit_sample(tmp_path):
-    conn = store.connect(tmp_path / "g.sqlite")
+def test_the_queue_spends_one_review_in_ten_on_the_random_audit_sample(tmp_path, gateway_db):
+    conn = store.connect(gateway_db)
     specs = [(f"doubt{i}", 0.1 + i / 100, True, [], False) for i in range(20)]
     specs += [("invalid", 0.99, False, ["schema_violation"], False), ("unknown", None, True, [], False)]
     specs += [(f"audit{i}", 0.05, True, [], True) for i in range(3)]  # lowest confidence, but audit rows

@@ -37,8 +37,8 @@ def test_sticky_split_follows_weights():
     assert {rollout.choose([("v1", 0.0), ("v2", 100.0)], k) for k in ids} == {"v2"}
 
 
-def test_register_keeps_a_rollout_across_restarts(tmp_path):
-    conn = store.connect(tmp_path / "g.sqlite")
+def test_register_keeps_a_rollout_across_restarts(tmp_path, gateway_db):
+    conn = store.connect(gateway_db)
     assert rollout.register(conn, [("v1", "a"), ("v2", "b")], None) == {"v1": 100.0, "v2": 0.0}
     rollout.set_weights(conn, {"v2": 30})
     assert rollout.register(conn, [("v1", "a"), ("v2", "b")], None) == {"v1": 70.0, "v2": 30.0}

@@ -9,12 +9,12 @@ from swiftpipe.gateway import stats, store
 from swiftpipe.gateway.request_log import compare_table, parse_since
 
 
-def test_since_and_compare(tmp_path):
+def test_since_and_compare(tmp_path, gateway_db):
     assert parse_since("2h", now=10_000) == 10_000 - 7200
     assert parse_since("30m", now=10_000) == 10_000 - 1800
     with pytest.raises(store.StoreError, match="--since 'yesterday'"):
         parse_since("yesterday")
-    db = tmp_path / "g.sqlite"
+    db = gateway_db
     conn = store.connect(db)
     rows = [("a", 200, 10.0, [], "correct"), ("a", 200, 20.0, ["invalid_json"], "corrected"),
             ("b", 200, 30.0, ["empty:x"], None), ("b", 503, 5000.0, ["upstream_error"], None)]
@@ -48,11 +48,11 @@ def test_since_and_compare(tmp_path):
     conn.close()
 
 
-def test_rollups_agree_with_the_rows_and_outlive_pruning(tmp_path):
+def test_rollups_agree_with_the_rows_and_outlive_pruning(tmp_path, gateway_db):
     import random
 
     rng = random.Random(3)
-    conn = store.connect(tmp_path / "g.sqlite")
+    conn = store.connect(gateway_db)
     now = time.time()
     rows = [store.request_row(id=f"req_{i}", ts=now - rng.random() * 20 * 86400, version=rng.choice(["a", "b"]),
                               endpoint="extract", status=rng.choice([200, 200, 200, 400, 503]),
