@@ -18,6 +18,7 @@ from swiftpipe.core.dtype import DTYPES
 from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.gateway.store import DEFAULT_DB
 from swiftpipe.train.stages import NAMES as STAGES
+from swiftpipe.train.tiny_model import TRUE_SIZES
 
 OVERRIDES_HELP = "Overrides as dotted KEY=VALUE, e.g. train.lr=2e-4 lora.rank=16 (they win over the YAML)."
 
@@ -482,15 +483,20 @@ def data_label(input_path, out, base_url, model, recipe, system_prompt, schema_f
 
 @data.command("stats")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--model", default=None, help="Tokenizer: a local model dir or a hub id (token lengths need it).")
+@click.option("--model", default=None, help="Tokenizer: a local model dir or a hub id (token lengths need it); "
+              "Qwen's real one offline: `swiftpipe tiny-model DIR --size qwen3-0.6b --no-weights`.")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Rows without a system turn get this recipe's system prompt (as in training); check that its "
+              "train.max_length and eval.max_tokens cover the data (exit 1 when not). Default --model: its model.")
 @click.option("--png", default=None, type=click.Path(dir_okay=False),
               help="Histogram path (default: PATH with .lengths.png).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def data_stats(path: str, model: Optional[str], png: Optional[str], as_json: bool) -> None:
-    """Row count, format check, token-length distribution, histogram and a suggested max_length."""
+def data_stats(path: str, model: Optional[str], recipe: Optional[str], png: Optional[str], as_json: bool) -> None:
+    """Row count, format check, token lengths (prompt as served, answer as generated, the whole row as
+    trained), histogram, a suggested max_length, and a recipe's limits checked."""
     from swiftpipe.data.commands import stats
 
-    stats(path, model, png, as_json)
+    stats(path, model, png, as_json, recipe)
 
 
 @data.command("corrections")
@@ -528,12 +534,34 @@ def data_split(path: str, out_dir: str, val: float, test: float, seed: int) -> N
 
 @cli.command("tiny-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--size", default=None, type=click.Choice(list(TRUE_SIZES)),
+              help="Instead of the tiny model: this published model's exact architecture with random weights, "
+              "Qwen's real tokenizer (from the dashscope package's ranks file, offline), its chat template and "
+              "generation config.")
+@click.option("--no-weights", is_flag=True, help="With --size: only the tokenizer and the configs (~16 MB, seconds): "
+              "enough for `data stats --model` and ms-swift's template encoding.")
 @click.option("--vocab-size", default=2048, show_default=True)
 @click.option("--hidden-size", default=128, show_default=True)
 @click.option("--layers", default=2, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def tiny_model(out_dir: str, vocab_size: int, hidden_size: int, layers: int, seed: int) -> None:
-    """Build a tiny random-init Qwen3 (local BPE tokenizer, Qwen3 chat template) for tests and demos."""
+@click.pass_context
+def tiny_model(ctx: click.Context, out_dir: str, size: Optional[str], no_weights: bool, vocab_size: int,
+               hidden_size: int, layers: int, seed: int) -> None:
+    """Build a random-init Qwen locally (no download): the tiny Qwen3 of the tests and the CPU demo (local
+    2k-token BPE, Qwen3 chat template), or with --size a true-size Qwen3-0.6B / Qwen2.5-0.5B-Instruct."""
+    shape = [f"--{name.replace('_', '-')}" for name in ("vocab_size", "hidden_size", "layers")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if size and shape:
+        raise click.UsageError(f"{', '.join(shape)}: the tiny model's shape; --size {size} has its own")
+    if no_weights and not size:
+        raise click.UsageError("--no-weights goes with --size")
+    if size:
+        from swiftpipe.train.tiny_model import build_true_size_model
+
+        path = build_true_size_model(out_dir, size, weights=not no_weights, seed=seed)
+        what = "tokenizer and configs" if no_weights else "random-init model"
+        console.say(f"{TRUE_SIZES[size].hub_id}-shaped {what} (Qwen's real tokenizer) written to {path}")
+        return
     from swiftpipe.train.tiny_model import build_tiny_model
 
     path = build_tiny_model(out_dir, vocab_size=vocab_size, hidden_size=hidden_size, num_layers=layers, seed=seed)

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import REPO, child_env, start_scripted_upstream, stop_group, swiftpipe_cmd
+from tests.helpers import REPO, child_env, skip_or_fail, start_scripted_upstream, stop_group, swiftpipe_cmd
 
 
 @pytest.fixture
@@ -24,6 +24,25 @@ def tiny_model_dir(tmp_path_factory):
     subprocess.run([*swiftpipe_cmd(), "tiny-model", str(out)], check=True, cwd=REPO, env=child_env(),
                    capture_output=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizers(tmp_path_factory) -> dict:
+    """Qwen's real tokenizer and configs (no weights) for each true size, built once per session
+    from dashscope's ranks file (~10 s): {size name: directory}. Each directory is named like its
+    hub model (`Qwen3-0.6B`, `Qwen2.5-0.5B-Instruct`), so ms-swift picks the model type and template
+    for it by itself, as it does for the hub id."""
+    from swiftpipe.train import qwen_tokenizer
+    from swiftpipe.train.tiny_model import TRUE_SIZES, build_true_size_model
+
+    try:
+        ranks = qwen_tokenizer.load_ranks()
+    except qwen_tokenizer.QwenVocabError as exc:
+        skip_or_fail(str(exc))
+    model = qwen_tokenizer.bpe_model(ranks)
+    root = tmp_path_factory.mktemp("qwen")
+    return {name: build_true_size_model(root / spec.hub_id.split("/")[-1], name, weights=False, tokenizer_model=model)
+            for name, spec in TRUE_SIZES.items()}
 
 
 @pytest.fixture(scope="session")

@@ -297,7 +297,7 @@ def test_gpu_extra_resolves(repo_copy, tmp_path):
     cuda_deps = [d for d in torch.get("requires_dist", []) if re.match(r"(nvidia-|cuda-)", d)]
     assert cuda_deps, f"torch {torch['version']} declares no CUDA libraries: not a CUDA build ({summary})"
     assert versions.get("ray", "").startswith("2.60."), f"ray {versions.get('ray')} ({summary})"
-    for tool in ("pytest", "ruff", "mypy", "ms-swift", "pyarrow"):
+    for tool in ("pytest", "ruff", "mypy", "ms-swift", "pyarrow", "dashscope", "tiktoken"):
         assert tool in versions, f"{tool} missing from the resolution ({summary})"
 
 

@@ -92,11 +92,16 @@ def label(inputs: Optional[str], out: Optional[str], base_url: Optional[str], mo
                f"{summary['from_cache']} answers from the cache; tokens this run {summary['tokens_this_run']}")
 
 
-def stats(path: str, model: Optional[str], png: Optional[str], as_json: bool) -> None:
+def stats(path: str, model: Optional[str], png: Optional[str], as_json: bool, recipe: Optional[str] = None) -> None:
     from swiftpipe.data import stats as st
 
     file = Path(path)
-    result = st.stats(file, model, Path(png) if png else (file.with_suffix(".lengths.png") if model else None))
+    from swiftpipe.recipe.load import load_recipe
+
+    loaded = load_recipe(recipe, []).recipe if recipe else None
+    model = model or (loaded.model.id if loaded else None)
+    result = st.stats(file, model, Path(png) if png else (file.with_suffix(".lengths.png") if model else None),
+                      recipe=loaded)
     if as_json:
         console.say(json.dumps(result, ensure_ascii=False, indent=2))
         return
@@ -113,7 +118,9 @@ def stats(path: str, model: Optional[str], png: Optional[str], as_json: bool) ->
     if "suggested_max_length" in result:
         console.say(f"suggested train.max_length: {result['suggested_max_length']} (longest row + 10%, multiple of 64)")
         console.say(f"histogram: {result['histogram']}")
-    if result["bad_rows"]:
+    for key, check in result.get("coverage", {}).items():
+        console.say(f"recipe {result['recipe']}: {key} {check['limit']} {check['note']}")
+    if result["bad_rows"] or not all(c["ok"] for c in result.get("coverage", {}).values()):
         sys.exit(1)
 
 

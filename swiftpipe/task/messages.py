@@ -6,8 +6,9 @@
 
 Used by the evaluator (test rows), `data convert` / `data label` / `data stats`, the demo data and
 the corrections export. Rules, everywhere the same: `messages` is a non-empty list of
-{role, content} with role in ROLES and string content; there is a user turn; when an answer is
-required the last turn is the assistant's, and when a JSON answer is required it parses.
+{role, content} with role in ROLES and string content; there is a user turn; a system turn is
+not empty (see `problem`); when an answer is required the last turn is the assistant's, and when
+a JSON answer is required it parses.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def problem(record: Any, *, require_answer: bool = True) -> Optional[str]:
             return f"message {i}: expected role in {list(ROLES)} and string content"
     if not any(t["role"] == "user" for t in turns):
         return "no user message"
+    if turns[0]["role"] == "system" and turns[0]["content"] == "":
+        # ms-swift reads "" as "no system prompt" and trains the row without a system turn, while
+        # the served request cannot say that: without a system message Qwen2.5's chat template adds
+        # its default prompt, with an empty one it renders an empty turn. Either way the served
+        # prompt is not the trained one.
+        return ("message 0: empty system prompt (ms-swift trains such a row with no system turn; served, the chat "
+                "template adds its default or an empty one): remove the system turn or write the prompt")
     if require_answer and turns[-1]["role"] != "assistant":
         return "the last message must be the assistant's answer"
     return None

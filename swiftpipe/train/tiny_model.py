@@ -1,15 +1,23 @@
-"""Build a tiny random-init Qwen3 with a locally trained byte-level BPE tokenizer.
+"""Random-init models built locally (no download), deterministic (same bytes for the same arguments).
 
-For tests and the CPU demo: no download, deterministic (same bytes for the same arguments),
-~1.5 MB, accepted by ms-swift (`--model_type qwen3 --template qwen3`) and by vLLM.
+- `build_tiny_model`: a tiny Qwen3 with a locally trained ~2k-token byte-level BPE, for tests and the
+  CPU demo: ~1.5 MB, accepted by ms-swift (`--model_type qwen3 --template qwen3`) and by vLLM.
+- `build_true_size_model` (`swiftpipe tiny-model OUT --size qwen3-0.6b`): the exact architecture of
+  Qwen3-0.6B or Qwen2.5-0.5B-Instruct with Qwen's real tokenizer (`qwen_tokenizer`: built from the
+  ranks in the dashscope wheel), its chat template, special tokens and generation config; random
+  weights (bf16, ~1.2 GB / ~1.0 GB), or none (`weights=False`: tokenizer and configs, ~16 MB, enough
+  for token counts and for ms-swift's template encoding).
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from swiftpipe.core.errors import SwiftpipeError
 from swiftpipe.task.reference import ADDRESS_SYSTEM_PROMPT
 
 # Qwen3's special tokens, in Qwen3's order, so chat templates and stop tokens behave the same.
@@ -117,4 +125,100 @@ def build_tiny_model(
         pad_token_id=config.pad_token_id,
         do_sample=False,
     ).save_pretrained(out)
+    return out
+
+
+@dataclass(frozen=True)
+class TrueSize:
+    """A published model's shape: its config.json and generation_config.json as the hub has them."""
+
+    name: str
+    hub_id: str
+    tokenizer: str  # qwen_tokenizer flavor
+    model_type: str  # ms-swift's --model_type for a local copy
+    template: str  # ms-swift's --template
+    config: dict
+    generation: dict
+    parameters: int  # with tied embeddings
+    # Qwen3-0.6B's files: indent 2 (config) / 4 (generation), sorted keys, no final newline
+    # (git-blob identical to the hub's); Qwen2.5's: indent 2, final newline.
+    config_indent: tuple[int, int] = (2, 2)
+    final_newline: str = "\n"
+
+    def write_configs(self, out: Path) -> None:
+        (out / "config.json").write_text(
+            json.dumps(self.config, indent=self.config_indent[0], sort_keys=True) + self.final_newline)
+        (out / "generation_config.json").write_text(
+            json.dumps(self.generation, indent=self.config_indent[1], sort_keys=True) + self.final_newline)
+
+
+QWEN3_0_6B = TrueSize(
+    name="qwen3-0.6b", hub_id="Qwen/Qwen3-0.6B", tokenizer="qwen3", model_type="qwen3", template="qwen3",
+    config={
+        "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+        "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 40960,
+        "max_window_layers": 28, "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000,
+        "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    },
+    generation={
+        "bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
+        "temperature": 0.6, "top_k": 20, "top_p": 0.95, "transformers_version": "4.51.0",
+    },
+    parameters=596_049_920,
+    config_indent=(2, 4),
+    final_newline="",
+)
+
+QWEN2_5_0_5B_INSTRUCT = TrueSize(
+    name="qwen2.5-0.5b-instruct", hub_id="Qwen/Qwen2.5-0.5B-Instruct", tokenizer="qwen2.5", model_type="qwen2",
+    template="qwen2_5",
+    config={
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 896, "initializer_range": 0.02,
+        "intermediate_size": 4864, "max_position_embeddings": 32768, "max_window_layers": 21, "model_type": "qwen2",
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0, "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.1", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    },
+    generation={
+        "bos_token_id": 151643, "pad_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+        "repetition_penalty": 1.1, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "transformers_version": "4.37.0",
+    },
+    parameters=494_032_768,
+)
+
+TRUE_SIZES = {size.name: size for size in (QWEN3_0_6B, QWEN2_5_0_5B_INSTRUCT)}
+
+
+def true_size(name: str) -> TrueSize:
+    if name not in TRUE_SIZES:
+        raise SwiftpipeError(f"unknown --size {name!r}; choose from {', '.join(TRUE_SIZES)}")
+    return TRUE_SIZES[name]
+
+
+def build_true_size_model(out_dir: str | Path, size: str = "qwen3-0.6b", *, weights: bool = True, seed: int = 0,
+                          tokenizer_model: Optional[dict] = None) -> Path:
+    """Write `size`'s config.json, generation_config.json, Qwen's real tokenizer and (with `weights`)
+    random-init bf16 weights to `out_dir`; return it. `tokenizer_model` reuses a
+    `qwen_tokenizer.bpe_model()` (building several)."""
+    from swiftpipe.train import qwen_tokenizer
+
+    spec = true_size(size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    qwen_tokenizer.write_tokenizer(out, spec.tokenizer, model=tokenizer_model)
+    if weights:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        spec.write_configs(out)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(out), dtype=torch.bfloat16)
+        # save_pretrained writes transformers 5's config files: the hub's are written again after it.
+        model.save_pretrained(out, safe_serialization=True)
+        del model
+    spec.write_configs(out)
     return out

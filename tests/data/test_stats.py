@@ -44,3 +44,47 @@ def test_split_is_seeded_and_complete(tmp_path):
     assert {k: len(v) for k, v in parts.items()} == {"train": 280, "val": 40, "test": 80}
     assert sorted(sum(parts.values(), [])) == sorted(ADDRESS.read_text().splitlines())
     assert (tmp_path / "a" / "val.jsonl").read_text() == (tmp_path / "b" / "val.jsonl").read_text()
+
+
+def test_stats_with_the_real_qwen_tokenizer_and_a_recipe(tmp_path, qwen_tokenizers):
+    from transformers import AutoTokenizer
+
+    qwen3 = qwen_tokenizers["qwen3-0.6b"]
+    recipe = REPO / "recipes" / "address-qwen3-0.6b.yaml"
+    # Rows without their system turn: the recipe's system prompt is counted, as ms-swift trains them.
+    bare = tmp_path / "bare.jsonl"
+    rows = [json.loads(line) for line in ADDRESS.read_text(encoding="utf-8").splitlines()]
+    bare.write_text("".join(json.dumps({"messages": r["messages"][1:]}, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    done = run_cli("data", "stats", str(bare), "--model", str(qwen3), "--recipe", str(recipe), "--json",
+                   "--png", str(tmp_path / "h.png"))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    with_system = json.loads(run_cli("data", "stats", str(ADDRESS), "--model", str(qwen3), "--json",
+                                     "--png", str(tmp_path / "h2.png")).stdout)
+    assert result["prompt_tokens"] == with_system["prompt_tokens"]
+
+    tok = AutoTokenizer.from_pretrained(qwen3)
+    first = rows[0]["messages"]
+    served = tok.apply_chat_template(first[:2], add_generation_prompt=True, enable_thinking=False, return_dict=False)
+    trained = tok.apply_chat_template(first, enable_thinking=False, return_dict=False)
+    answer = len(tok(first[2]["content"], add_special_tokens=False)["input_ids"]) + 1
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    single = json.loads(run_cli("data", "stats", str(one), "--model", str(qwen3), "--json",
+                                "--png", str(tmp_path / "h3.png")).stdout)
+    # The prompt as vLLM serves it (thinking off: the empty think block included), the answer as
+    # generated (with <|im_end|>), the whole row as ms-swift trains on it (+ the "\n" after <|im_end|>).
+    assert single["prompt_tokens"]["max"] == len(served) and served[-4:] == tok.encode("<think>\n\n</think>\n\n")
+    assert single["answer_tokens"]["max"] == answer
+    assert single["total_tokens"]["max"] == len(trained) == len(served) + answer + 1
+
+    coverage = result["coverage"]
+    assert coverage["train.max_length"]["ok"] and coverage["train.max_length"]["limit"] == 2048
+    assert coverage["eval.max_tokens"]["ok"] and coverage["eval.max_tokens"]["limit"] == 512
+    short = tmp_path / "short.yaml"
+    short.write_text(recipe.read_text(encoding="utf-8").replace("max_length: 2048", "max_length: 128"),
+                     encoding="utf-8")
+    text = run_cli("data", "stats", str(ADDRESS), "--model", str(qwen3), "--recipe", str(short),
+                   "--png", str(tmp_path / "h4.png"))
+    assert text.returncode == 1 and "train.max_length 128 TOO SHORT for the longest training row" in text.stdout

@@ -34,10 +34,11 @@ def test_row_confidence_ranks_the_trained_rows_above_the_unseen_wrong_ones(demo_
     records = jsonl.read_all(out_dir / "predictions.jsonl")
     right = [r for r in records if r["correct"]]
     assert len(right) >= 15 and len(records) - len(right) >= UNSEEN // 2, metrics["exact_match"]  # a mixed set
-    assert all(r["row_confidence"] is not None for r in records)
+    # every answer that is JSON has one (the others: control characters in a garbled unseen answer)
+    assert all(r["row_confidence"] is not None for r in records if r["prediction"] is not None)
     conf = metrics["confidence"]
     assert conf["auroc"] >= 0.8, conf["auroc_by_aggregate"]
-    assert conf["rows_scored"] == len(records)
+    assert conf["rows_scored"] == sum(r["row_confidence"] is not None for r in records)
     # the accept threshold keeps out what it must: every accepted row meets the target here
     accepted = [r for r in records if conf["accept_threshold"] is not None and r["row_confidence"] >= conf["accept_threshold"]]
     assert sum(r["correct"] for r in accepted) >= 0.99 * len(accepted)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, skip_or_fail
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route, WebSocket
@@ -41,17 +41,6 @@ INSTALL_HINT = "install it with `bash scripts/install_chromium.sh` (Debian's chr
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
 TIMEOUT_MS = 15_000  # default for every playwright call in a test (its own default is 30 s)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip on a developer machine; under CI a missing tool is a failure, never a silent skip."""
-    if in_ci():
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)", pytrace=False)
-    pytest.skip(reason)
 
 
 def find_chromium() -> str | None:
