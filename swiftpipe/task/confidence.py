@@ -214,18 +214,23 @@ def byte_level_piece_bytes(piece: str) -> Optional[bytes]:
 
 def token_bytes(tokenizer, token_ids: Sequence[int]) -> Optional[list[bytes]]:
     """Exact bytes of each token id for a byte-level BPE tokenizer (Qwen's): the vocabulary piece
-    mapped back through GPT-2's byte table; added tokens (``<think>``, ``<|im_end|>``) are their
-    own text. None if a piece is neither (not a byte-level tokenizer)."""
+    mapped back through GPT-2's byte table; added tokens (``<think>``) are their own text, and
+    special ones (``<|im_end|>``, ``<|fim_pad|>``: ``special`` in ``added_tokens_decoder``) no
+    bytes, as vLLM's text leaves them out (skip_special_tokens): an untrained model can emit one
+    inside a value, and its bytes would not align with the text. None if a piece is neither (not
+    a byte-level tokenizer)."""
     added = set()
     get_added = getattr(tokenizer, "get_added_vocab", None)
     if callable(get_added):
         added = set(get_added())
+    decoder = getattr(tokenizer, "added_tokens_decoder", None)
+    special = {t.content for t in decoder.values() if getattr(t, "special", False)} if isinstance(decoder, dict) else set()
     out: list[bytes] = []
     for piece in tokenizer.convert_ids_to_tokens(list(token_ids)):
         if piece is None:
             return None
         if piece in added:
-            out.append(piece.encode("utf-8"))
+            out.append(b"" if piece in special else piece.encode("utf-8"))
             continue
         raw = byte_level_piece_bytes(piece)
         if raw is None:

@@ -393,6 +393,17 @@ class FakeByteLevelTokenizer:
         return {v: k for k, v in self.added.items()}
 
 
+def test_special_tokens_inside_an_answer_have_no_bytes_as_in_vllms_text():
+    tok = FakeByteLevelTokenizer({1: b'{"', 2: b"a", 3: b'":"', 4: SHENG, 6: b'"}'}, {8: "<|fim_pad|>", 9: "<|im_end|>",
+                                                                                    10: "<think>"})
+    tok.added_tokens_decoder = {i: SimpleNamespace(content=c, special=c != "<think>") for i, c in tok.added.items()}
+    ids = [1, 2, 3, 8, 4, 6, 9]  # <|fim_pad|> inside the value: vLLM's text skips it
+    assert C.token_bytes(tok, ids) == [b'{"', b"a", b'":"', b"", SHENG, b'"}', b""]
+    assert C.token_bytes(tok, [10]) == [b"<think>"]  # added but not special: in the text
+    r = answer_confidence('{"a":"省"}', list(zip(C.token_bytes(tok, ids), [-0.1] * 7)), ["a"])
+    assert r is not None and r.fields["a"].tokens == 3  # the special token joins the next one (rule 2)
+
+
 def test_byte_level_pieces():
     assert C.byte_level_piece_bytes("çľģ") == SHENG  # Qwen's vocabulary piece for 省
     assert C.byte_level_piece_bytes("Ġhello") == b" hello"
