@@ -46,7 +46,8 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     unseen_rows = rows[8:]
     # No eval stage: what each version gets right is read from its answers through the gateway (one
     # vLLM start per version instead of two; the eval stage has tests of its own).
-    common = [f"output.root={tmp_path / 'runs'}", f"model.id={tiny_model_dir}", "eval.enabled=false"]
+    common = [f"output.root={tmp_path / 'runs'}", f"model.id={tiny_model_dir}", f"data.test={unseen}",
+              "eval.enabled=false"]
 
     # v1: trained on the first half; wrong on the second.
     run("run", str(REPO / "recipes" / "demo-cpu.yaml"), *common, f"data.train={seen}", "--run-id", "v1", cwd=tmp_path)
