@@ -40,7 +40,9 @@ def test_row_confidence_ranks_the_trained_rows_above_the_unseen_wrong_ones(demo_
     assert conf["auroc"] >= 0.8, conf["auroc_by_aggregate"]
     assert conf["rows_scored"] == sum(r["row_confidence"] is not None for r in records)
     # the accept threshold keeps out what it must: every accepted row meets the target here
-    accepted = [r for r in records if conf["accept_threshold"] is not None and r["row_confidence"] >= conf["accept_threshold"]]
+    threshold = conf["accept_threshold"]
+    assert threshold is not None
+    accepted = [r for r in records if r["row_confidence"] is not None and r["row_confidence"] >= threshold]
     assert sum(r["correct"] for r in accepted) >= 0.99 * len(accepted)
     assert "at t = " in done.stdout and "of rows need no review" in done.stdout
     report = (out_dir / "report.md").read_text(encoding="utf-8")
