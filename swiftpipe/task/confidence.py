@@ -23,8 +23,9 @@ Rules
    content but not from the logprobs). Otherwise: ``None`` (never guess an alignment).
    1b. vLLM's string form of a token can hold U+FFFD where it could not place characters' bytes
    (seen: the last byte of 华 and 西 in one token, written "\ufffd西"; "\ufffd" for five
-   characters of a garbled answer); when the bytes do not match as they are, each U+FFFD is
-   matched to one or more whole characters of the text, as few as the rest allows.
+   characters of a garbled answer; "\ufffd\ufffd" for the last two bytes of 엏); when the bytes
+   do not match as they are, each U+FFFD is matched to one or more bytes of non-ASCII characters
+   of the text, as few as the rest allows.
 2. A token with no bytes (vLLM's string form gives ``""`` to a token that ends in the middle of
    a UTF-8 character and the whole character to the token that completes it) is attached to the
    next token that has bytes: it is part of the same character.
@@ -384,23 +385,32 @@ def _align(pieces: list[bytes], text_bytes: bytes) -> Optional[int]:
 _REPLACEMENT = "\ufffd".encode("utf-8")
 
 
-_ONE_OR_MORE_CHARACTERS = rb"(?:[\x00-\x7f]|[\xc0-\xff][\x80-\xbf]*)+?"
+# A special token's string form (Qwen's <|im_end|>, <|fim_pad|>, ...): vLLM's text skips it
+# (skip_special_tokens), its logprobs do not; without the tokenizer, this is how it is told apart.
+_SPECIAL = re.compile(rb"<\|[A-Za-z0-9_]+\|>")
+_ONE_OR_MORE_CHARACTERS = rb"[\x80-\xff]+?"  # what a U+FFFD stands for: bytes of non-ASCII characters
 
 
 def _replacement_lengths(pieces: list[bytes], text_bytes: bytes) -> Optional[list[int]]:
     """Each token's byte length in ``text_bytes`` when string forms hold U+FFFD (rule 1b: vLLM
     writes characters whose bytes it could not place as one replacement character, in the token
-    that completes them: each U+FFFD stands for one or more whole characters of the text, as few
-    as the rest allows). Up to 3 tokens after the text (the end-of-turn token) are left out. None
-    when the tokens do not spell the text that way either."""
-    if not any(_REPLACEMENT in piece for piece in pieces):
-        return None
+    that completes them: each U+FFFD stands for some bytes of non-ASCII characters of the text,
+    as few as the rest allows: several characters, or one character's bytes over two U+FFFD), and where a special token's string form (``<|fim_pad|>``) is not in the
+    text, which vLLM writes without it. Up to 3 tokens after the text (the end-of-turn token) are
+    left out. None when the tokens do not spell the text that way either."""
     import re
+
+    if not any(_REPLACEMENT in piece or _SPECIAL.fullmatch(piece) for piece in pieces):
+        return None
+
+    def piece_pattern(piece: bytes) -> bytes:
+        if _SPECIAL.fullmatch(piece):  # a special token (<|fim_pad|>): in the text or, skipped, nowhere
+            return b"((?:" + re.escape(piece) + b")?)"
+        return b"(" + _ONE_OR_MORE_CHARACTERS.join(re.escape(part) for part in piece.split(_REPLACEMENT)) + b")"
 
     for tail in range(min(4, len(pieces) + 1)):
         body = pieces[:len(pieces) - tail]
-        pattern = b"".join(b"(" + _ONE_OR_MORE_CHARACTERS.join(re.escape(part) for part in piece.split(_REPLACEMENT))
-                           + b")" for piece in body)
+        pattern = b"".join(piece_pattern(piece) for piece in body)
         try:
             match = re.fullmatch(pattern, text_bytes, re.DOTALL)
         except (re.error, RecursionError, OverflowError):

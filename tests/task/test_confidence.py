@@ -478,3 +478,23 @@ def test_pieces_from_openai():
     assert C.pieces_from_openai(ids, id_to_bytes={1: b"x", 2: b"y"}.__getitem__) == [(b"x", -0.1), (b"y", -0.1)]
     assert C.pieces_from_openai(None) is None
     assert C.pieces_from_openai([{"token": "a", "logprob": None}]) is None
+
+
+def test_a_special_token_the_text_leaves_out_is_given_no_bytes_in_string_form():
+    # an untrained model emits <|fim_pad|> inside a value; vLLM's text skips it, its logprobs keep it
+    text = '{"a":"张三"}'
+    strings = ['{"', "a", '":"', "张", "<|fim_pad|>", "三", '"}', "<|im_end|>"]
+    r = answer_confidence(text, [(s, -0.1) for s in strings], ["a"])
+    assert r is not None and r.fields["a"].tokens == 4  # 张, the special token (with 三), 三, "}
+    # and one that is in the text stays in it
+    text2 = '{"a":"<|x|>"}'
+    r2 = answer_confidence(text2, [(s, -0.1) for s in ['{"', "a", '":"', "<|x|>", '"}']], ["a"])
+    assert r2 is not None and r2.fields["a"].tokens == 2
+
+
+def test_two_replacement_characters_for_one_character():
+    # seen: 엏's first byte in an empty token, its last two as "\ufffd\ufffd" before 自治区
+    text = '{"a":"r엏自治区"}'
+    strings = ['{"', "a", '":"', "r", "", "\ufffd\ufffd自治区", '"}']
+    r = answer_confidence(text, [(s, -0.1) for s in strings], ["a"])
+    assert r is not None and r.fields["a"].tokens == 4
