@@ -395,8 +395,9 @@ def _replacement_lengths(pieces: list[bytes], text_bytes: bytes) -> Optional[lis
     """Each token's byte length in ``text_bytes`` when string forms hold U+FFFD (rule 1b: vLLM
     writes characters whose bytes it could not place as one replacement character, in the token
     that completes them: each U+FFFD stands for some bytes of non-ASCII characters of the text,
-    as few as the rest allows: several characters, or one character's bytes over two U+FFFD), and where a special token's string form (``<|fim_pad|>``) is not in the
-    text, which vLLM writes without it. Up to 3 tokens after the text (the end-of-turn token) are
+    as few as the rest allows: several characters, or one character's bytes over two U+FFFD),
+    and where a special token's string form (``<|fim_pad|>``) is not in the text, which vLLM
+    writes without it. Up to 3 tokens after the text (the end-of-turn token) are
     left out. None when the tokens do not spell the text that way either."""
     import re
 
