@@ -7,6 +7,18 @@ from typing import Any, Iterable
 from swiftpipe.task.flags import TIMEOUT, UPSTREAM_ERROR
 
 
+class _Process:
+    """Which process answered the scrape (`serve --workers N`: each worker keeps its own counters)."""
+
+    def collect(self) -> Iterable[Any]:
+        import os
+
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily("swiftpipe_gateway_pid", "Process id of the gateway worker that answered this "
+                                "scrape (with --workers N, each worker counts its own requests)", value=os.getpid())
+
+
 class Metrics:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -32,6 +44,7 @@ class Metrics:
         self.log_failures = Counter("swiftpipe_request_log_failures",
                                     "Requests refused (503) or failed (500) because the request log could not be "
                                     "written", registry=self.registry)
+        self.registry.register(_Process())
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, version: str, endpoint: str, status: int, latency_s: float, flags: Iterable[str]) -> None:

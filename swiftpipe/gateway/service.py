@@ -298,7 +298,7 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
             def serve_one(sock, ready: Callable[[], None]) -> None:
                 _Server(gateway_config(), ready).run(sockets=[sock])
 
-            stopped = pool.run(workers, pool.bind(host, port), serve_one, announce)
+            stopped = pool.run(pool.bind(host, port, workers), serve_one, announce)
             if stopped is None:
                 raise GatewayError(f"the gateway workers did not start on {host}:{port}; see the messages above")
             stopped_by = stopped
