@@ -86,17 +86,18 @@ class Outcome:
     ids: list[str] = field(default_factory=list)  # request ids the gateway returned (200s)
     id_mismatches: int = 0  # body id != X-Request-Id header
     cpu_s: Optional[float] = None  # CPU seconds (user + system) the gateway's processes used during the pass
+    system_cpu_s: Optional[float] = None  # of which in the kernel (socket calls, the log's writes)
 
     @property
     def sent(self) -> int:
         return sum(self.statuses.values()) + sum(self.errors.values())
 
 
-def group_cpu_s(pgid: int) -> float:
-    """User + system CPU seconds of every live process in process group `pgid` (the gateway and
+def group_cpu_s(pgid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every live process in process group `pgid` (the gateway and
     its guard), from /proc (Linux), all threads included."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -106,8 +107,9 @@ def group_cpu_s(pgid: int) -> float:
         except OSError:
             continue
         if int(fields[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(12) stime(13)
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / ticks, system / ticks
 
 
 def rounded(value: Optional[float], digits: int = 2) -> Optional[float]:
@@ -152,7 +154,9 @@ async def run_pass(http, mode: Mode, count: int, concurrency: int, timeout: floa
     await client.for_each_concurrently(list(range(count)), one, concurrency)
     out.wall_s = time.perf_counter() - started
     if cpu_before is not None and mode.cpu_group:
-        out.cpu_s = group_cpu_s(mode.cpu_group) - cpu_before
+        after = group_cpu_s(mode.cpu_group)
+        out.cpu_s = sum(after) - sum(cpu_before)
+        out.system_cpu_s = after[1] - cpu_before[1]
     return out
 
 
@@ -171,6 +175,8 @@ def summarize(out: Outcome) -> dict[str, Any]:
         # the gateway process's own CPU per request (its cores' real cost; independent of the client)
         "gateway_cpu_ms_per_request": round(1000 * out.cpu_s / out.sent, 3) if out.cpu_s is not None and out.sent
         else None,
+        "gateway_system_cpu_ms_per_request": round(1000 * out.system_cpu_s / out.sent, 3)
+        if out.system_cpu_s is not None and out.sent else None,
     }
 
 
@@ -277,10 +283,11 @@ async def measure(modes: dict[str, Mode], args) -> list[tuple[str, bool, Outcome
                 out = await run_pass(http, modes[name], args.requests, args.concurrency, args.timeout)
                 passes.append((name, False, out))
                 s = summarize(out)
-                cpu = s["gateway_cpu_ms_per_request"]
+                cpu, sys_cpu = s["gateway_cpu_ms_per_request"], s["gateway_system_cpu_ms_per_request"]
                 print(f"  round {round_no + 1} {name}: {s['requests_per_s']} req/s, p50 {s['latency_ms']['p50']} ms, "
                       f"p95 {s['latency_ms']['p95']} ms, non-200 {s['non_200']}, errors {sum(out.errors.values())}"
-                      + (f", gateway CPU {cpu} ms/request" if cpu is not None else ""), flush=True)
+                      + (f", gateway CPU {cpu} ms/request ({sys_cpu} in the kernel)" if cpu is not None else ""),
+                      flush=True)
     return passes
 
 
@@ -431,6 +438,8 @@ def main() -> None:
         cpu = [r["gateway_cpu_ms_per_request"] for r in rounds if r["gateway_cpu_ms_per_request"] is not None]
         if cpu:
             results[name]["gateway_cpu_ms_per_request"] = round(statistics.median(cpu), 3)  # median over rounds
+            results[name]["gateway_system_cpu_ms_per_request"] = round(statistics.median(
+                r["gateway_system_cpu_ms_per_request"] for r in rounds), 3)
     direct = results["direct"]
     overhead = {}
     for name in ("gateway-chat", "gateway-extract"):
@@ -472,12 +481,13 @@ def main() -> None:
     print(f"\n{machine['processor'] or machine['machine']}, {machine['cpu_count']} CPUs, Python {machine['python']}; "
           f"upstream {upstream_desc['kind']} ({base_url}); {args.requests} requests at concurrency {args.concurrency}")
     print(f"{'way':<16} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'ratio':>6} {'+p50 ms':>8} {'+p95 ms':>8} "
-          f"{'CPU ms/req':>10}")
+          f"{'CPU ms/req':>10} {'of it kernel':>12}")
     for name in MODES:
         r, o = results[name], overhead.get(name, {"throughput_ratio": 1.0, "added_p50_ms": 0.0, "added_p95_ms": 0.0})
         print(f"{name:<16} {shown(r['requests_per_s'], 8, 1)} {shown(r['latency_ms']['p50'])} {shown(r['latency_ms']['p95'])} "
               f"{shown(o['throughput_ratio'], 6)} {shown(o['added_p50_ms'])} {shown(o['added_p95_ms'])} "
-              f"{shown(r.get('gateway_cpu_ms_per_request'), 10, 3)}")
+              f"{shown(r.get('gateway_cpu_ms_per_request'), 10, 3)} "
+              f"{shown(r.get('gateway_system_cpu_ms_per_request'), 12, 3)}")
     print(f"request log: {checks['rows']} rows for {checks['gateway_requests_sent']} gateway requests sent "
           f"({'match' if checks['rows_match_sent'] else 'MISMATCH'}); {checks['ids_missing_from_log']} returned id(s) "
           f"missing; failed requests (non-200 or no answer): {non_200}")

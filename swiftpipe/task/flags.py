@@ -66,13 +66,16 @@ class Checked:
 _validators: dict[int, Any] = {}
 
 
-def _validator(schema: dict):
-    import jsonschema
-
+def _validator(schema: dict) -> tuple[Optional[Callable[[Any], bool]], Any]:
+    """The schema's fast yes/no (None when it has keywords outside that subset) and jsonschema's validator."""
     key = id(schema)
     if key not in _validators:
+        import jsonschema
+
+        from swiftpipe.task.schema_check import compile_check
+
         cls = jsonschema.validators.validator_for(schema)
-        _validators[key] = (schema, cls(schema))  # keep the schema alive: ids are reused
+        _validators[key] = (schema, (compile_check(schema), cls(schema)))  # keep the schema alive: ids are reused
     return _validators[key][1]
 
 
@@ -88,8 +91,10 @@ def check(text: str, raw: Optional[str], *, schema: Optional[dict], verbatim_fie
         return Checked(fields=None, valid=False, flags=[INVALID_JSON, *flags])
     problems = []
     if schema:
-        problems = [f"{'/'.join(map(str, e.absolute_path)) or '<answer>'}: {e.message}"
-                    for e in _validator(schema).iter_errors(parsed)]
+        fast, full = _validator(schema)
+        if fast is None or not fast(parsed):  # jsonschema decides every "no" and says why
+            problems = [f"{'/'.join(map(str, e.absolute_path)) or '<answer>'}: {e.message}"
+                        for e in full.iter_errors(parsed)]
         if problems:
             flags.append(SCHEMA_VIOLATION)
     if isinstance(parsed, dict):
