@@ -17,9 +17,10 @@ import asyncio
 import contextlib
 from typing import Optional
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from swiftpipe.gateway import feedback, handlers, keys
@@ -34,7 +35,9 @@ from swiftpipe.gateway.protocol import (
     ChatBody,
     ExtractBody,
     FeedbackBody,
+    MalformedBody,
     last_user_text,
+    parse_body,
 )
 from swiftpipe.gateway.state import Failure, Gateway, fail
 
@@ -51,28 +54,23 @@ def key_of(request: Request) -> keys.Key:
     return request.state.key
 
 
-# Bodies as dependencies: parsed after the gate has checked the key.
-async def extract_body(body: ExtractBody) -> ExtractBody:
-    return body
+def body_doc(model: type[BaseModel]) -> dict:
+    """The OpenAPI description of a body the route parses itself (`protocol.parse_body`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def chat_body(body: ChatBody) -> ChatBody:
-    return body
-
-
-async def feedback_body(body: FeedbackBody) -> FeedbackBody:
-    return body
-
-
-@router.post("/v1/extract")
-async def extract(request: Request, body: ExtractBody = Depends(extract_body)) -> Response:
+# Bodies parsed in the route (after the gate has checked the key), one pydantic validation each.
+@router.post("/v1/extract", openapi_extra=body_doc(ExtractBody))
+async def extract(request: Request) -> Response:
+    body = parse_body(ExtractBody, await request.body())
     gw = gateway(request)
     call = gw.call(request.scope, key_of(request), "extract", body.text)
     return await gw.answer(call, handlers.extract(gw, call, body))
 
 
-@router.post("/v1/chat/completions")
-async def chat(request: Request, body: ChatBody = Depends(chat_body)) -> Response:
+@router.post("/v1/chat/completions", openapi_extra=body_doc(ChatBody))
+async def chat(request: Request) -> Response:
+    body = parse_body(ChatBody, await request.body())
     gw = gateway(request)
     call = gw.call(request.scope, key_of(request), "chat-stream" if body.stream else "chat",
                    last_user_text(body.messages), prefix="chatcmpl-")
@@ -84,9 +82,10 @@ async def models(request: Request) -> JSONResponse:
     return JSONResponse(gateway(request).models(key_of(request)))
 
 
-@router.post("/v1/feedback")
-async def feedback_post(request: Request, body: FeedbackBody = Depends(feedback_body)) -> JSONResponse:
+@router.post("/v1/feedback", openapi_extra=body_doc(FeedbackBody))
+async def feedback_post(request: Request) -> JSONResponse:
     """A review of an answer: {"id", "fields"} corrects it, {"id", "verdict": "correct"} confirms it."""
+    body = parse_body(FeedbackBody, await request.body())
     gw = gateway(request)
     try:
         stored = await asyncio.to_thread(gw.review, body.id, fields=body.fields, verdict=body.verdict,
@@ -155,17 +154,21 @@ async def _refused_body(request: Request, status: int, message: str) -> Response
     return error.response()
 
 
-async def _invalid_body(request: Request, exc: Exception) -> Response:
+async def _malformed_body(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MalformedBody)
+    return await _refused_body(request, 422, f"malformed request body: {exc}")
+
+
+async def _invalid_request(request: Request, exc: Exception) -> Response:
+    """A query parameter FastAPI could not take (e.g. `days=x`): 422, OpenAI-shaped."""
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-    return await _refused_body(request, 422, f"malformed request body: {problems}")
+    return ApiError(422, f"malformed request: {problems}", INVALID_REQUEST).response()
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors, OpenAI-shaped; a body that is not UTF-8 JSON is a 422 like any malformed one."""
+    """Starlette's own errors, OpenAI-shaped."""
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
-        return await _refused_body(request, 422, "malformed request body: not UTF-8 JSON")
     kind = NOT_FOUND if exc.status_code == 404 else INVALID_REQUEST
     return ApiError(exc.status_code, str(exc.detail), kind).response()
 
@@ -187,7 +190,8 @@ def create_app(gw: Gateway) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(CatchAll)
     app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _invalid_body)
+    app.add_exception_handler(MalformedBody, _malformed_body)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.include_router(router)
     mount_pages(app)

@@ -4,11 +4,12 @@ answers from upstreams (their content, their token usage)."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import json
+from typing import Any, Optional, TypeVar
 
 import msgspec
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swiftpipe.task import flags
 from swiftpipe.task.answers import strict_loads
@@ -27,6 +28,8 @@ UPSTREAM_UNAVAILABLE = "upstream_unavailable"
 UPSTREAM = flags.UPSTREAM_ERROR  # the upstream's answer is unusable
 RETRY_AFTER_S = 5  # a 503's Retry-After, unless it knows better
 
+
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 
 _ENCODE = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
@@ -67,6 +70,32 @@ class ApiError(Exception):
         if self.status == 503:
             headers.setdefault("Retry-After", str(RETRY_AFTER_S))  # every 503 says when to come back
         return FastJSON(body, status_code=self.status, headers=headers)
+
+
+class MalformedBody(Exception):
+    """A request body that is not the endpoint's (422): what is wrong, FastAPI's words and places."""
+
+
+def parse_body(model: type[BaseModelT], raw: bytes) -> BaseModelT:
+    """The request body `raw` as `model`, or MalformedBody saying why, in the terms FastAPI's body
+    dependency uses ("body.text: Field required", "body.9: JSON decode error", "not UTF-8 JSON").
+    The extraction routes parse their bodies here rather than through a FastAPI dependency: the
+    same checks for a fraction of the CPU (one pydantic validation, no dependency solving)."""
+    if not raw:
+        raise MalformedBody("body: Field required")
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise MalformedBody("not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise MalformedBody(f"body.{exc.pos}: JSON decode error") from None
+    except (ValueError, RecursionError):
+        raise MalformedBody("not UTF-8 JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedBody("; ".join(f"{'.'.join(str(p) for p in ('body', *e.get('loc', ())))}: {e.get('msg')}"
+                                      for e in exc.errors())) from None
 
 
 class ExtractBody(BaseModel):

@@ -42,6 +42,13 @@ def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _bound(of: type[str] | type[list], n: int, is_max: bool) -> Check:
+    """len() at most (or at least) n, for instances of `of` (others pass: `type` checks them)."""
+    if is_max:
+        return lambda x: not isinstance(x, of) or len(x) <= n
+    return lambda x: not isinstance(x, of) or len(x) >= n
+
+
 def compile_check(schema: Any) -> Optional[Check]:
     """A function telling whether an instance satisfies `schema`, or None (not in the fast subset)."""
     if not isinstance(schema, dict) or not set(schema) <= _KEYWORDS:
@@ -54,20 +61,11 @@ def compile_check(schema: Any) -> Optional[Check]:
             return None
         tests = [_TYPES[n] for n in names]
         checks.append(tests[0] if len(tests) == 1 else (lambda x: any(t(x) for t in tests)))
-    for word, is_max in (("maxLength", True), ("minLength", False)):
+    for word, of in (("maxLength", str), ("minLength", str), ("maxItems", list), ("minItems", list)):
         if word in schema:
-            n = schema[word]
-            if not _count(n):
+            if not _count(schema[word]):
                 return None
-            checks.append((lambda x, n=n: not isinstance(x, str) or len(x) <= n) if is_max
-                          else (lambda x, n=n: not isinstance(x, str) or len(x) >= n))
-    for word, is_max in (("maxItems", True), ("minItems", False)):
-        if word in schema:
-            n = schema[word]
-            if not _count(n):
-                return None
-            checks.append((lambda x, n=n: not isinstance(x, list) or len(x) <= n) if is_max
-                          else (lambda x, n=n: not isinstance(x, list) or len(x) >= n))
+            checks.append(_bound(of, schema[word], word.startswith("max")))
     if "items" in schema:
         item = compile_check(schema["items"])
         if item is None:

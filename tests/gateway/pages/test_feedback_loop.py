@@ -49,8 +49,10 @@ def test_corrections_train_a_better_version(tmp_path, tiny_model_dir, page, scre
     common = [f"output.root={tmp_path / 'runs'}", f"model.id={tiny_model_dir}", f"data.test={unseen}",
               "eval.enabled=false"]
 
-    # v1: trained on the first half; wrong on the second.
-    run("run", str(REPO / "recipes" / "demo-cpu.yaml"), *common, f"data.train={seen}", "--run-id", "v1", cwd=tmp_path)
+    # v1: trained on the first half (briefly: it only has to be a tuned model that is wrong on the
+    # second half); wrong on the second.
+    run("run", str(REPO / "recipes" / "demo-cpu.yaml"), *common, f"data.train={seen}", "train.max_steps=20",
+        "train.save_steps=20", "--run-id", "v1", cwd=tmp_path)
     v1 = tmp_path / "runs" / "demo-cpu" / "v1"
 
     # Served, its answers to the second half reviewed and corrected through the API.
