@@ -10,10 +10,12 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import in_process, query
+from swiftpipe.gateway import pages
+from tests.gateway.conftest import asgi_scope, in_process, one_body, query
 from tests.helpers import KEY
 
 pytestmark = pytest.mark.anyio
@@ -329,3 +331,51 @@ async def test_every_response_says_nosniff_no_frames_no_referrer(tmp_path):
             assert headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in headers["content-security-policy"]
             assert "strict-transport-security" not in headers  # plain HTTP here; HTTPS adds HSTS
         assert (await gw.get("/docs")).status_code == 404  # no Swagger page: its scripts would come from a CDN
+
+
+async def raw_get(app, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    """GET `path` exactly as written (a client library would resolve `..` first): status, headers, body."""
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    gone = asyncio.Event()
+    gone.set()
+    path, _, query_string = path.partition("?")
+    scope = asgi_scope("GET", path, [(b"host", b"gateway")], query=query_string.encode())
+    await asyncio.wait_for(app(scope, one_body(b"", gone), send), 30)
+    head = sent[0]
+    return head["status"], dict(head["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_no_path_leads_out_of_the_pages_and_no_text_becomes_html(tmp_path):
+    async with in_process(tmp_path) as gw:
+        for path in ("/static/../store.py", "/static/../../gateway/store.py", "/static/%2e%2e/store.py",
+                     "/static/..%2fstore.py", "/static/common.js/../../store.py", "/static/__init__.py",
+                     "/static/../pages/__init__.py", "/static//etc/passwd", "/../../../etc/passwd", "/review/../store.py"):
+            status, _, body = await raw_get(gw.app, path)
+            assert status == 404, (path, status, body[:200])
+            assert b"import " not in body and b"root:" not in body, path
+        status, headers, body = await raw_get(gw.app, "/static/common.js")  # what it does serve
+        assert status == 200 and headers[b"content-type"].startswith(b"text/javascript") and body
+
+        # A text with markup comes back as JSON (nosniff), never as a page; the pages build no HTML from
+        # strings (no innerHTML and the like) and run only their own scripts (CSP script-src 'self').
+        payload = '<script>alert(1)</script><img src=x onerror=alert(2)> 张三'
+        rid = (await gw.post("/v1/extract", {"text": payload})).json()["id"]
+        shown = await gw.get(f"/v1/requests/{rid}")
+        assert shown.json()["input"] == payload
+        assert shown.headers["content-type"].startswith("application/json") and \
+            shown.headers["x-content-type-options"] == "nosniff"
+        for page in ("/", "/review", "/dashboard"):
+            status, headers, body = await raw_get(gw.app, page + "?q=%3Cscript%3Ealert(1)%3C/script%3E")
+            assert status == 200 and b"alert(1)" not in body
+            policy = headers[b"content-security-policy"]
+            assert b"script-src 'self'" in policy and b"unsafe-inline" not in policy and b"unsafe-eval" not in policy
+    here = Path(pages.__file__).parent
+    for script in sorted(here.glob("*.js")):
+        code = script.read_text(encoding="utf-8")
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", code), script.name
+    for html in sorted(here.glob("*.html")):
+        assert not re.search(r"<script(?![^>]*\bsrc=)|\son\w+=", html.read_text(encoding="utf-8")), html.name
