@@ -216,7 +216,7 @@ def test_a_generated_key_goes_to_a_private_file_and_a_restart_after_sigkill_bind
 
 
 # -- limits below HTTP, on one gateway with short ones -------------------------------------------
-MAX_CONNECTIONS, HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 16, 3.0, 1.0
+MAX_CONNECTIONS, HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 16, 5.0, 1.0
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +308,7 @@ def test_with_every_connection_busy_a_new_one_is_closed_and_counted(limited):
             sock = socket.create_connection(("127.0.0.1", limited.port), timeout=10)
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             busy.append(sock)
-            time.sleep(0.05)  # the gateway reads those bytes before the next connection arrives
+            time.sleep(0.1)  # the gateway reads those bytes before the next connection arrives
         with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as extra:
             # closed at once, well before the header time (which would close an accepted one)
             assert until_closed(extra, HEADER_TIMEOUT_S / 2) == b""
