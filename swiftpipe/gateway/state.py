@@ -204,13 +204,14 @@ class Gateway:
         self.keys = keys.active(self.conn)
         used, self.used = self.used, {}
         try:
-            if self.log is not None and self.log.failing:
-                raise store.LogUnavailable(self.log.failing)
-            # in the event loop: a locked database must not hold every request up for the connection's 10 s
-            with db.lock_wait(self.conn, TOUCH_WAIT_MS, then_ms=store.CONNECT_BUSY_MS):
-                keys.touch(self.conn, used)
+            if used and not (self.log is not None and self.log.failing):  # a failing log: not even tried
+                # in the event loop: a locked database must not hold every request up for the connection's 10 s
+                with db.lock_wait(self.conn, TOUCH_WAIT_MS, then_ms=store.CONNECT_BUSY_MS):
+                    keys.touch(self.conn, used)
+                used = {}
         except Exception:  # noqa: BLE001 - a locked file: the last-use times wait for the next second
-            self.used = {**used, **self.used}
+            pass
+        self.used = {**used, **self.used}
         saved = dict(rollout.current(self.conn))
         self.weights = [(name, saved.get(name, 0.0)) for name in self.versions]
         for name, weight in self.weights:

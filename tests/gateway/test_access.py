@@ -264,6 +264,7 @@ async def test_a_log_locked_while_idle_is_known_before_a_request_reaches_the_mod
         locker = Locker(gw.db)
         try:
             locker.tell("lock")
+            locked_at = time.time()
             # the idle writer's probe finds out, with no request paying for it
             deadline = time.monotonic() + 10
             while not (state := await log_state(gw)).startswith("failing"):
@@ -285,6 +286,8 @@ async def test_a_log_locked_while_idle_is_known_before_a_request_reaches_the_mod
             locker.close()
         await recovers(gw)
         assert await log_state(gw) == "ok"
+        gw.gw.refresh()  # the keys' last use, held back while the log failed, is written now
+        assert query(gw.db, "SELECT last_used FROM keys WHERE name = 'tests'")[0]["last_used"] >= locked_at
     told_once(capfd)
 
 
