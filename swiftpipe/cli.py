@@ -132,6 +132,10 @@ DB_HELP = ("The gateway's database (request log, keys, versions): a SQLite file 
                    "e-mails/ID numbers, or nothing but flags, latency, version and key.")
 @click.option("--max-connections", type=click.IntRange(16, 100_000), default=1000, show_default=True,
               help="Open connections at most; past it idle ones are closed first (README 'Security').")
+@click.option("--header-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a client has to send a request's line and headers; then its connection is closed.")
+@click.option("--body-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request's body may pause between two pieces; then 408 and the connection closed.")
 @click.option("--accept-threshold", type=click.FloatRange(0, 1), default=None,
               help="Row confidence at or above which an answer needs no review, for every version (default: "
                    "serve.accept_threshold, else the threshold each run's eval calibrated).")
@@ -148,8 +152,8 @@ DB_HELP = ("The gateway's database (request log, keys, versions): a SQLite file 
 def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional[str], names: tuple[str, ...],
           base: bool, host: str, port: int, db: str, weights: tuple[str, ...], ssl_certfile: Optional[str],
           ssl_keyfile: Optional[str], keep_days: float, log_content: str, max_connections: int,
-          accept_threshold: Optional[float], audit_share: float, upstream_timeout: float, retries: int,
-          workers: int) -> None:
+          header_timeout: float, body_timeout: float, accept_threshold: Optional[float], audit_share: float,
+          upstream_timeout: float, retries: int, workers: int) -> None:
     """Serve versions behind the extraction gateway until Ctrl-C.
 
     \b
@@ -170,7 +174,7 @@ def serve(targets: tuple[str, ...], upstreams: tuple[str, ...], recipe: Optional
                   port=port, db=db, weights=list(weights), ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
                   keep_days=keep_days or None, upstream_timeout=upstream_timeout, retries=retries,
                   log_content=log_content, max_connections=max_connections, accept_threshold=accept_threshold,
-                  audit_share=audit_share, workers=workers)
+                  audit_share=audit_share, workers=workers, header_timeout=header_timeout, body_timeout=body_timeout)
 
 
 @cli.group()

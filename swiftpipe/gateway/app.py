@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from swiftpipe.gateway import feedback, handlers, keys
 from swiftpipe.gateway import stats as numbers
 from swiftpipe.gateway.access import AuthGate
-from swiftpipe.gateway.middleware import ArrivalClock, BodyLimit, CatchAll, SecurityHeaders
+from swiftpipe.gateway.middleware import BODY_IDLE_S, ArrivalClock, BodyLimit, CatchAll, SecurityHeaders
 from swiftpipe.gateway.pages import mount as mount_pages
 from swiftpipe.gateway.protocol import (
     INVALID_REQUEST,
@@ -173,7 +173,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, str(exc.detail), kind).response()
 
 
-def create_app(gw: Gateway) -> FastAPI:
+def create_app(gw: Gateway, *, body_idle_s: float = BODY_IDLE_S) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await gw.start()
@@ -184,7 +184,8 @@ def create_app(gw: Gateway) -> FastAPI:
 
     app = FastAPI(title="swiftpipe gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
-    app.add_middleware(BodyLimit, on_refusal=lambda status: gw.metrics.rejected.labels(str(status)).inc())
+    app.add_middleware(BodyLimit, idle_s=body_idle_s,
+                       on_refusal=lambda status: gw.metrics.rejected.labels(str(status)).inc())
     app.add_middleware(AuthGate, gateway=gw)
     app.add_middleware(ArrivalClock)
     app.add_middleware(SecurityHeaders)

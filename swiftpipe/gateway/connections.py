@@ -5,10 +5,11 @@ connections, on the size of a request's headers and on the time they take to arr
   limit, which `serve` raises to its hard limit. Past it, the oldest connection that has not
   started a request is closed to make room; if every one is busy, the new one is closed.
 - header size: 32 KiB (request line and headers); past it: 431 and the connection closed.
-- header time: 10 s from the connection (or a request's first byte) to the end of its headers;
-  past it the connection is closed.
+- header time: 10 s (`--header-timeout`) from the connection (or a request's first byte) to the
+  end of its headers; past it the connection is closed.
 - idle keep-alive: 5 s between requests (uvicorn's `timeout_keep_alive`).
-- the body: 8 MiB, 30 s without a byte (`middleware.BodyLimit`): 413 / 408, connection closed.
+- the body: 8 MiB, 30 s without a byte (`--body-timeout`; `middleware.BodyLimit`): 413 / 408,
+  connection closed.
 
 Each refusal is counted in `/metrics` (`swiftpipe_refused_connections_total{reason}`) and told in
 one line of the gateway's output per reason per minute, never per connection.
@@ -21,6 +22,8 @@ import resource
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from swiftpipe.gateway.middleware import BODY_IDLE_S
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -28,6 +31,7 @@ class Limits:
     max_header_bytes: int = 32 * 1024
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
+    body_idle_s: float = BODY_IDLE_S  # middleware.BodyLimit's pause between two pieces of a body (408)
 
 
 REASONS = {

@@ -24,6 +24,7 @@ shown in messages (with any password masked) and would be visible in `ps`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -165,6 +166,17 @@ class Dialect:
     def columns(self, conn: Connection, table: str) -> set[str]:
         return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
+    def set_lock_wait(self, conn: Connection, ms: int) -> None:
+        """How long this connection's statements wait for another's lock, from now on."""
+        conn.execute(f"PRAGMA busy_timeout = {int(ms)}")
+
+    def probe_write(self, conn: Connection, tables: Sequence[str]) -> None:
+        """Raise OperationalError unless a writer of `tables` could start now (within the connection's
+        lock wait), writing nothing. SQLite: take the file's write lock and let it go (no page is
+        written, nothing reaches the disk)."""
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+
 
 class PgDialect(Dialect):
     name = POSTGRESQL
@@ -192,12 +204,37 @@ class PgDialect(Dialect):
             "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
             "AND table_name = ?", (table,))}
 
+    def set_lock_wait(self, conn: Connection, ms: int) -> None:
+        conn.execute(f"SET lock_timeout = {int(ms)}")
+
+    def probe_write(self, conn: Connection, tables: Sequence[str]) -> None:
+        """PostgreSQL: the table lock an INSERT takes (ROW EXCLUSIVE), in a transaction rolled back at
+        once: it waits out `lock_timeout` behind another session's LOCK TABLE, and fails on a server
+        that is down, unreachable or read-only (a standby, default_transaction_read_only)."""
+        conn.execute("BEGIN")
+        try:
+            conn.execute(f"LOCK TABLE {', '.join(tables)} IN ROW EXCLUSIVE MODE")
+        finally:
+            if isinstance(conn, PgConnection):
+                conn.rollback()  # also after a failed LOCK; nothing to do on a connection that broke
+
 
 SQLITE_DIALECT, PG_DIALECT = Dialect(), PgDialect()
 
 
 def dialect(conn: Any) -> Dialect:
     return getattr(conn, "dialect", SQLITE_DIALECT)
+
+
+@contextlib.contextmanager
+def lock_wait(conn: Connection, ms: int, *, then_ms: int) -> Iterator[None]:
+    """The block's statements wait at most `ms` for another's lock; afterwards `then_ms` again."""
+    spelled = dialect(conn)
+    spelled.set_lock_wait(conn, ms)
+    try:
+        yield
+    finally:
+        spelled.set_lock_wait(conn, then_ms)
 
 
 def count_if(condition: str) -> str:

@@ -191,7 +191,9 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
           host: str, port: int, db: str, weights: list[str], ssl_certfile: Optional[str], ssl_keyfile: Optional[str],
           keep_days: Optional[float], upstream_timeout: float, retries: int, log_content: str = "full",
           max_connections: int = 1000, accept_threshold: Optional[float] = None,
-          audit_share: float = feedback.AUDIT_SHARE, workers: int = 1) -> None:
+          audit_share: float = feedback.AUDIT_SHARE, workers: int = 1,
+          header_timeout: float = connections.Limits.header_timeout_s,
+          body_timeout: float = connections.Limits.body_idle_s) -> None:
     place = store.target(db)
     if place.path is not None:
         place = store.target(place.path.resolve())
@@ -259,7 +261,8 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                 assert p.url is not None
                 versions.append(version_of(p, base_url=p.url, api_key=upstream_key, model=None))
         open_files = connections.raise_open_file_limit(max_connections + 256)
-        limits = connections.Limits(max_connections=max(16, min(max_connections, open_files - 128)))
+        limits = connections.Limits(max_connections=max(16, min(max_connections, open_files - 128)),
+                                    header_timeout_s=header_timeout, body_idle_s=body_timeout)
 
         def gateway_config():  # one per process: its own database connections and log writer
             gw = Gateway(versions, place, upstreams=UpstreamClient(timeout=upstream_timeout, retries=retries),
@@ -270,7 +273,8 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
                 gw.metrics.refused_connections.labels(reason).inc()
                 gw.say_once_a_minute(reason, "refused: " + connections.REASONS[reason].format(limit=limit))
 
-            return uvicorn.Config(create_app(gw), host=host, port=port, log_level="warning", access_log=False,
+            app = create_app(gw, body_idle_s=limits.body_idle_s)
+            return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                   ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=10,
                                   lifespan="on", server_header=False,
                                   http=connections.protocol_class(limits, refused),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Optional
 
-from swiftpipe.gateway import feedback, keys, privacy, rollout, store
+from swiftpipe.gateway import db, feedback, keys, privacy, rollout, store
 from swiftpipe.gateway.metrics import Metrics
 from swiftpipe.gateway.middleware import arrived_at
 from swiftpipe.gateway.protocol import (
@@ -37,6 +37,7 @@ from swiftpipe.recipe.task import Task
 from swiftpipe.task import flags
 
 REFRESH_S = 1.0  # how often keys and weights are reread from the database
+TOUCH_WAIT_MS = 50  # longest the once-a-second write of keys' last use waits for another's lock
 
 
 class Entropy:
@@ -203,9 +204,14 @@ class Gateway:
         self.keys = keys.active(self.conn)
         used, self.used = self.used, {}
         try:
-            keys.touch(self.conn, used)
+            if used and not (self.log is not None and self.log.failing):  # a failing log: not even tried
+                # in the event loop: a locked database must not hold every request up for the connection's 10 s
+                with db.lock_wait(self.conn, TOUCH_WAIT_MS, then_ms=store.CONNECT_BUSY_MS):
+                    keys.touch(self.conn, used)
+                used = {}
         except Exception:  # noqa: BLE001 - a locked file: the last-use times wait for the next second
-            self.used = {**used, **self.used}
+            pass
+        self.used = {**used, **self.used}
         saved = dict(rollout.current(self.conn))
         self.weights = [(name, saved.get(name, 0.0)) for name in self.versions]
         for name, weight in self.weights:

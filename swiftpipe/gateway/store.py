@@ -143,7 +143,10 @@ REQUEST_COLUMNS = ("id", "ts", "version", "key_id", "endpoint", "input", "output
 
 DEFAULT_DB = "serve/serve.sqlite"  # the gateway's database when --db is not given
 LOG_WAIT_S = 2.0  # longest a response waits for its log row; then 503 (the database is locked or full)
-BUSY_MS = 500  # how long one statement waits for another process's lock
+BUSY_MS = 500  # how long one statement of the request log's writer waits for another process's lock
+CONNECT_BUSY_MS = 10_000  # how long other connections' statements wait (`connect`)
+PROBE_S = 0.5  # an idle request-log writer checks this often that the database takes writes (RequestLog)
+LOGGED_TABLES = ("requests", "request_days", "request_day_flags", "request_day_latency")  # what a log row writes
 
 
 class StoreError(SwiftpipeError):
@@ -184,7 +187,7 @@ def readable_by_others(path: Path) -> bool:
         return False
 
 
-def connect(where: Any, *, create: bool = True, busy_ms: int = 10_000, upgrade: bool = True) -> Connection:
+def connect(where: Any, *, create: bool = True, busy_ms: int = CONNECT_BUSY_MS, upgrade: bool = True) -> Connection:
     """Open the gateway database (`--db`: a path or a URL, see `gateway.db`), migrated to the current
     schema. A SQLite file is created privately (unless `create` is false) and opened in WAL mode; a
     PostgreSQL database must exist (its tables are created). `upgrade=False`: no migration (`db upgrade`)."""
@@ -431,9 +434,13 @@ class RequestLog:
     """Group commit: `await log.add(row)` returns once the row is committed, or raises
     LogUnavailable after LOG_WAIT_S (a row not committed by then is not committed at all).
 
-    While the log is failing (`failing`), callers refuse requests before doing any work; the writer
-    probes the database every half second and clears `failing` as soon as a write goes through, so
-    a released lock or freed disk is noticed without a restart."""
+    While the log is failing (`failing`), callers refuse requests before doing any work. The writer
+    finds out without a request paying for it: whenever it has had nothing to write for PROBE_S it
+    probes the database (`Dialect.probe_write`: SQLite's write lock taken and let go, PostgreSQL's
+    INSERT lock in a transaction rolled back; nothing written), so a lock another process took while
+    the gateway was idle is known before the next request reaches the model; and the probe clears
+    `failing` as soon as the database takes writes again, so a released lock or freed disk is
+    noticed without a restart. Under traffic there is no probe: each commit tells the same."""
 
     def __init__(self, path: Any, *, max_batch: int = 256, wait_s: float = LOG_WAIT_S):
         self.path = db.parse(path)
@@ -469,10 +476,9 @@ class RequestLog:
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=0.5)
-            except queue.Empty:
-                if self.failing:
-                    self._probe()
+                item = self._queue.get(timeout=PROBE_S)
+            except queue.Empty:  # idle for PROBE_S: is the database still writable?
+                self._probe()
                 continue
             if item is None:
                 return
@@ -528,10 +534,9 @@ class RequestLog:
         return errors
 
     def _probe(self) -> None:
-        """A write that changes nothing: it goes through once the database takes writes again."""
+        """Whether a write could go through now (it writes nothing): `failing` set or cleared."""
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute("ROLLBACK")
+            db.dialect(self._conn).probe_write(self._conn, LOGGED_TABLES)
             self.failing = None
         except sqlite3.Error as exc:
             self.failing = f"{type(exc).__name__}: {exc}"

@@ -185,6 +185,7 @@ class InProcess:
     keys: dict[str, str]  # by who holds it: admin (KEY), client, other (another client), reviewer, limited
     #                       (a client, --rpm 3), expired, revoked
     upstreams: dict[str, Any]  # the transports of the versions, by name
+    app: Any  # the ASGI app itself (for paths a client library would rewrite, like `/static/../x`)
 
     @property
     def limited_key(self) -> str:
@@ -234,4 +235,4 @@ async def in_process(tmp_path: Path, *, up: tuple[str, ...] = ("v1",), down: tup
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=client)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as http:
-            yield InProcess(http, gw, db, secrets, routes)
+            yield InProcess(http, gw, db, secrets, routes, app)

@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from tests.gateway.conftest import in_process, query
+from swiftpipe.gateway import pages
+from tests.gateway.conftest import asgi_scope, in_process, one_body, query
 from tests.helpers import KEY
 
 pytestmark = pytest.mark.anyio
@@ -196,38 +200,129 @@ async def test_what_the_log_keeps_of_texts(tmp_path, content):
     assert row["content"] == content and row["flags"] is not None
 
 
-@pytest.mark.sqlite_only
-async def test_a_locked_log_fails_fast_says_so_once_and_recovers(tmp_path, capfd):
+LOCKER = """
+import sys
+if sys.argv[1].startswith("postgresql://"):
+    import psycopg
+    conn = psycopg.connect(sys.argv[1], autocommit=True)
+    LOCK = ("BEGIN", "LOCK TABLE requests IN EXCLUSIVE MODE")  # what blocks INSERTs, not readers
+else:
+    import sqlite3
+    conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+    LOCK = ("BEGIN EXCLUSIVE",)
+for line in sys.stdin:
+    for statement in LOCK if line.strip() == "lock" else ("ROLLBACK",):
+        conn.execute(statement)
+    print("done", flush=True)
+"""
+
+
+class Locker:
+    """Another process that takes the database's write lock when told (and gives it back): it waits
+    for the gateway's own writer, which may still be committing a row."""
+
+    def __init__(self, db):
+        self.proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def tell(self, what: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done", f"the locker did not {what}"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def log_failures(metrics: str) -> float:
+    return float(re.search(r"^swiftpipe_request_log_failures_total (\S+)$", metrics, re.M).group(1))
+
+
+async def log_state(gw) -> str:
+    return (await gw.client.get("/health")).json()["request_log"]  # this machine: the details
+
+
+async def recovers(gw) -> None:
+    """Requests succeed again, without a restart, within a few seconds of the lock's release."""
+    deadline = time.monotonic() + 10
+    while (await gw.post("/v1/extract", {"text": WAYBILL})).status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not recover after the lock was released"
+        await asyncio.sleep(0.1)
+
+
+def told_once(capfd) -> None:
+    lines = [line for line in capfd.readouterr().err.splitlines() if "request log" in line and "unavailable" in line]
+    assert len(lines) == 1, lines  # one line, not one per request
+
+
+async def test_a_log_locked_while_idle_is_known_before_a_request_reaches_the_model(tmp_path, capfd):
     async with in_process(tmp_path, log_wait_s=1.0) as gw:
         assert (await gw.post("/v1/extract", {"text": WAYBILL})).status_code == 200
-        # another process takes the database; it waits (up to 30 s) for the gateway's own writer, which may
-        # still be committing the first request's row and its rollups when the response arrives
-        locker = sqlite3.connect(gw.db, timeout=30)
-        locker.execute("BEGIN EXCLUSIVE")
+        assert await log_state(gw) == "ok"
+        locker = Locker(gw.db)
+        try:
+            locker.tell("lock")
+            locked_at = time.time()
+            # the idle writer's probe finds out, with no request paying for it
+            deadline = time.monotonic() + 10
+            while not (state := await log_state(gw)).startswith("failing"):
+                assert time.monotonic() < deadline, f"the gateway never noticed the lock (request_log: {state})"
+                await asyncio.sleep(0.05)
+            assert "lock" in state  # SQLite: database is locked; PostgreSQL: canceling statement due to lock timeout
+            asked = len(gw.upstreams["v1"].asked)
+            before = log_failures((await gw.client.get("/metrics")).text)
+            started = time.monotonic()
+            refused = await gw.post("/v1/extract", {"text": WAYBILL})
+            took = time.monotonic() - started
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "2", refused.text
+            assert "nothing was done" in refused.json()["error"]["message"]
+            assert took < gw.gw.log_wait_s, f"the 503 took {took:.2f} s, over the bound of {gw.gw.log_wait_s} s"
+            assert len(gw.upstreams["v1"].asked) == asked  # the model received nothing for it
+            assert log_failures((await gw.client.get("/metrics")).text) == before + 1
+        finally:
+            locker.tell("release")
+            locker.close()
+        await recovers(gw)
+        assert await log_state(gw) == "ok"
+        gw.gw.refresh()  # the keys' last use, held back while the log failed, is written now
+        assert query(gw.db, "SELECT last_used FROM keys WHERE name = 'tests'")[0]["last_used"] >= locked_at
+    told_once(capfd)
+
+
+@pytest.mark.sqlite_only
+async def test_a_row_that_cannot_be_committed_in_time_gets_503_and_the_log_recovers(tmp_path, capfd):
+    """The lock taken while a request is with the model: its answer cannot be logged, so the client
+    gets 503 within the bound (after the model's time); the next ones are refused before the model."""
+    delay_s = 1.0
+    async with in_process(tmp_path, log_wait_s=1.0, delay_ms=delay_s * 1000) as gw:
+        assert (await gw.post("/v1/extract", {"text": WAYBILL})).status_code == 200
+        locker = Locker(gw.db)
         try:
             asked = len(gw.upstreams["v1"].asked)
-            first = await gw.post("/v1/extract", {"text": WAYBILL})
-            assert first.status_code == 503 and first.headers["Retry-After"] == "2"
+            pending = asyncio.ensure_future(gw.post("/v1/extract", {"text": WAYBILL}))
+            deadline = time.monotonic() + 10
+            while len(gw.upstreams["v1"].asked) == asked:  # the request is with the model (for delay_s)
+                assert time.monotonic() < deadline and not pending.done(), "the request never reached the model"
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            locker.tell("lock")
+            first = await pending
+            took = time.monotonic() - started
+            assert first.status_code == 503 and first.headers["Retry-After"] == "2", first.text
             assert "the request was not answered" in first.json()["error"]["message"]
+            assert took < delay_s + gw.gw.log_wait_s + 1, f"the 503 took {took:.2f} s after the lock"
             later = [await gw.post("/v1/extract", {"text": WAYBILL}) for _ in range(3)]
             assert {r.status_code for r in later} == {503}
             assert all("nothing was done" in r.json()["error"]["message"] for r in later)
             assert len(gw.upstreams["v1"].asked) == asked + 1  # the later ones never reached the model
         finally:
-            locker.rollback()
+            locker.tell("release")
             locker.close()
-
-        for _ in range(50):  # recovery without a restart: within a few seconds of the lock's release
-            if (await gw.post("/v1/extract", {"text": WAYBILL})).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the gateway did not recover after the lock was released")
-        metrics = (await gw.client.get("/metrics")).text
-        failures = float(re.search(r"^swiftpipe_request_log_failures_total (\S+)$", metrics, re.M).group(1))
-        assert failures >= 4
-    lines = [line for line in capfd.readouterr().err.splitlines() if "request log" in line and "unavailable" in line]
-    assert len(lines) == 1, lines  # one line, not one per request
+        await recovers(gw)
+        assert log_failures((await gw.client.get("/metrics")).text) >= 4
+    told_once(capfd)
 
 
 async def test_every_response_says_nosniff_no_frames_no_referrer(tmp_path):
@@ -239,3 +334,51 @@ async def test_every_response_says_nosniff_no_frames_no_referrer(tmp_path):
             assert headers["referrer-policy"] == "no-referrer" and "frame-ancestors 'none'" in headers["content-security-policy"]
             assert "strict-transport-security" not in headers  # plain HTTP here; HTTPS adds HSTS
         assert (await gw.get("/docs")).status_code == 404  # no Swagger page: its scripts would come from a CDN
+
+
+async def raw_get(app, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
+    """GET `path` exactly as written (a client library would resolve `..` first): status, headers, body."""
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    gone = asyncio.Event()
+    gone.set()
+    path, _, query_string = path.partition("?")
+    scope = asgi_scope("GET", path, [(b"host", b"gateway")], query=query_string.encode())
+    await asyncio.wait_for(app(scope, one_body(b"", gone), send), 30)
+    head = sent[0]
+    return head["status"], dict(head["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_no_path_leads_out_of_the_pages_and_no_text_becomes_html(tmp_path):
+    async with in_process(tmp_path) as gw:
+        for path in ("/static/../store.py", "/static/../../gateway/store.py", "/static/%2e%2e/store.py",
+                     "/static/..%2fstore.py", "/static/common.js/../../store.py", "/static/__init__.py",
+                     "/static/../pages/__init__.py", "/static//etc/passwd", "/../../../etc/passwd", "/review/../store.py"):
+            status, _, body = await raw_get(gw.app, path)
+            assert status == 404, (path, status, body[:200])
+            assert b"import " not in body and b"root:" not in body, path
+        status, headers, body = await raw_get(gw.app, "/static/common.js")  # what it does serve
+        assert status == 200 and headers[b"content-type"].startswith(b"text/javascript") and body
+
+        # A text with markup comes back as JSON (nosniff), never as a page; the pages build no HTML from
+        # strings (no innerHTML and the like) and run only their own scripts (CSP script-src 'self').
+        payload = '<script>alert(1)</script><img src=x onerror=alert(2)> 张三'
+        rid = (await gw.post("/v1/extract", {"text": payload})).json()["id"]
+        shown = await gw.get(f"/v1/requests/{rid}")
+        assert shown.json()["input"] == payload
+        assert shown.headers["content-type"].startswith("application/json") and \
+            shown.headers["x-content-type-options"] == "nosniff"
+        for page in ("/", "/review", "/dashboard"):
+            status, headers, body = await raw_get(gw.app, page + "?q=%3Cscript%3Ealert(1)%3C/script%3E")
+            assert status == 200 and b"alert(1)" not in body
+            policy = headers[b"content-security-policy"]
+            assert b"script-src 'self'" in policy and b"unsafe-inline" not in policy and b"unsafe-eval" not in policy
+    here = Path(pages.__file__).parent
+    for script in sorted(here.glob("*.js")):
+        code = script.read_text(encoding="utf-8")
+        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function", code), script.name
+    for html in sorted(here.glob("*.html")):
+        assert not re.search(r"<script(?![^>]*\bsrc=)|\son\w+=", html.read_text(encoding="utf-8")), html.name

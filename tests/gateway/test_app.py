@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from swiftpipe.gateway import keys, store
+from swiftpipe.gateway.protocol import RETRY_AFTER_S
 from tests.gateway.conftest import in_process, leave_after_first_chunk
 from tests.helpers import KEY
 
@@ -86,6 +87,8 @@ async def test_400_texts_the_model_cannot_take_and_bad_parameters(tmp_path):
         assert days.status_code == 400 and "days must be from 1 to 3660" in error_of(days)["message"]
         rows = gw.rows()
         assert rows[error["id"]]["status"] == 400 and rows[error["id"]]["error"].startswith("text is empty")
+        too_long = rows[error_of(long)["id"]]
+        assert too_long["status"] == 400 and too_long["input"] is None and too_long["output"] is None  # refused: no text
 
 
 async def test_401_without_a_valid_key_and_from_another_host(tmp_path):
@@ -119,7 +122,7 @@ async def test_404_unknown_version_request_and_review(tmp_path):
             error = error_of(unknown)
             assert error["type"] == "not_found_error" and error["versions"] == ["v1"] and "v9" in error["message"]
             row = gw.rows()[error["id"]]  # chat errors carry the request id, like extract's
-            assert row["status"] == 404 and row["version"] is None
+            assert row["status"] == 404 and row["version"] is None and row["input"] is None  # refused: no text
         missing = await gw.get("/v1/requests/req_nope")
         assert missing.status_code == 404 and "req_nope" in error_of(missing)["message"]
         review = await gw.post("/v1/feedback", {"id": "req_nope", "verdict": "correct"})
@@ -222,15 +225,16 @@ async def test_502_unusable_answers(tmp_path):
 async def test_503_unavailable_timed_out_and_down_versions(tmp_path):
     async with in_process(tmp_path, up=("v1",), down=("v2",), timeout=0.5) as gw:
         failing = await gw.post("/v1/extract", {"text": "张三 #500"})
-        assert failing.status_code == 503
+        assert failing.status_code == 503 and failing.headers["Retry-After"] == str(RETRY_AFTER_S)
         error = error_of(failing)
         assert error["type"] == "upstream_unavailable" and "2 attempt(s)" in error["message"]
         slow = await gw.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "张三 #slow"}]})
-        assert slow.status_code == 503
+        assert slow.status_code == 503 and slow.headers["Retry-After"] == str(RETRY_AFTER_S)
         slow_error = error_of(slow)
         assert slow_error["type"] == "upstream_timeout" and "did not answer in time" in slow_error["message"]
         down = await gw.post("/v1/extract", {"text": WAYBILL, "model": "v2"})
         assert down.status_code == 503 and "asking http://v2/v1/models" in error_of(down)["message"]
+        assert down.headers["Retry-After"] == str(RETRY_AFTER_S)  # every 503 says when to come back
         rows = gw.rows()
         assert rows[error["id"]]["flags"] == ["upstream_error"] and rows[slow_error["id"]]["flags"] == ["timeout"]
         health = await gw.client.get("/health")
@@ -241,6 +245,7 @@ async def test_503_unavailable_timed_out_and_down_versions(tmp_path):
     async with in_process(tmp_path / "all-down", up=(), down=("v1",)) as gw:
         health = await gw.client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "down"
+        assert health.headers["Retry-After"] == str(RETRY_AFTER_S)
 
 
 async def test_reviews_requests_and_stats(tmp_path):

@@ -6,16 +6,29 @@ real vLLM runs in test_gateway_vllm.py."""
 
 import json
 import re
+import select
 import signal
 import socket
 import ssl
 import subprocess
 import threading
+import time
 
 import httpx
 import pytest
 
-from tests.helpers import DEMO_RECIPE, KEY, GatewayProcess, child_env, free_port, processes_mentioning, run_cli, wait_for
+from tests.helpers import (
+    DEMO_RECIPE,
+    KEY,
+    GatewayProcess,
+    child_env,
+    free_port,
+    processes_mentioning,
+    run_cli,
+    start_scripted_upstream,
+    stop_group,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -118,6 +131,7 @@ def test_https_and_weights_checked_before_start(tmp_path, scripted):
         assert "https://127.0.0.1" in gw.output()
         response = gw.post("/v1/extract", {"text": "张三"}, verify=ssl.create_default_context(cafile=str(cert)))
         assert response.status_code == 200 and response.json()["valid"]
+        assert response.headers["strict-transport-security"] == "max-age=31536000"  # HSTS over HTTPS only
         with pytest.raises(httpx.HTTPError):
             httpx.post(gw.url.replace("https", "http") + "/v1/extract", json={"text": "a"}, timeout=5)
     finally:
@@ -199,3 +213,129 @@ def test_a_generated_key_goes_to_a_private_file_and_a_restart_after_sigkill_bind
         assert again.post("/v1/extract", {"text": "张三"}, key=secret).status_code == 200
     finally:
         again.stop()
+
+
+# -- limits below HTTP, on one gateway with short ones -------------------------------------------
+MAX_CONNECTIONS, HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 16, 5.0, 1.0
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    """One gateway with the fewest connections and short header and body times, shared by the tests
+    of the limits below HTTP; each test looks only at the counters and output lines it causes."""
+    tmp = tmp_path_factory.mktemp("limits")
+    proc, url = start_scripted_upstream(tmp / "upstream.log")
+    try:
+        gw = GatewayProcess(tmp, "--upstream", f"v1={url}", "--recipe", DEMO_RECIPE, "--max-connections",
+                            str(MAX_CONNECTIONS), "--header-timeout", str(HEADER_TIMEOUT_S), "--body-timeout",
+                            str(BODY_TIMEOUT_S))
+        try:
+            yield gw
+        finally:
+            gw.stop()
+    finally:
+        stop_group(proc)
+
+
+def counted(gw: GatewayProcess, metric: str, label: str) -> float:
+    """A counter of the gateway's /metrics, by its one label's value (0 before the first)."""
+    found = re.search(rf'^{metric}\{{\w+="{label}"\}} (\S+)$', gw.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def said(gw: GatewayProcess, words: str) -> list[str]:
+    return [line for line in gw.output().splitlines() if words in line]
+
+
+def until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """What the gateway sends until it closes the connection; fails if it is still open after `timeout`."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        raise AssertionError(f"the connection was still open after {timeout:g} s (got {data[:200]!r})") from None
+    return data
+
+
+def test_headers_over_the_cap_get_431_and_the_connection_closed(limited):
+    before = counted(limited, "swiftpipe_refused_connections_total", "headers_too_large")
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 40 * 1024 + b"\r\n\r\n")
+        except OSError:  # closed while we sent
+            pass
+        answer = until_closed(sock, 10)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert counted(limited, "swiftpipe_refused_connections_total", "headers_too_large") == before + 1
+    padded = httpx.get(limited.url + "/health", headers={"X-Padding": "a" * 16 * 1024}, timeout=30)  # under it: served
+    assert padded.status_code == 200, padded.text
+    assert len(said(limited, "request headers over 32768 bytes (431)")) == 1
+
+
+def test_headers_that_come_too_slowly_lose_the_connection(limited):
+    before = counted(limited, "swiftpipe_refused_connections_total", "headers_too_slow")
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        started = time.monotonic()
+        closed = False
+        while not closed:  # a header that keeps coming, a byte every 0.2 s: the time limit is not reset by it
+            assert time.monotonic() - started < HEADER_TIMEOUT_S + 10, "the slow client kept its connection"
+            if select.select([sock], [], [], 0.2)[0]:
+                try:
+                    closed = sock.recv(65536) == b""
+                except ConnectionResetError:
+                    closed = True
+                continue
+            try:
+                sock.send(b"a")
+            except OSError:
+                closed = True
+        took = time.monotonic() - started
+    assert HEADER_TIMEOUT_S * 0.8 <= took < HEADER_TIMEOUT_S + 5, f"closed after {took:.2f} s"
+    assert counted(limited, "swiftpipe_refused_connections_total", "headers_too_slow") == before + 1
+    assert len(said(limited, f"request headers did not arrive within {HEADER_TIMEOUT_S:g} s")) == 1
+
+
+def test_with_every_connection_busy_a_new_one_is_closed_and_counted(limited):
+    before = counted(limited, "swiftpipe_refused_connections_total", "too_many")
+    busy: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):  # each has begun its headers: busy, not idle (none is evicted)
+            sock = socket.create_connection(("127.0.0.1", limited.port), timeout=10)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            busy.append(sock)
+            time.sleep(0.1)  # the gateway reads those bytes before the next connection arrives
+        with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as extra:
+            # closed at once, well before the header time (which would close an accepted one)
+            assert until_closed(extra, HEADER_TIMEOUT_S / 2) == b""
+        assert select.select(busy, [], [], 0)[0] == [], "a busy connection was closed instead of the new one"
+    finally:
+        for sock in busy:
+            sock.close()
+
+    def served() -> bool:  # once the gateway has seen the busy ones go
+        try:
+            return limited.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(served, 10, "the gateway to serve again")
+    assert counted(limited, "swiftpipe_refused_connections_total", "too_many") == before + 1
+    assert len(said(limited, f"a new connection was closed: {MAX_CONNECTIONS} connections are open and busy")) == 1
+
+
+def test_a_body_that_stalls_gets_408_and_the_connection_closed(limited):
+    before = counted(limited, "swiftpipe_rejected_total", "408")
+    with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/extract HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\": \"".encode())
+        started = time.monotonic()
+        answer = until_closed(sock, BODY_TIMEOUT_S + 10)
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b"the request body stopped coming" in answer, answer[:300]
+    assert BODY_TIMEOUT_S * 0.8 <= took < BODY_TIMEOUT_S + 5, f"408 after {took:.2f} s"
+    assert counted(limited, "swiftpipe_rejected_total", "408") == before + 1
