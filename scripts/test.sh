@@ -11,4 +11,4 @@ case "${CI:-}" in
                    || echo "test: no Chromium (see above): the browser tests in tests/pages will be skipped" >&2 ;;
   *) bash scripts/install_chromium.sh >/dev/null ;;
 esac
-exec .venv/bin/python -m pytest -ra "$@"
+exec .venv/bin/python -m pytest -ra --durations=30 "$@"

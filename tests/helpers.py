@@ -259,3 +259,12 @@ def training_row(answer: str = '{"name": "a"}') -> str:
     import json
 
     return json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}]}) + "\n"
+
+
+def messages_line(user: str, gold: Any, system: Optional[str] = "sys") -> str:
+    """One test row as a JSONL line (no newline): an optional system turn, the user's text and the gold answer as JSON."""
+    import json
+
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": json.dumps(gold, ensure_ascii=False)}]
+    return json.dumps({"messages": msgs}, ensure_ascii=False)

@@ -8,7 +8,7 @@ import json
 from swiftpipe.evaluation import evaluate as ev
 from swiftpipe.recipe.schema import EvalSection
 from swiftpipe.task import client
-from tests.evaluation.test_evaluate import _row
+from tests.helpers import messages_line as _row
 
 ANSWER = {"province": "浙江省", "city": "杭州市", "district": "西湖区", "specific_location": "文三路100号",
           "name": "张三", "phone": "13800000000"}  # what the scripted upstream answers

@@ -10,12 +10,7 @@ from swiftpipe.evaluation import evaluate as ev
 from swiftpipe.task import messages
 from swiftpipe.task.messages import Example
 from tests.helpers import REPO, child_env, free_port, swiftpipe_cmd, wait_for
-
-
-def _row(user, gold, system="sys"):
-    msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user}, {"role": "assistant", "content": json.dumps(gold, ensure_ascii=False)}]
-    return json.dumps({"messages": msgs}, ensure_ascii=False)
+from tests.helpers import messages_line as _row
 
 
 def test_read_rows_uses_row_system_or_default(tmp_path):
