@@ -3,6 +3,7 @@
     python bench/gateway_overhead.py [--requests 2000] [--concurrency 32] [--delay-ms 0] [--out FILE]
     python bench/gateway_overhead.py --upstream-url http://127.0.0.1:8001/v1 --model NAME [...]
     python bench/gateway_overhead.py --workers 2 [--db postgresql://USER@HOST/EMPTY_DB]
+    python bench/gateway_overhead.py --litellm /path/to/venv/bin/litellm   # LiteLLM's proxy as a reference
 
 Starts an upstream (by default bench/scripted_upstream.py, which answers at once, so the gateway's
 own ceiling is measured; --delay-ms adds a model's time to every answer) or uses a running
@@ -14,7 +15,12 @@ logs in a temporary directory, or --work), and sends the same --requests extract
   direct           POST upstream /v1/chat/completions with the body the gateway itself sends
                    (Task.request_body: system prompt, schema, max_tokens);
   gateway-chat     the same body through the gateway's /v1/chat/completions (model "auto");
-  gateway-extract  {"text": ...} through the gateway's /v1/extract.
+  gateway-extract  {"text": ...} through the gateway's /v1/extract;
+  litellm          (when LiteLLM's proxy is installed: `--litellm CMD`, else `litellm` on PATH) the
+                   direct body through `litellm --config` in front of the same upstream, no database,
+                   no logging: its requests/s, latency and CPU per request beside the gateway's.
+                   Install it in a venv of its own: `python -m venv ~/litellm && ~/litellm/bin/pip
+                   install 'litellm[proxy]'` (not a dependency of swiftpipe).
 
 For each: requests/s and the client's per-request latency p50/p95 (and the gateway's own logged
 latency_ms), and for the gateway ways the CPU time its process used per request (user + system
@@ -26,7 +32,11 @@ the JSON result (machine, settings, numbers) and a summary; --out FILE writes th
 
 Client, gateway and upstream share this machine's cores: on a small machine the numbers include
 that contention (compare runs on the same machine only). With --rounds > 1 the three ways
-alternate their order each round and the median round is reported.
+alternate their order each round and the median round is reported. The load comes from
+`--client light` (the gateway's own HTTP/1.1 client, so the client is not what limits a pass) or
+`--client sdk` (the OpenAI SDK's httpx2 client, what the figures before December 2026 used: it
+spends ~1 ms of CPU a request, so on 2 cores it holds the gateway below saturation, where each
+request costs the gateway more CPU than in a full pass).
 """
 
 from __future__ import annotations
@@ -62,7 +72,8 @@ from swiftpipe.task.reference import ADDRESS_SYSTEM_PROMPT  # noqa: E402
 
 RECIPE = "recipes/demo-cpu.yaml"
 MODES = ("direct", "gateway-chat", "gateway-extract")
-PACKAGES = ("swiftpipe", "fastapi", "starlette", "uvicorn", "httpx2", "openai", "pydantic", "vllm")
+PACKAGES = ("swiftpipe", "fastapi", "starlette", "uvicorn", "httptools", "uvloop", "msgspec", "httpx2", "openai",
+            "pydantic", "vllm")
 
 
 @dataclass
@@ -267,10 +278,46 @@ def db_check(db: Any, modes: dict[str, Mode], passes: list[tuple[str, bool, Outc
     }
 
 
+class LightClient:
+    """The load generator's HTTP client for --client light (the default): the gateway's own HTTP/1.1
+    client (`http1.Http1Client`), answers parsed by msgspec; the same `post` as the SDK's client."""
+
+    def __init__(self) -> None:
+        from swiftpipe.gateway.http1 import Http1Client
+
+        self.http = Http1Client(limit=1000)
+
+    async def __aenter__(self) -> "LightClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.http.aclose()
+
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str], timeout: float) -> "_LightResponse":
+        request = self.http.build_request("POST", url, content=content, headers=headers, timeout=timeout)
+        response = await self.http.send(request)
+        try:
+            await response.read()
+        finally:
+            await response.aclose()
+        return _LightResponse(response)
+
+
+class _LightResponse:
+    def __init__(self, response: Any):
+        self.status_code, self.content = response.status_code, response.content
+        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in response.headers}
+
+    def json(self) -> Any:
+        from swiftpipe.gateway.protocol import loads
+
+        return loads(self.content)
+
+
 async def measure(modes: dict[str, Mode], args) -> list[tuple[str, bool, Outcome]]:
     """Warm-up, then --rounds rounds of every mode; returns (mode, is_warmup, outcome) in order."""
     passes: list[tuple[str, bool, Outcome]] = []
-    async with client.http_client() as http:
+    async with (LightClient() if args.client == "light" else client.http_client()) as http:
         for name, mode in modes.items():
             if args.warmup:
                 out = await run_pass(http, mode, args.warmup, min(args.concurrency, args.warmup), args.timeout)
@@ -331,6 +378,13 @@ def main() -> None:
     parser.add_argument("--out", help="also write the JSON result to this file")
     parser.add_argument("--profile", help="run the gateway under cProfile and write its stats to this file "
                                           "(read with pstats; CPU figures of that run include the profiler's cost)")
+    parser.add_argument("--client", choices=["light", "sdk"], default="light",
+                        help="the load generator's HTTP client: light = the gateway's own HTTP/1.1 client (~0.1 ms "
+                             "of CPU a request, so the gateway is the bottleneck); sdk = the OpenAI SDK's httpx2 "
+                             "client (~1 ms a request: on a 2-core machine it caps the pass below the gateway's "
+                             "ceiling, and a gateway that is not saturated spends more CPU a request)")
+    parser.add_argument("--litellm", help="LiteLLM's `litellm` command (its proxy, in a venv of its own) to measure as a "
+                             "reference; default: `litellm` on PATH if there is one, else that way is left out")
     parser.add_argument("--confidence", choices=["on", "off"], default="on",
                         help="off: the recipe with eval.confidence=false (no logprobs asked, no confidence computed)")
     args = parser.parse_args()
@@ -361,6 +415,14 @@ def main() -> None:
     gateway_key = "sk-bench-" + secrets.token_hex(16)
     machine = machine_info()
 
+    import shutil
+
+    litellm_cmd = args.litellm or shutil.which("litellm")
+    if args.litellm and not (Path(args.litellm).exists() or shutil.which(args.litellm)):
+        raise SystemExit(f"--litellm {args.litellm}: no such command; install LiteLLM's proxy in a venv of its own "
+                         f"(pip install 'litellm[proxy]') and pass its bin/litellm")
+    litellm_desc = {"ran": bool(litellm_cmd), **({"command": litellm_cmd} if litellm_cmd else
+                                                  {"why_not": "not installed (no `litellm` on PATH, no --litellm)"})}
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, procs.sigterm_as_interrupt():
         work = Path(args.work).resolve() if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -418,6 +480,25 @@ def main() -> None:
                                         {**json_headers, "Authorization": f"Bearer {gateway_key}"}, extract_bodies, True,
                                         gw.pid),
             }
+            if litellm_cmd:
+                import yaml
+
+                lt_port = free_port()
+                lt_log = work / "litellm.log"
+                config = work / "litellm.yaml"
+                config.write_text(yaml.safe_dump({
+                    "model_list": [{"model_name": "bench", "litellm_params": {
+                        "model": f"openai/{model}", "api_base": base_url, "api_key": "os.environ/BENCH_UPSTREAM_KEY"}}],
+                    "litellm_settings": {"drop_params": True}}), encoding="utf-8")
+                lt = procs.start([litellm_cmd, "--config", str(config), "--host", "127.0.0.1", "--port", str(lt_port),
+                                  "--num_workers", "1"], {"BENCH_UPSTREAM_KEY": upstream_key}, lt_log, cwd=work, grace=15)
+                started.append(lt)
+                wait_for_http(f"http://127.0.0.1:{lt_port}/health/liveliness", lt, lt_log, args.startup_timeout,
+                              "LiteLLM's proxy")
+                lt_bodies = [json.dumps({**json.loads(b), "model": "bench"}, ensure_ascii=False).encode("utf-8")
+                             for b in chat_bodies]
+                modes["litellm"] = Mode("litellm", f"http://127.0.0.1:{lt_port}/v1/chat/completions", json_headers,
+                                        lt_bodies, False, lt.pid)
             print(f"{args.requests} requests x {len(modes)} ways at concurrency {args.concurrency}, "
                   f"{args.rounds} round(s), warm-up {args.warmup}; upstream {base_url} ({model})", flush=True)
             passes = asyncio.run(measure(modes, args))
@@ -431,8 +512,9 @@ def main() -> None:
         problems_in_log = [ln for ln in gateway_log.splitlines() if ("Traceback" in ln or ln.startswith(("error", "warning")))
                            and "interrupted (SIGTERM)" not in ln]
 
+    ran = [name for name in (*MODES, "litellm") if name in modes]
     results: dict[str, Any] = {}
-    for name in MODES:
+    for name in ran:
         rounds = [summarize(out) for n, warm, out in passes if n == name and not warm]
         results[name] = {**median_round(rounds), **({"rounds": rounds} if len(rounds) > 1 else {})}
         cpu = [r["gateway_cpu_ms_per_request"] for r in rounds if r["gateway_cpu_ms_per_request"] is not None]
@@ -442,7 +524,7 @@ def main() -> None:
                 r["gateway_system_cpu_ms_per_request"] for r in rounds), 3)
     direct = results["direct"]
     overhead = {}
-    for name in ("gateway-chat", "gateway-extract"):
+    for name in [n for n in ran if n != "direct"]:
         r = results[name]
         overhead[name] = {
             "throughput_ratio": round(r["requests_per_s"] / direct["requests_per_s"], 3)
@@ -451,7 +533,7 @@ def main() -> None:
             "added_p95_ms": difference(r["latency_ms"]["p95"], direct["latency_ms"]["p95"]),
         }
     non_200 = {name: sum(summarize(out)["non_200"] + sum(out.errors.values()) for n, _, out in passes if n == name)
-               for name in MODES}
+               for name in ran}
     ok = (checks["rows_match_sent"] and checks["ids_missing_from_log"] == 0 and checks["ids_unique"]
           and checks["id_header_mismatches"] == 0 and not any(non_200.values()) and gw_alive)
     result = {
@@ -461,9 +543,10 @@ def main() -> None:
         "settings": {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup,
                      "rounds": args.rounds, "recipe": RECIPE, "confidence": args.confidence, "max_tokens": max_tokens,
                      "texts": len(texts),
-                     "timeout_s": args.timeout, "workers": args.workers,
+                     "timeout_s": args.timeout, "workers": args.workers, "client": args.client,
                      "db": "sqlite" if not args.db else "postgresql"},
         "upstream": upstream_desc,
+        "litellm": litellm_desc,
         "gateway_startup_s": round(startup_s, 2),
         "results": results,
         "overhead_vs_direct": overhead,
@@ -482,7 +565,7 @@ def main() -> None:
           f"upstream {upstream_desc['kind']} ({base_url}); {args.requests} requests at concurrency {args.concurrency}")
     print(f"{'way':<16} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'ratio':>6} {'+p50 ms':>8} {'+p95 ms':>8} "
           f"{'CPU ms/req':>10} {'of it kernel':>12}")
-    for name in MODES:
+    for name in ran:
         r, o = results[name], overhead.get(name, {"throughput_ratio": 1.0, "added_p50_ms": 0.0, "added_p95_ms": 0.0})
         print(f"{name:<16} {shown(r['requests_per_s'], 8, 1)} {shown(r['latency_ms']['p50'])} {shown(r['latency_ms']['p95'])} "
               f"{shown(o['throughput_ratio'], 6)} {shown(o['added_p50_ms'])} {shown(o['added_p95_ms'])} "

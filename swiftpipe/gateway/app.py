@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from swiftpipe.gateway import feedback, handlers, keys
 from swiftpipe.gateway import stats as numbers
 from swiftpipe.gateway.access import AuthGate
-from swiftpipe.gateway.middleware import BODY_IDLE_S, ArrivalClock, BodyLimit, CatchAll, SecurityHeaders
+from swiftpipe.gateway.middleware import BODY_IDLE_S, BodyLimit, Envelope
 from swiftpipe.gateway.pages import mount as mount_pages
 from swiftpipe.gateway.protocol import (
     INVALID_REQUEST,
@@ -173,6 +173,33 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, str(exc.detail), kind).response()
 
 
+HOT = {("POST", "/v1/extract"): extract, ("POST", "/v1/chat/completions"): chat}
+
+
+class HotRoutes:
+    """The two extraction endpoints, called straight from the innermost middleware: the same route
+    functions FastAPI has (and documents) at those paths, their errors answered by the same
+    handlers, without FastAPI's router, exception middleware and endpoint wrapping in between
+    (~0.1 ms of CPU a request, measured on the app in-process). Every other request,
+    and those paths with another method or a trailing slash, go on to FastAPI."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        route = HOT.get((scope.get("method"), scope.get("path"))) if scope["type"] == "http" else None
+        if route is None:
+            return await self.app(scope, receive, send)
+        request = Request(scope, receive, send)
+        try:
+            response = await route(request)
+        except ApiError as exc:
+            response = exc.response()
+        except MalformedBody as exc:
+            response = await _malformed_body(request, exc)
+        await response(scope, receive, send)
+
+
 def create_app(gw: Gateway, *, body_idle_s: float = BODY_IDLE_S) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -184,12 +211,11 @@ def create_app(gw: Gateway, *, body_idle_s: float = BODY_IDLE_S) -> FastAPI:
 
     app = FastAPI(title="swiftpipe gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gw
+    app.add_middleware(HotRoutes)
     app.add_middleware(BodyLimit, idle_s=body_idle_s,
                        on_refusal=lambda status: gw.metrics.rejected.labels(str(status)).inc())
     app.add_middleware(AuthGate, gateway=gw)
-    app.add_middleware(ArrivalClock)
-    app.add_middleware(SecurityHeaders)
-    app.add_middleware(CatchAll)
+    app.add_middleware(Envelope)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(MalformedBody, _malformed_body)
     app.add_exception_handler(RequestValidationError, _invalid_request)

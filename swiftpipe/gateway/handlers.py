@@ -13,9 +13,7 @@ from swiftpipe.gateway.protocol import (
     ChatBody,
     ExtractBody,
     FastJSON,
-    message_content,
-    token_pieces,
-    usage,
+    RawJSON,
 )
 from swiftpipe.gateway.relay import Relay
 from swiftpipe.gateway.state import Call, Failure, Gateway, Outcome
@@ -120,13 +118,16 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
         hint = "; send the text to extract from in 'text'" if problem.kind == flags.EMPTY_TEXT else ""
         raise Failure(400, problem.message + hint, INVALID_REQUEST)
     model = await model_name(gw, version)
-    result = await gw.upstreams.post(version, "/chat/completions", version.task.request_body(model, body.text))
+    result = await gw.upstreams.post(version, "/chat/completions", version.task.request_body(model, body.text),
+                                     typed=True)
     if result.error is not None:
         raise upstream_failure(result, version)
-    content, missing = message_content(result.body)
+    answer = result.completion
+    assert answer is not None
+    content, missing = answer.content()
     if missing:
         raise unusable(result, version, missing)
-    checked = version.task.check(body.text, content, token_pieces(result.body))
+    checked = version.task.check(body.text, content, answer.pieces())
 
     def respond(latency: float) -> FastJSON:
         return FastJSON({"id": call.rid, "version": version.name, "fields": checked.fields, "valid": checked.valid,
@@ -134,7 +135,7 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
                              "row_confidence": checked.row_confidence, "needs_review": checked.needs_review,
                              "latency_ms": latency}, headers={"X-Request-Id": call.rid})
 
-    return Outcome(output=content, checked=checked, upstream=result, tokens=usage(result.body), respond=respond)
+    return Outcome(output=content, checked=checked, upstream=result, tokens=answer.usage(), respond=respond)
 
 
 async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
@@ -151,14 +152,15 @@ async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
         if response is None:
             raise upstream_failure(opened, version)
         return Outcome(relay=Relay(call, version, opened, response, headers))
-    result = await gw.upstreams.post(version, "/chat/completions", payload)
+    result = await gw.upstreams.post(version, "/chat/completions", payload, typed=True)
     if result.error is not None:
         raise upstream_failure(result, version)
-    answer = result.body if isinstance(result.body, dict) else {}
-    content, missing = message_content(answer)
+    answer = result.completion
+    assert answer is not None
+    content, missing = answer.content()
     if missing:
         raise unusable(result, version, missing)
-    checked = version.task.check(call.input, content, token_pieces(answer))
-    answer["id"], answer["model"] = call.rid, version.name
-    return Outcome(output=content, checked=checked, upstream=result, tokens=usage(answer),
-                   respond=lambda latency: FastJSON(answer, headers=headers))
+    checked = version.task.check(call.input, content, answer.pieces())
+    data = answer.relabeled(id=call.rid, model=version.name)
+    return Outcome(output=content, checked=checked, upstream=result, tokens=answer.usage(),
+                   respond=lambda latency: RawJSON(data, headers=headers))

@@ -46,6 +46,7 @@ class Metrics:
                                     "written", registry=self.registry)
         self.registry.register(_Process())
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._flag_children: dict[tuple[str, str], Any] = {}  # (flag names are the schema's: a bounded set)
 
     def observe(self, version: str, endpoint: str, status: int, latency_s: float, flags: Iterable[str]) -> None:
         children = self._children.get((version, endpoint, status))
@@ -55,7 +56,10 @@ class Metrics:
         children[0].inc()
         children[1].observe(latency_s)
         for flag in flags:
-            self.flags.labels(version, flag).inc()
+            counter = self._flag_children.get((version, flag))
+            if counter is None:
+                counter = self._flag_children[(version, flag)] = self.flags.labels(version, flag)
+            counter.inc()
             if flag in (UPSTREAM_ERROR, TIMEOUT):
                 self.upstream_errors.labels(version, flag).inc()
 

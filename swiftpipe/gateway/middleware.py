@@ -1,9 +1,8 @@
 """ASGI middleware of the gateway, outermost first:
 
-- `CatchAll`: an unexpected error is a 500 and one line in the gateway's output, never a traceback
-  to the client (and the server goes on);
-- `SecurityHeaders`: every response says nosniff, no framing, no referrer, and HSTS over HTTPS;
-- `ArrivalClock`: when a request arrived, for its latency;
+- `Envelope`: when a request arrived (for its latency); every response says nosniff, no framing,
+  no referrer, and HSTS over HTTPS; an unexpected error is a 500 and one line in the gateway's
+  output, never a traceback to the client (and the server goes on);
 - `access.AuthGate`: the key, its role and its rate, from the headers (before the body);
 - `BodyLimit`: a body over the limit is refused with 413 — declared (Content-Length) before a byte
   is read, chunked as soon as it passes the limit — and a body that stops coming gets 408.
@@ -23,8 +22,21 @@ MAX_REQUEST_BYTES = 8 * 1024 * 1024
 BODY_IDLE_S = 30.0  # longest pause between two pieces of a request's body
 
 
-class CatchAll:
-    """An unexpected error becomes one line in the gateway's log and a 500, and the server goes on."""
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+FRAME_ANCESTORS = b"frame-ancestors 'none'"
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+class Envelope:
+    """What every request goes through first, in one layer (one wrapper of `send`, not three):
+
+    - its arrival time, noted before the body is read and validated, so `latency_ms` includes
+      the time it waited in the gateway (`arrived_at`);
+    - headers every response carries: no MIME sniffing, never in a frame (X-Frame-Options and
+      the CSP's frame-ancestors), no Referer to other sites, and HSTS when serving HTTPS;
+    - an unexpected error becomes one line in the gateway's log and a 500, never a traceback to
+      the client, and the server goes on."""
 
     def __init__(self, app):
         self.app = app
@@ -32,15 +44,26 @@ class CatchAll:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope.setdefault("state", {})["arrived"] = (time.perf_counter(), time.time())
+        https = scope.get("scheme") == "https"
         started = False
 
-        async def tracked(message):
+        async def with_headers(message):
             nonlocal started
-            started = started or message["type"] == "http.response.start"
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", FRAME_ANCESTORS))
+                if https:
+                    headers.append(HSTS)
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, tracked)
+            await self.app(scope, receive, with_headers)
         except Exception as exc:  # noqa: BLE001
             import traceback
 
@@ -49,52 +72,7 @@ class CatchAll:
                   f"({Path(where.filename).name}:{where.lineno})", file=sys.stderr, flush=True)
             if not started:
                 await ApiError(500, f"internal error ({type(exc).__name__}); see the gateway's log",
-                               SERVER).response()(scope, receive, send)
-
-
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer")]
-FRAME_ANCESTORS = b"frame-ancestors 'none'"
-HSTS = (b"strict-transport-security", b"max-age=31536000")
-
-
-class SecurityHeaders:
-    """Headers every response carries: no MIME sniffing, never in a frame (X-Frame-Options and the
-    CSP's frame-ancestors), no Referer to other sites, and HSTS when serving HTTPS."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])]
-                names = {k.lower() for k, _ in headers}
-                headers += [h for h in SECURITY_HEADERS if h[0] not in names]
-                if b"content-security-policy" not in names:
-                    headers.append((b"content-security-policy", FRAME_ANCESTORS))
-                if scope.get("scheme") == "https":
-                    headers.append(HSTS)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
-class ArrivalClock:
-    """Notes when a request arrived, before its body is read and validated, so `latency_ms`
-    includes the time it waited in the gateway."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["arrived"] = (time.perf_counter(), time.time())
-        await self.app(scope, receive, send)
+                               SERVER).response()(scope, receive, with_headers)
 
 
 def arrived_at(scope: Any) -> tuple[float, float]:

@@ -8,7 +8,7 @@ import json
 from typing import Any, Optional, TypeVar
 
 import msgspec
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swiftpipe.task import flags
@@ -57,6 +57,12 @@ class FastJSON(JSONResponse):
         return dumps(content)
 
 
+class RawJSON(Response):
+    """A response whose body is JSON already encoded (`Completion.relabeled`)."""
+
+    media_type = "application/json"
+
+
 class ApiError(Exception):
     """What a client gets when its request is not answered: an HTTP status and an OpenAI-shaped body."""
 
@@ -84,18 +90,25 @@ def parse_body(model: type[BaseModelT], raw: bytes) -> BaseModelT:
     if not raw:
         raise MalformedBody("body: Field required")
     try:
-        data = json.loads(raw)
+        data = _DECODE.decode(raw)  # msgspec; what it refuses, json.loads takes or words (the same answers)
+    except msgspec.MsgspecError:
+        data = _json_body(raw)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedBody("; ".join(f"{'.'.join(str(p) for p in ('body', *e.get('loc', ())))}: {e.get('msg')}"
+                                      for e in exc.errors())) from None
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
     except UnicodeDecodeError:
         raise MalformedBody("not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise MalformedBody(f"body.{exc.pos}: JSON decode error") from None
     except (ValueError, RecursionError):
         raise MalformedBody("not UTF-8 JSON") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise MalformedBody("; ".join(f"{'.'.join(str(p) for p in ('body', *e.get('loc', ())))}: {e.get('msg')}"
-                                      for e in exc.errors())) from None
 
 
 class ExtractBody(BaseModel):
@@ -128,6 +141,109 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
             if isinstance(content, list):
                 return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+class _Token(msgspec.Struct):
+    token: str
+    logprob: float
+
+
+class _Logprobs(msgspec.Struct):
+    content: Optional[list[_Token]] = None
+
+
+class _Message(msgspec.Struct):
+    content: Optional[str] = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    logprobs: Optional[_Logprobs] = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: Optional[int] = None
+    completion_tokens: Optional[int] = None
+
+
+class _Plain(msgspec.Struct):
+    """The parts of a chat completion /v1/extract reads, in the shape vLLM answers with."""
+
+    choices: list[_Choice]
+    usage: Optional[_Usage] = None
+
+
+_PLAIN = msgspec.json.Decoder(_Plain)
+_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])  # an object's members, their values left as JSON text
+
+
+class Completion:
+    """An upstream's 200 answer to a chat completion, as the gateway reads it: what /v1/extract
+    needs (`content`, `pieces`, `usage`) decoded straight into typed fields when the answer has
+    vLLM's plain shape (msgspec skips the rest: the `bytes` and `top_logprobs` of every token,
+    about half the CPU of decoding it all), and the whole JSON (`body`) when asked or when it has
+    any other shape; then the same functions as for any answer decide (`message_content`,
+    `token_pieces`, `usage`), so both ways read an answer alike."""
+
+    __slots__ = ("raw", "_body", "_plain")
+
+    def __init__(self, raw: bytes, body: Any = None, plain: Optional[_Plain] = None):
+        self.raw, self._body, self._plain = raw, body, plain
+
+    @classmethod
+    def read(cls, raw: bytes, *, typed: bool) -> "Completion":
+        """The answer `raw`; ValueError (or RecursionError) when it is not JSON. `typed`: try the
+        plain shape first (then `body` is decoded only if asked for)."""
+        if typed:
+            try:
+                plain = _PLAIN.decode(raw)
+                if plain.choices:
+                    return cls(raw, plain=plain)
+            except msgspec.MsgspecError:  # another shape (or not JSON: `loads` tells)
+                pass
+        return cls(raw, body=loads(raw))
+
+    @property
+    def body(self) -> Any:
+        if self._body is None:
+            self._body = loads(self.raw)
+        return self._body
+
+    def content(self) -> tuple[Optional[str], Optional[str]]:
+        if self._plain is not None:
+            return self._plain.choices[0].message.content, None
+        return message_content(self.body)
+
+    def pieces(self) -> Optional[list[tuple[bytes, float]]]:
+        if self._plain is not None:
+            logprobs = self._plain.choices[0].logprobs
+            tokens = logprobs.content if logprobs is not None else None
+            if tokens is None:
+                return None
+            texts = [t.token for t in tokens]
+            if "token_id:" not in "\0".join(texts):
+                return list(zip(map(str.encode, texts), [t.logprob for t in tokens]))
+        return token_pieces(self.body)
+
+    def relabeled(self, **members: Any) -> bytes:
+        """The answer as JSON with these top-level members set (the gateway's id and version name),
+        every other member as the upstream wrote it (not decoded and encoded again)."""
+        if self._body is None:
+            try:
+                top = _MEMBERS.decode(self.raw)
+            except msgspec.MsgspecError:
+                top = None
+            if top is not None:
+                top.update(members)
+                return dumps(top)
+        body = self.body
+        return dumps({**body, **members} if isinstance(body, dict) else body)
+
+    def usage(self) -> tuple[Optional[int], Optional[int]]:
+        if self._plain is not None:
+            u = self._plain.usage
+            return (u.prompt_tokens, u.completion_tokens) if u is not None else (None, None)
+        return usage(self.body)
 
 
 def message_content(body: Any) -> tuple[Optional[str], Optional[str]]:

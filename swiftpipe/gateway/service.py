@@ -334,6 +334,23 @@ def serve(targets: list[str], *, upstreams: list[str], recipe: Optional[str], na
     console.say(f"stopped ({stopped_by}): the gateway and its vLLM servers are down")
 
 
+GC_YOUNG = 20_000  # allocations between two collections of the youngest generation (Python's default: 700)
+
+
+def settle_heap() -> None:
+    """Once the gateway serves: what it imported and built so far leaves the garbage collector's
+    sight (`gc.freeze`, as vLLM's engine does after its start-up), and the youngest generation is
+    collected every GC_YOUNG allocations. Measured on the gateway under load (2-core VM): Python's
+    defaults spent ~0.2 ms of CPU a request in collections, full ones rescanning the ~450k start-up
+    objects and young ones the objects of the requests in flight; each request's own cycles are
+    still collected within GC_YOUNG allocations, so memory stays flat."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG, 10, 10)
+
+
 def _server_class():
     import uvicorn
 
@@ -347,6 +364,7 @@ def _server_class():
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
+                settle_heap()
                 self.on_started()
 
     return Server

@@ -177,10 +177,11 @@ class Gateway:
         self._said: dict[str, float] = {}  # a warning -> when it was last printed (once a minute)
         self._last_prune = 0.0
         self._refresher: Optional[asyncio.Task] = None
+        self.in_flight = 0  # requests between `answer` and their log row (the log writer waits for them)
 
     # -- lifetime --------------------------------------------------------------------------
     async def start(self) -> None:
-        self.log = store.RequestLog(self.db, wait_s=self.log_wait_s)
+        self.log = store.RequestLog(self.db, wait_s=self.log_wait_s, in_flight=lambda: self.in_flight)
         self.upstreams.start()
         self.refresh()
         self._refresher = asyncio.create_task(self._refresh_forever())
@@ -311,8 +312,16 @@ class Gateway:
         """Await a handler and answer the client; every outcome — answered, failed, refused, or
         streamed (when the stream ends) — is written here. While the log is known to be failing the
         handler does not even start (no upstream call for an answer that could not be logged)."""
+        recorded = False
+
         async def record(outcome: Outcome) -> float:
-            return await self.record(call, outcome)
+            nonlocal recorded
+            try:
+                return await self.record(call, outcome)
+            finally:
+                if not recorded:
+                    recorded = True
+                    self.in_flight -= 1
 
         if self.log is not None and self.log.failing:
             if asyncio.iscoroutine(work):
@@ -321,11 +330,17 @@ class Gateway:
             raise ApiError(503, f"the request log is unavailable ({self.log.failing}); nothing was done, retry in "
                                 f"{LOG_RETRY_AFTER_S} s", UPSTREAM_UNAVAILABLE, id=call.rid,
                            headers={"Retry-After": str(LOG_RETRY_AFTER_S)})
+        self.in_flight += 1
         try:
             outcome = await work
         except Failure as failure:
             await record(failure.outcome())
             raise failure.api_error(call.rid) from None
+        except BaseException:  # cancelled, or a bug (a 500): no row comes from this request
+            if not recorded:
+                recorded = True
+                self.in_flight -= 1
+            raise
         if outcome.relay is not None:
             return outcome.relay.response_for(record)
         latency = await record(outcome)

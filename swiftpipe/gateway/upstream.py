@@ -1,9 +1,10 @@
 """The servers behind the gateway: one `Version` per served model, and the HTTP calls to it.
 
-Calls go through aiohttp (`AiohttpClient`: pooled keep-alive connections, TCP_NODELAY), behind the
-small part of httpx2's client API this module uses, so a test can hand `UpstreamClient` an httpx2
-client with an in-process transport instead. aiohttp, not the SDK's httpx2: measured on these
-upstream calls, httpx2 spent ~0.8-1.0 ms of CPU per request and aiohttp ~0.3 ms. Bounded retries
+Calls go through `http1.Http1Client` (keep-alive HTTP/1.1 connections, answers parsed by httptools),
+which is the small part of httpx2's client API this module uses, so a test can hand `UpstreamClient`
+an httpx2 client with an in-process transport instead. Not the SDK's httpx2 nor aiohttp: measured
+on these upstream calls (the answer's parsing included), httpx2 spent ~0.8-1.0 ms of CPU per call,
+aiohttp 0.34-0.51 ms, `Http1Client` 0.21 ms (README "Gateway"). Bounded retries
 with the evaluator's backoff (`client.backoff`) on connection errors, timeouts, 429 and 5xx.
 Nothing an upstream sends can crash the gateway: bodies are read up to `MAX_BODY` bytes and
 parsed defensively; whatever is wrong becomes an `UpstreamResult` with an error.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Optional
 
 from swiftpipe.core.vllm_server import model_names
-from swiftpipe.gateway.protocol import dumps, loads
+from swiftpipe.gateway.protocol import Completion, dumps, loads
 from swiftpipe.recipe.task import Task
 from swiftpipe.task import client, flags
 
@@ -43,10 +44,11 @@ class Version:
 @dataclass
 class UpstreamResult:
     status: Optional[int] = None  # the upstream's HTTP status, None when there was no answer
-    body: Optional[Any] = None  # the parsed JSON answer
+    body: Optional[Any] = None  # the parsed JSON answer (of a 200 from `post(typed=True)`: in `completion`)
     error: Optional[str] = None
     flag: Optional[str] = None  # flags.UPSTREAM_ERROR | flags.TIMEOUT when there is no usable answer
     attempts: int = 0
+    completion: Optional[Completion] = None  # a 200 answer from `post`, to be read through its views
 
 
 @dataclass
@@ -59,7 +61,9 @@ class UpstreamClient:
 
     def start(self) -> None:
         if self.http is None:
-            self.http = AiohttpClient()
+            from swiftpipe.gateway.http1 import Http1Client
+
+            self.http = Http1Client()
 
     async def close(self) -> None:
         if self.http is not None:
@@ -103,8 +107,9 @@ class UpstreamClient:
         except (ValueError, RecursionError):
             return UpstreamResult(status=response.status_code, error="the answer is not JSON", flag=flags.UPSTREAM_ERROR)
 
-    async def post(self, version: Version, path: str, body: dict) -> UpstreamResult:
-        """POST JSON (retried as `stream` says); returns the parsed answer or why there is none."""
+    async def post(self, version: Version, path: str, body: dict, *, typed: bool = False) -> UpstreamResult:
+        """POST JSON (retried as `stream` says); returns the answer (`completion`; `typed`: read as
+        `Completion.read` says) or why there is none."""
         import httpx2
 
         opened, response = await self.stream(version, path, body)
@@ -123,7 +128,7 @@ class UpstreamClient:
                                   flag=flags.UPSTREAM_ERROR, attempts=opened.attempts)
         finally:
             await response.aclose()
-        result = _parse(200, raw)
+        result = _parse(200, raw, typed=typed)
         result.attempts = opened.attempts
         return result
 
@@ -139,8 +144,11 @@ class UpstreamClient:
             request = self.http.build_request("POST", version.base_url + path, content=payload,
                                               headers=self._headers(version), timeout=self.timeout)
             try:
-                async with asyncio.timeout(self.timeout):
+                if getattr(self.http, "keeps_time", False):
                     response = await self.http.send(request, stream=True)
+                else:  # an httpx2 transport (tests) may not time out by itself
+                    async with asyncio.timeout(self.timeout):
+                        response = await self.http.send(request, stream=True)
             except (httpx2.TimeoutException, asyncio.TimeoutError) as exc:
                 result = UpstreamResult(error=f"no answer within {self.timeout:g}s ({type(exc).__name__})",
                                         flag=flags.TIMEOUT, attempts=attempt + 1)
@@ -170,104 +178,6 @@ class _TooLarge(Exception):
     pass
 
 
-class AiohttpClient:
-    """aiohttp as the part of httpx2's AsyncClient that `UpstreamClient` uses (`get`, `build_request`,
-    `send(stream=True)`, `aclose`), its errors raised as httpx2's (timeouts as TimeoutException,
-    refused or cut connections as ConnectError / RemoteProtocolError), so there is one policy for both."""
-
-    def __init__(self) -> None:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, enable_cleanup_closed=True),
-            auto_decompress=True, skip_auto_headers=("User-Agent",))
-
-    async def get(self, url: str, *, headers: dict[str, str], timeout: float) -> "_AiohttpResponse":
-        response = await self.send(_Request("GET", url, None, headers, timeout))
-        await response.read()
-        return response
-
-    def build_request(self, method: str, url: str, *, content: bytes, headers: dict[str, str],
-                      timeout: float) -> "_Request":
-        return _Request(method, url, content, headers, timeout)
-
-    async def send(self, request: "_Request", stream: bool = True) -> "_AiohttpResponse":
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=None, connect=request.timeout, sock_read=request.timeout)
-        with _as_httpx_errors(request.url):
-            response = await self._session.request(request.method, request.url, data=request.content,
-                                                   headers=request.headers, timeout=timeout)
-        return _AiohttpResponse(response)
-
-    async def aclose(self) -> None:
-        await self._session.close()
-
-
-@dataclass
-class _Request:
-    method: str
-    url: str
-    content: Optional[bytes]
-    headers: dict[str, str]
-    timeout: float
-
-
-class _as_httpx_errors:
-    """aiohttp's exceptions (and asyncio's timeout) as the httpx2 ones `UpstreamClient` handles."""
-
-    def __init__(self, url: str):
-        self.url = url
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> None:
-        import aiohttp
-        import httpx2
-
-        if exc is None or isinstance(exc, (httpx2.HTTPError, asyncio.CancelledError)):
-            return None
-        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-            raise httpx2.ReadTimeout(f"no answer from {self.url} in time ({type(exc).__name__})") from None
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            raise httpx2.ConnectError(f"{self.url}: {exc}") from None
-        if isinstance(exc, (aiohttp.ClientError, OSError)):
-            raise httpx2.RemoteProtocolError(f"{self.url}: {type(exc).__name__}: {exc}") from None
-        return None
-
-
-class _AiohttpResponse:
-    def __init__(self, response: Any):
-        self._response = response
-        self.status_code: int = response.status
-        self.content = b""
-
-    async def read(self) -> bytes:
-        with _as_httpx_errors(str(self._response.url)):
-            self.content = await _read_limited(self.aiter_bytes())
-        return self.content
-
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors(str(self._response.url)):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-
-    async def aiter_lines(self) -> AsyncIterator[str]:
-        """Lines as httpx2 gives them (without their line ending), however the chunks fall."""
-        pending = b""
-        async for chunk in self.aiter_bytes():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield line.rstrip(b"\r").decode("utf-8", "replace")
-        if pending:
-            yield pending.rstrip(b"\r").decode("utf-8", "replace")
-
-    async def aclose(self) -> None:
-        self._response.release()
-
-
 async def _read_limited(chunks: AsyncIterator[bytes]) -> bytes:
     parts, size = [], 0
     async for chunk in chunks:
@@ -278,8 +188,11 @@ async def _read_limited(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _parse(status: int, raw: bytes) -> UpstreamResult:
+def _parse(status: int, raw: bytes, *, typed: bool = False) -> UpstreamResult:
     try:
+        if status == 200:
+            completion = Completion.read(raw, typed=typed)
+            return UpstreamResult(status=status, body=completion._body, completion=completion)
         body = loads(raw)
     except (ValueError, RecursionError):
         snippet = raw[:200].decode("utf-8", "replace")
@@ -290,7 +203,7 @@ def _parse(status: int, raw: bytes) -> UpstreamResult:
         if isinstance(message, dict):
             message = message.get("message", message)
         return UpstreamResult(status=status, body=body, error=f"HTTP {status}: {message}", flag=flags.UPSTREAM_ERROR)
-    return UpstreamResult(status=status, body=body)
+    return UpstreamResult(status=status, body=body)  # (1xx-3xx: not an answer the callers take)
 
 
 async def upstream_lines(response) -> AsyncIterator[str]:

@@ -132,7 +132,8 @@ class Task:
         found = self.score(raw, pieces)
         if found is None:
             return checked.with_confidence(None, None, threshold)
-        return checked.with_confidence(found.values(), found.row_value(), threshold)
+        values = found.values()
+        return checked.with_confidence(values, scoring.row_of(values), threshold)
 
     def fingerprint(self) -> str:
         """What decides the answer to a text: the request (system prompt, schema, sampling, thinking

@@ -71,7 +71,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 from swiftpipe.task.answers import FENCE, THINK_RE, reject_constant
 
@@ -94,8 +94,7 @@ _DECODER = json.JSONDecoder(parse_constant=reject_constant)  # strict_loads' rul
 # ---------------------------------------------------------------- scanning the answer
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """One top-level key of the answer: character offsets into the scanned string."""
 
     key: str
@@ -121,6 +120,11 @@ def _span(value: Any, start: int, end: int) -> tuple[int, int]:
     return start, end  # array / object, brackets included
 
 
+_WS = re.compile(r"[ \t\n\r]*")
+_KEY = re.compile(r'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:[ \t\n\r]*', re.DOTALL)  # a key, its colon
+_NEXT = re.compile(r"[ \t\n\r]*([,}])")  # what follows a value
+
+
 def scan_object(s: str, start: int = 0, end: Optional[int] = None) -> Optional[list[Member]]:
     """The members of the JSON object that is exactly ``s[start:end]`` (JSON whitespace around it
     allowed), in order; None if that is not a JSON object. Duplicate keys: all are returned
@@ -128,33 +132,32 @@ def scan_object(s: str, start: int = 0, end: Optional[int] = None) -> Optional[l
     end = len(s) if end is None else end
     s = s[:end]
     try:
-        i = _skip_ws(s, start)
+        i = _WS.match(s, start).end()  # type: ignore[union-attr]
         if i >= end or s[i] != "{":
             return None
-        i = _skip_ws(s, i + 1)
         members: list[Member] = []
-        if i < end and s[i] == "}":
-            i += 1
+        closing = _NEXT.match(s, i + 1)
+        if closing is not None and closing.group(1) == "}":  # {}
+            i = closing.end()
         else:
+            i += 1
             while True:
-                if i >= end or s[i] != '"':
+                key_at = _KEY.match(s, i)
+                if key_at is None:
                     return None
-                key, i = _DECODER.raw_decode(s, i)
-                i = _skip_ws(s, i)
-                if i >= end or s[i] != ":":
-                    return None
-                vstart = _skip_ws(s, i + 1)
+                quoted = key_at.group(1)
+                # (escapes and control characters: the JSON decoder decodes, or refuses, them)
+                key = quoted if quoted.isprintable() and "\\" not in quoted else _DECODER.decode(f'"{quoted}"')
+                vstart = key_at.end()
                 value, vend = _DECODER.raw_decode(s, vstart)
                 members.append(Member(key, value, vstart, vend, _span(value, vstart, vend)))
-                i = _skip_ws(s, vend)
-                if i < end and s[i] == ",":
-                    i = _skip_ws(s, i + 1)
-                    continue
-                if i < end and s[i] == "}":
-                    i += 1
+                after = _NEXT.match(s, vend)
+                if after is None:
+                    return None
+                i = after.end()
+                if after.group(1) == "}":
                     break
-                return None
-        if _skip_ws(s, i) != end:
+        if _WS.match(s, i).end() != end:  # type: ignore[union-attr]
             return None  # trailing garbage
         return members
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
@@ -318,8 +321,7 @@ def pieces_from_vllm(output: Any, tokenizer) -> Optional[list[tuple[bytes, float
 # ---------------------------------------------------------------- confidence
 
 
-@dataclass(frozen=True)
-class FieldScore:
+class FieldScore(NamedTuple):
     tokens: int  # tokens attributed to the value
     logprob: float  # their summed logprob
     prob: float  # exp(logprob): probability of the exact value (as tokenized)
@@ -328,7 +330,10 @@ class FieldScore:
     span: tuple[int, int]  # byte span of the value in ``text`` (rule 3), [start, end)
 
     def metric(self, name: str) -> float:
-        return {"prob": self.prob, "min": self.min_prob, "geo": self.geo_mean}[name]
+        return getattr(self, _METRIC_ATTRIBUTE[name])
+
+
+_METRIC_ATTRIBUTE = {"prob": "prob", "min": "min_prob", "geo": "geo_mean"}
 
 
 @dataclass(frozen=True)
@@ -349,10 +354,14 @@ class Confidence:
 
     def row_value(self, metric: Optional[str] = None) -> Optional[float]:
         """The row's confidence by `metric`: the least confident field; None when any field has none."""
-        values = self.values(metric)
-        if not values or any(v is None for v in values.values()):
-            return None
-        return min(v for v in values.values() if v is not None)
+        return row_of(self.values(metric))
+
+
+def row_of(values: dict[str, Optional[float]]) -> Optional[float]:
+    """A row's confidence from its fields' (`Confidence.values`): the least; None when any is None."""
+    if not values or None in values.values():
+        return None
+    return min(v for v in values.values() if v is not None)
 
 
 def _significant(p: float) -> float:
@@ -422,9 +431,15 @@ def _replacement_lengths(pieces: list[bytes], text_bytes: bytes) -> Optional[lis
     return None
 
 
-def _byte_offset(text: str, index: int, ascii_text: bool) -> int:
-    """Byte offset of character ``index`` of ``text`` in its UTF-8 encoding."""
-    return index if ascii_text else len(text[:index].encode("utf-8"))
+def _byte_offsets(text: str, ascii_text: bool, indexes: Iterable[int]) -> dict[int, int]:
+    """Byte offset in ``text``'s UTF-8 encoding of each character index (one pass, in order)."""
+    if ascii_text:
+        return {i: i for i in indexes}
+    found, at, size = {}, 0, 0
+    for i in sorted(indexes):
+        size += len(text[at:i].encode("utf-8"))
+        found[i], at = size, i
+    return found
 
 
 def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece, Any]]],
@@ -439,13 +454,16 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     if members is None:
         return None
     toks = tokens if isinstance(tokens, list) else list(tokens)
-    given: list[Any] = [p for p, _ in toks]
+    if not toks:
+        return None
+    given: Sequence[Any]
+    given, logprobs_given = zip(*toks)
     if set(map(type, given)) != {bytes}:
         if any(p is None for p in given):
             return None
         given = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in given]
-    pieces: list[bytes] = given
-    logprobs: list[float] = [lp for _, lp in toks]
+    pieces: list[bytes] = list(given)
+    logprobs: list[float] = list(logprobs_given)
     # Plain floats <= 0 and no NaN (a NaN makes the sum NaN): as they are; else clean each (rare).
     if not (set(map(type, logprobs)) == {float} and max(logprobs) <= 0.0 and not math.isnan(sum(logprobs))):
         cleaned = [_clean_logprob(lp) for lp in logprobs]
@@ -458,7 +476,7 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
         return None
     offset = _align(pieces, text_bytes)
     if offset is not None:
-        lengths = [len(piece) for piece in pieces]
+        lengths = list(map(len, pieces))
     else:
         fuzzy = _replacement_lengths(pieces, text_bytes)
         if fuzzy is None:
@@ -468,8 +486,8 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
     # Byte range [starts[i], ends[i]) of every token in text coordinates; empty tokens take the
     # next token's range (rule 2), empty tokens at the very end an empty range past the text.
     # Both lists are non-decreasing, so the tokens overlapping a span are one run, found by bisection.
-    ends = [e - offset for e in itertools.accumulate(lengths)]
-    starts = [e - n for e, n in zip(ends, lengths)]
+    ends = list(itertools.accumulate(lengths, initial=-offset))[1:]
+    starts = list(map(operator.sub, ends, lengths))
     if 0 in lengths:
         nxt = ends[-1] if ends else 0
         nxt_range = (nxt, nxt)
@@ -485,34 +503,29 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
 
     names = list(fields) if fields is not None else list(members)
     region = answer_region(text)
-    chars = {c for name in names if name in members for c in members[name].span} | set(region)
-    ascii_text = len(text_bytes) == len(text)
-    byte_at = {c: _byte_offset(text, c, ascii_text) for c in chars}  # only where spans start and end
-    spans: dict[str, tuple[int, int]] = {}
+    byte_at = _byte_offsets(text, len(text_bytes) == len(text),
+                            {c for name in names if name in members for c in members[name].span} | set(region))
+    scores: dict[str, Optional[FieldScore]] = {}
+    hit = bytearray(len(pieces))  # tokens some requested field took
     for name in names:
         m = members.get(name)
-        if m is not None:
-            spans[name] = (byte_at[m.span[0]], byte_at[m.span[1]])
-    runs = {name: run(*span) for name, span in spans.items()}
-    sums = {n: sum(logprobs[lo:hi]) for n, (lo, hi) in runs.items()}
-    mins = {n: min(logprobs[lo:hi]) if hi > lo else 0.0 for n, (lo, hi) in runs.items()}
-    counts = {n: max(hi - lo, 0) for n, (lo, hi) in runs.items()}
-    # Tokens of the answer's region that no requested field took (structure).
-    hit = [False] * len(pieces)
-    for lo, hi in runs.values():
-        hit[lo:hi] = [True] * max(hi - lo, 0)
-    rlo, rhi = run(byte_at[region[0]], byte_at[region[1]])
-    other = [logprobs[i] for i in range(rlo, rhi) if not hit[i]]
-    other_n, other_lp = len(other), sum(other)
-
-    scores: dict[str, Optional[FieldScore]] = {}
-    for name in names:
-        if name not in spans or counts[name] == 0:
+        if m is None:
             scores[name] = None
             continue
-        n, total = counts[name], sums[name]
-        scores[name] = FieldScore(tokens=n, logprob=total, prob=math.exp(total), min_prob=math.exp(mins[name]),
-                                  geo_mean=math.exp(total / n), span=spans[name])
+        span = (byte_at[m.span[0]], byte_at[m.span[1]])
+        lo, hi = bisect.bisect_right(ends, span[0]), bisect.bisect_left(starts, span[1])  # (run, inlined)
+        if hi <= lo:  # no token (cannot happen for a value the tokens spell; conservative)
+            scores[name] = None
+            continue
+        hit[lo:hi] = b"\x01" * (hi - lo)
+        values = logprobs[lo:hi]
+        n, total = hi - lo, sum(values)
+        scores[name] = FieldScore(tokens=n, logprob=total, prob=math.exp(total), min_prob=math.exp(min(values)),
+                                  geo_mean=math.exp(total / n), span=span)
+    # Tokens of the answer's region that no requested field took (structure).
+    rlo, rhi = run(byte_at[region[0]], byte_at[region[1]])
+    other = [lp for lp, taken in zip(logprobs[rlo:rhi], hit[rlo:rhi]) if not taken]
+    other_n, other_lp = len(other), sum(other)
     if names and all(s is not None for s in scores.values()):
         row: Optional[float] = min(s.metric(metric) for s in scores.values() if s is not None)
     else:

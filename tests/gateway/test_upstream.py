@@ -1,4 +1,4 @@
-"""The gateway's upstream calls through aiohttp (`AiohttpClient`, what `swiftpipe serve` uses), over
+"""The gateway's upstream calls through `http1.Http1Client` (what `swiftpipe serve` uses), over
 real sockets against the scripted upstream: answers, streams, and what a broken upstream does
 become `UpstreamResult` errors (the same ones the in-process httpx2 tests see)."""
 
@@ -15,7 +15,7 @@ def _ask(text: str, stream: bool = False) -> dict:
     return {"model": "scripted", "messages": [{"role": "user", "content": text}], "logprobs": True, "stream": stream}
 
 
-def test_answers_streams_and_broken_upstreams_through_aiohttp(scripted):
+def test_answers_streams_and_broken_upstreams_through_the_http1_client(scripted):
     async def go():
         upstreams = UpstreamClient(timeout=3, retries=1)
         upstreams.start()
@@ -24,7 +24,7 @@ def test_answers_streams_and_broken_upstreams_through_aiohttp(scripted):
             assert await upstreams.resolve_model(version) == "scripted"
             ok = await upstreams.post(version, "/chat/completions", _ask("张三 13800000000"))
             assert ok.error is None and ok.status == 200 and ok.attempts == 1
-            assert ok.body["choices"][0]["logprobs"]["content"][0]["logprob"] < 0
+            assert ok.completion is not None and ok.completion.body["choices"][0]["logprobs"]["content"][0]["logprob"] < 0
             opened, response = await upstreams.stream(version, "/chat/completions", _ask("张三", stream=True))
             lines = [line async for line in upstream_lines(response) if line]
             await response.aclose()
@@ -49,19 +49,14 @@ def test_answers_streams_and_broken_upstreams_through_aiohttp(scripted):
 
 @pytest.mark.parametrize("chunks", [[b"data: a\n\ndata: b", b"c\r\n\r\ndata: [DONE]\n\n"], [b"data: abc\n", b"\n"]])
 def test_stream_lines_do_not_depend_on_where_chunks_fall(chunks):
-    from swiftpipe.gateway.upstream import _AiohttpResponse
+    from swiftpipe.gateway.http1 import lines
 
-    class Fake:
-        status, url = 200, "http://x"
-
-        class content:
-            @staticmethod
-            async def iter_any():
-                for c in chunks:
-                    yield c
+    async def pieces():
+        for c in chunks:
+            yield c
 
     async def go():
-        return [line async for line in _AiohttpResponse(Fake()).aiter_lines()]
+        return [line async for line in lines(pieces())]
 
-    lines = [x for x in asyncio.run(go()) if x]
-    assert lines == (["data: a", "data: bc", "data: [DONE]"] if len(chunks[0]) > 12 else ["data: abc"])
+    found = [x for x in asyncio.run(go()) if x]
+    assert found == (["data: a", "data: bc", "data: [DONE]"] if len(chunks[0]) > 12 else ["data: abc"])
