@@ -118,8 +118,7 @@ async def extract(gw: Gateway, call: Call, body: ExtractBody) -> Outcome:
         hint = "; send the text to extract from in 'text'" if problem.kind == flags.EMPTY_TEXT else ""
         raise Failure(400, problem.message + hint, INVALID_REQUEST)
     model = await model_name(gw, version)
-    result = await gw.upstreams.post(version, "/chat/completions", version.task.request_body(model, body.text),
-                                     typed=True)
+    result = await gw.upstreams.post(version, "/chat/completions", version.task.request_body(model, body.text))
     if result.error is not None:
         raise upstream_failure(result, version)
     answer = result.completion
@@ -152,7 +151,7 @@ async def chat(gw: Gateway, call: Call, body: ChatBody) -> Outcome:
         if response is None:
             raise upstream_failure(opened, version)
         return Outcome(relay=Relay(call, version, opened, response, headers))
-    result = await gw.upstreams.post(version, "/chat/completions", payload, typed=True)
+    result = await gw.upstreams.post(version, "/chat/completions", payload)
     if result.error is not None:
         raise upstream_failure(result, version)
     answer = result.completion

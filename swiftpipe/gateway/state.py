@@ -312,16 +312,19 @@ class Gateway:
         """Await a handler and answer the client; every outcome — answered, failed, refused, or
         streamed (when the stream ends) — is written here. While the log is known to be failing the
         handler does not even start (no upstream call for an answer that could not be logged)."""
-        recorded = False
+        left = False
+
+        def leave() -> None:  # once per request: its row is written (or none will come)
+            nonlocal left
+            if not left:
+                left = True
+                self.in_flight -= 1
 
         async def record(outcome: Outcome) -> float:
-            nonlocal recorded
             try:
                 return await self.record(call, outcome)
             finally:
-                if not recorded:
-                    recorded = True
-                    self.in_flight -= 1
+                leave()
 
         if self.log is not None and self.log.failing:
             if asyncio.iscoroutine(work):
@@ -337,9 +340,7 @@ class Gateway:
             await record(failure.outcome())
             raise failure.api_error(call.rid) from None
         except BaseException:  # cancelled, or a bug (a 500): no row comes from this request
-            if not recorded:
-                recorded = True
-                self.in_flight -= 1
+            leave()
             raise
         if outcome.relay is not None:
             return outcome.relay.response_for(record)

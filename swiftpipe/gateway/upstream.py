@@ -44,7 +44,7 @@ class Version:
 @dataclass
 class UpstreamResult:
     status: Optional[int] = None  # the upstream's HTTP status, None when there was no answer
-    body: Optional[Any] = None  # the parsed JSON answer (of a 200 from `post(typed=True)`: in `completion`)
+    body: Optional[Any] = None  # the parsed JSON of an error answer, or of `get`'s (a 200 from `post`: `completion`)
     error: Optional[str] = None
     flag: Optional[str] = None  # flags.UPSTREAM_ERROR | flags.TIMEOUT when there is no usable answer
     attempts: int = 0
@@ -107,9 +107,8 @@ class UpstreamClient:
         except (ValueError, RecursionError):
             return UpstreamResult(status=response.status_code, error="the answer is not JSON", flag=flags.UPSTREAM_ERROR)
 
-    async def post(self, version: Version, path: str, body: dict, *, typed: bool = False) -> UpstreamResult:
-        """POST JSON (retried as `stream` says); returns the answer (`completion`; `typed`: read as
-        `Completion.read` says) or why there is none."""
+    async def post(self, version: Version, path: str, body: dict) -> UpstreamResult:
+        """POST JSON (retried as `stream` says); returns the answer (`completion`) or why there is none."""
         import httpx2
 
         opened, response = await self.stream(version, path, body)
@@ -128,7 +127,7 @@ class UpstreamClient:
                                   flag=flags.UPSTREAM_ERROR, attempts=opened.attempts)
         finally:
             await response.aclose()
-        result = _parse(200, raw, typed=typed)
+        result = _parse(200, raw)
         result.attempts = opened.attempts
         return result
 
@@ -188,11 +187,10 @@ async def _read_limited(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _parse(status: int, raw: bytes, *, typed: bool = False) -> UpstreamResult:
+def _parse(status: int, raw: bytes) -> UpstreamResult:
     try:
         if status == 200:
-            completion = Completion.read(raw, typed=typed)
-            return UpstreamResult(status=status, body=completion._body, completion=completion)
+            return UpstreamResult(status=status, completion=Completion.read(raw, typed=True))
         body = loads(raw)
     except (ValueError, RecursionError):
         snippet = raw[:200].decode("utf-8", "replace")

@@ -78,7 +78,6 @@ from swiftpipe.task.answers import FENCE, THINK_RE, reject_constant
 Piece = Union[bytes, str]
 
 _THINK_ONLY = re.compile(r"\s*<think>.*?</think>\s*", re.DOTALL)
-_JSON_WS = " \t\n\r"
 METRICS = ("prob", "min", "geo")
 # The aggregate swiftpipe reports as a field's confidence (README "Confidence": chosen by measurement,
 # bench/confidence.py; the other two are kept in evaluation records for comparison).
@@ -102,12 +101,6 @@ class Member(NamedTuple):
     value_start: int  # first character of the value (the opening quote of a string)
     value_end: int  # one past its last character (past the closing quote of a string)
     span: tuple[int, int]  # the characters attributed to the value (rule 3), [start, end)
-
-
-def _skip_ws(s: str, i: int) -> int:
-    while i < len(s) and s[i] in _JSON_WS:
-        i += 1
-    return i
 
 
 def _span(value: Any, start: int, end: int) -> tuple[int, int]:
@@ -513,7 +506,7 @@ def answer_confidence(text: Optional[str], tokens: Optional[Iterable[tuple[Piece
             scores[name] = None
             continue
         span = (byte_at[m.span[0]], byte_at[m.span[1]])
-        lo, hi = bisect.bisect_right(ends, span[0]), bisect.bisect_left(starts, span[1])  # (run, inlined)
+        lo, hi = run(*span)
         if hi <= lo:  # no token (cannot happen for a value the tokens spell; conservative)
             scores[name] = None
             continue
